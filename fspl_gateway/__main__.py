@@ -1,0 +1,3 @@
+from fspl_gateway.cli import main
+
+main()

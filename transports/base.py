@@ -1,0 +1,167 @@
+"""The transport interface and registry.
+
+A transport knows how to do five things with one remote queue's ``jobs/`` directory and
+nothing else (retries, journal, validation and policy live once, in sync/push):
+
+* :meth:`Transport.list` — the names there, with size and a checksum/version tag where
+  the remote keeps one;
+* :meth:`Transport.open` — read one as a stream (never the whole file in memory);
+* :meth:`Transport.fetch` — copy one into a local file object (default: via ``open``),
+  verifying the remote's checksum where it has one;
+* :meth:`Transport.write_new` — write a new one so that it appears whole or not at all,
+  and never over an existing name (:class:`~fspl_gateway.errors.RemoteExistsError`);
+* :meth:`Transport.delete` — remove one.
+
+:attr:`Transport.capabilities` says what it cannot do (a CD image cannot write or delete).
+
+Errors: raise the classes of :mod:`fspl_gateway.errors` — ``TransientError`` for what a
+retry may fix (connection dropped, 5xx, throttling), ``RemoteNotFoundError``,
+``RemoteExistsError``, ``IntegrityError``, ``AuthError``, ``HostKeyError``,
+``NotSupportedError``, and ``TransportError`` for the rest.  Never log secrets.
+
+Registration: an entry point in the group ``fspl_gateway.transports`` whose name is the
+transport name (``local``, ``s3``, …) and whose object is the Transport subclass.  The
+module is imported only when that transport is used, so SDKs never load for core
+commands.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any, BinaryIO, ClassVar
+
+from fspl_gateway.errors import ConfigError, NotSupportedError
+
+ENTRY_POINT_GROUP = "fspl_gateway.transports"
+
+
+@dataclass(frozen=True)
+class RemoteEntry:
+    """One file in a remote ``jobs/`` directory."""
+
+    name: str
+    size: int | None = None
+    #: A checksum or version tag if the remote has one (ETag, sha256, content_hash, …).
+    tag: str | None = None
+    #: Modification time (seconds since the epoch) if known.
+    mtime: float | None = None
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    can_write: bool = True
+    can_delete: bool = True
+    #: ``write_new`` refuses to overwrite atomically (not by a racy check).
+    atomic_noclobber: bool = True
+
+
+class Transport(abc.ABC):
+    """Base class of every transport.
+
+    ``location`` is the transport-specific address of the remote queue directory (the
+    directory that holds ``jobs/``); ``options`` are transport-specific settings from the
+    config file or flags (strings, ints, bools).
+    """
+
+    name: ClassVar[str] = "?"
+    capabilities: ClassVar[Capabilities] = Capabilities()
+
+    def __init__(self, location: str, options: Mapping[str, Any] | None = None) -> None:
+        self.location = location
+        self.options: dict[str, Any] = dict(options or {})
+
+    # -- the interface -------------------------------------------------------------
+    @abc.abstractmethod
+    def list(self) -> Iterator[RemoteEntry]:
+        """Every file in the remote ``jobs/`` (all names; the caller filters)."""
+
+    @abc.abstractmethod
+    def open(self, name: str) -> BinaryIO:
+        """A readable binary stream of one remote file. The caller closes it."""
+
+    def fetch(self, name: str, dst: BinaryIO, entry: RemoteEntry | None = None) -> int:
+        """Copy one remote file into ``dst``; return the byte count.
+
+        Transports override this to use their SDK's fast path and to verify the
+        remote's checksum (raise IntegrityError on mismatch).
+        """
+        with self.open(name) as src:
+            n = 0
+            while True:
+                buf = src.read(1 << 20)
+                if not buf:
+                    break
+                dst.write(buf)
+                n += len(buf)
+        if entry is not None and entry.size is not None and entry.size != n:
+            from fspl_gateway.errors import IntegrityError
+
+            raise IntegrityError(f"{name}: read {n} bytes, remote said {entry.size}")
+        return n
+
+    @abc.abstractmethod
+    def write_new(self, name: str, src: BinaryIO, size: int) -> RemoteEntry:
+        """Create ``name`` from ``src`` (``size`` bytes); whole or not at all; never over
+        an existing name (raise RemoteExistsError). Returns the new entry (with its tag
+        where the remote gives one)."""
+
+    @abc.abstractmethod
+    def delete(self, name: str) -> None:
+        """Remove ``name``. A missing file raises RemoteNotFoundError."""
+
+    def cleanup_temporaries(self) -> int:
+        """Remove leftovers of our own interrupted writes; return how many. Optional."""
+        return 0
+
+    def close(self) -> None:
+        """Release connections."""
+
+    def describe(self) -> str:
+        """A human-readable remote address, without secrets, for logs and messages."""
+        return f"{self.name}:{self.location}"
+
+    # -- helpers -------------------------------------------------------------------
+    def require(self, what: str) -> None:
+        """Raise NotSupportedError if this transport lacks capability ``what``."""
+        if not getattr(self.capabilities, what):
+            raise NotSupportedError(f"the {self.name} transport cannot {what.removeprefix('can_')}")
+
+    def __enter__(self) -> Transport:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def available() -> dict[str, str]:
+    """Transport names → ``module:object`` for every registered transport (no import)."""
+    from importlib.metadata import entry_points
+
+    return {ep.name: ep.value for ep in entry_points(group=ENTRY_POINT_GROUP)}
+
+
+def load(name: str) -> type[Transport]:
+    """Import and return the Transport class registered as ``name``."""
+    from importlib.metadata import entry_points
+
+    eps = [ep for ep in entry_points(group=ENTRY_POINT_GROUP) if ep.name == name]
+    if not eps:
+        names = ", ".join(sorted(available())) or "none"
+        raise ConfigError(f"unknown transport {name!r} (available: {names})")
+    try:
+        cls = eps[0].load()
+    except ImportError as e:
+        raise ConfigError(
+            f"transport {name!r} needs a package that is not installed ({e.name or e}); "
+            f"install fspl-gateway[{name}]"
+        ) from None
+    if not (isinstance(cls, type) and issubclass(cls, Transport)):
+        raise ConfigError(f"transport {name!r} does not name a Transport class")
+    return cls
+
+
+def create(name: str, location: str, options: Mapping[str, Any] | None = None) -> Transport:
+    """Instantiate the transport ``name`` for ``location``."""
+    return load(name)(location, options)
