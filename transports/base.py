@@ -32,7 +32,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, BinaryIO, ClassVar
 
-from fspl_gateway.errors import ConfigError, NotSupportedError
+from fspl_gateway.errors import ConfigError, NotSupportedError, TransportError
 
 ENTRY_POINT_GROUP = "fspl_gateway.transports"
 
@@ -109,13 +109,14 @@ class Transport(abc.ABC):
 
     @abc.abstractmethod
     def delete(self, name: str) -> None:
-        """Remove ``name``. A missing file raises RemoteNotFoundError."""
+        """Remove ``name``. A missing file raises RemoteNotFoundError where the remote
+        tells so cheaply; stores whose delete is idempotent (S3) may return quietly."""
 
     def cleanup_temporaries(self) -> int:
         """Remove leftovers of our own interrupted writes; return how many. Optional."""
         return 0
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - optional hook, a no-op by default
         """Release connections."""
 
     def describe(self) -> str:
@@ -123,6 +124,13 @@ class Transport(abc.ABC):
         return f"{self.name}:{self.location}"
 
     # -- helpers -------------------------------------------------------------------
+    @staticmethod
+    def check_name(name: str) -> None:
+        """Refuse a name that is not one plain file name (``/``, ``..``, NUL, control
+        characters, empty).  Every ``write_new``/``open``/``delete`` calls this first."""
+        if not is_safe_name(name):
+            raise TransportError(f"refusing unsafe file name {name!r}")
+
     def require(self, what: str) -> None:
         """Raise NotSupportedError if this transport lacks capability ``what``."""
         if not getattr(self.capabilities, what):
@@ -133,6 +141,24 @@ class Transport(abc.ABC):
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def is_safe_name(name: str) -> bool:
+    """True for one plain file name: no ``/``, not ``.``/``..``, no NUL or control
+    characters, not empty, at most 255 bytes."""
+    if not name or name in (".", "..") or "/" in name or "\\" in name:
+        return False
+    if any(ord(c) < 32 or ord(c) == 127 for c in name):
+        return False
+    try:
+        return len(name.encode("utf-8", "surrogateescape")) <= 255
+    except UnicodeError:
+        return False
+
+
+def is_job_name(name: str) -> bool:
+    """A safe name that fspl would take as a job: ``fspl-*.fspl``."""
+    return name.startswith("fspl-") and name.endswith(".fspl") and len(name) >= 10 and is_safe_name(name)
 
 
 def available() -> dict[str, str]:
