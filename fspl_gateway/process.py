@@ -1,0 +1,199 @@
+"""Running jobs: one job (environment, parameters, payload on stdin, timeout, output)
+and the queue-process loop (sequence/timestamp order, on-error policies).
+
+The payload never passes through Python: the command's stdin *is* the job file's own
+descriptor, positioned at the payload by the header read (or the decoder's stdout pipe).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from dataclasses import dataclass, field
+
+from fspl_gateway import queue as q
+from fspl_gateway.errors import FsplError, JobFailedError
+from fspl_gateway.log import log
+from fspl_gateway.packet import Command, Meta, read_header_fd
+from fspl_gateway.seqfile import SeqFile
+
+ON_ERROR = ("delete", "leave", "retry")
+ORDER_BY = ("sequence", "timestamp")
+OUTPUT_TO = ("passboth", "saveboth")
+
+
+@dataclass
+class ProcessOpts:
+    command: str
+    params: list[str] = field(default_factory=list)
+    allow_job_params: bool = False
+    ignore_payload: bool = False
+    timeout: float | None = None
+
+
+@dataclass
+class QueueProcessOpts:
+    queuedir: str
+    proc: ProcessOpts
+    decoder: str | None = None
+    on_error: str = "retry"
+    order_by: str = "sequence"
+    never_delete: bool = False
+    maxjobs: int | None = None
+    output_to: str = "passboth"
+    wait_lock: float = 0.0
+
+
+@dataclass
+class JobResult:
+    success: bool
+    status: str  # human-readable: "NOP", "Fail packet", "exit status 3", "killed by signal 9", …
+
+
+class BadJobEnv(FsplError):
+    pass
+
+
+def build_env(meta: Meta, filename: str | None, queuedir: str | None) -> dict[bytes, bytes]:
+    """The command's environment: ours plus the job's FSPL_* variables.
+
+    A variable name that the OS cannot carry (``=`` or NUL in it, NUL in a value) raises
+    BadJobEnv, which fails that job without stopping the run.
+    """
+    env = dict(os.environb)
+    fn = os.fsencode(filename) if filename is not None else None
+    qd = os.fsencode(queuedir) if queuedir is not None else None
+    for k, v in meta.env_vars(fn, qd):
+        if b"=" in k or b"\0" in k or b"\0" in v or not k:
+            raise BadJobEnv(f"job {meta.seq}: cannot set environment variable {k!r} "
+                            "(names may not contain '=' or NUL, values may not contain NUL)")
+        env[k] = v
+    return env
+
+
+def _describe(rc: int) -> str:
+    return f"killed by signal {-rc}" if rc < 0 else f"exit status {rc}"
+
+
+def run_job(opts: ProcessOpts, meta: Meta, payload_fd: int | None, *,
+            filename: str | None = None, queuedir: str | None = None,
+            output_fd: int | None = None) -> JobResult:
+    """Run one job whose header is ``meta``; ``payload_fd`` is positioned at the payload.
+
+    NOP succeeds and Fail fails without running anything.  A command that cannot be
+    started raises FsplError (as fspl: that is an error of the run, not of the job).
+    """
+    if meta.cmd == "NOP":
+        return JobResult(True, "NOP")
+    if meta.cmd == "Fail":
+        return JobResult(False, "Fail packet")
+    assert isinstance(meta.cmd, Command)
+    args = [os.fsencode(opts.command), *(os.fsencode(p) for p in opts.params)]
+    if opts.allow_job_params:
+        args.extend(meta.cmd.params)
+    elif meta.cmd.params:
+        log.warning("job %d: parameters in the job ignored (no --allow-job-params)", meta.seq)
+    try:
+        env = build_env(meta, filename, queuedir)
+    except BadJobEnv as e:
+        log.error("%s", e)
+        return JobResult(False, str(e))
+    stdin = None if opts.ignore_payload else payload_fd
+    log.debug("running job %d: %r", meta.seq, args)
+    try:
+        proc = subprocess.Popen(args, env=env, stdin=stdin, stdout=output_fd,
+                                stderr=output_fd, close_fds=True)
+    except OSError as e:
+        raise FsplError(f"cannot run {opts.command!r}: {e.strerror}") from None
+    try:
+        rc = proc.wait(timeout=opts.timeout)
+    except subprocess.TimeoutExpired:
+        log.error("job %d: command timed out after %s s; killing it", meta.seq, opts.timeout)
+        proc.kill()
+        try:
+            rc = proc.wait(timeout=0.5)
+        except subprocess.TimeoutExpired:
+            return JobResult(False, "timed out (did not die after SIGKILL)")
+        return JobResult(False, f"timed out after {opts.timeout} s")
+    except BaseException:
+        proc.kill()
+        proc.wait()
+        raise
+    if rc != 0:
+        log.error("job %d: command exited abnormally (%s)", meta.seq, _describe(rc))
+        return JobResult(False, _describe(rc))
+    return JobResult(True, "exit status 0")
+
+
+def stdin_process(opts: ProcessOpts, fd: int = 0) -> None:
+    """stdin-process: the packet arrives on ``fd``; its payload goes on to the command."""
+    meta, _ = read_header_fd(fd)
+    res = run_job(opts, meta, fd)
+    if not res.success:
+        raise JobFailedError(f"job {meta.seq} failed: {res.status}")
+
+
+def _select(opts: QueueProcessOpts) -> list[q.Job] | dict[int, q.Job]:
+    if opts.order_by == "sequence":
+        return q.scan_map(opts.queuedir, opts.decoder)
+    jobs = list(q.scan(opts.queuedir, opts.decoder))
+    jobs.sort(key=lambda j: j.meta.ctime)
+    return jobs
+
+
+def queue_process(opts: QueueProcessOpts) -> int:
+    """Process the queue; return the number of jobs run.
+
+    Sequence order: only the job whose seq equals nextseq runs; success (or failure under
+    delete/leave) advances nextseq.  Timestamp order: every job by ctime; nextseq is left
+    alone (but locked).  Failure under retry raises JobFailedError, leaving the job.
+    """
+    by_seq = opts.order_by == "sequence"
+    done = 0
+    limit = opts.maxjobs
+    with SeqFile(q.seqfile_path(opts.queuedir), create_lock=False,
+                 wait=opts.wait_lock) as seqf:
+        selected = _select(opts)
+        ts_iter = iter(selected) if isinstance(selected, list) else None
+        while True:
+            if by_seq:
+                assert isinstance(selected, dict)
+                job = selected.pop(seqf.next, None)
+            else:
+                assert ts_iter is not None
+                job = next(ts_iter, None)
+            if job is None:
+                break
+            if limit is not None and done >= limit:
+                log.debug("stopping: --maxjobs %d reached", limit)
+                break
+            done += 1
+            res = _run_queued(opts, job)
+            if res.success or opts.on_error in ("delete", "leave"):
+                if by_seq:
+                    seqf.increment()
+                if (res.success or opts.on_error == "delete") and not opts.never_delete:
+                    path = os.path.join(q.jobs_dir(opts.queuedir), job.filename)
+                    try:
+                        os.unlink(path)
+                    except FileNotFoundError:
+                        pass
+            else:
+                raise JobFailedError(
+                    f"job {job.meta.seq} ({job.filename}) failed: {res.status}; "
+                    "it stays in the queue (--on-error retry)")
+    return done
+
+
+def _run_queued(opts: QueueProcessOpts, job: q.Job) -> JobResult:
+    out_fd = None
+    if opts.output_to == "saveboth":
+        out_path = os.path.join(q.jobs_dir(opts.queuedir), job.filename + ".out")
+        out_fd = os.open(out_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+    try:
+        with q.open_job(opts.queuedir, job.filename, opts.decoder) as oj:
+            return run_job(opts.proc, oj.meta, oj.fd, filename=job.filename,
+                           queuedir=opts.queuedir, output_fd=out_fd)
+    finally:
+        if out_fd is not None:
+            os.close(out_fd)
