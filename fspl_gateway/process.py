@@ -137,7 +137,10 @@ def _select(opts: QueueProcessOpts) -> list[q.Job] | dict[int, q.Job]:
     if opts.order_by == "sequence":
         return q.scan_map(opts.queuedir, opts.decoder)
     jobs = list(q.scan(opts.queuedir, opts.decoder))
-    jobs.sort(key=lambda j: j.meta.ctime)
+    if opts.order_by == "seq-sorted":  # internal (worker queues): all jobs, by seq
+        jobs.sort(key=lambda j: j.meta.seq)
+    else:
+        jobs.sort(key=lambda j: j.meta.ctime)
     return jobs
 
 
@@ -146,7 +149,8 @@ def queue_process(opts: QueueProcessOpts) -> int:
 
     Sequence order: only the job whose seq equals nextseq runs; success (or failure under
     delete/leave) advances nextseq.  Timestamp order: every job by ctime; nextseq is left
-    alone (but locked).  Failure under retry raises JobFailedError, leaving the job.
+    alone (but locked).  "seq-sorted" (internal, for worker queues whose sequence numbers
+    are not contiguous): every job by seq, nextseq left alone.  Failure under retry raises JobFailedError, leaving the job.
     """
     by_seq = opts.order_by == "sequence"
     done = 0
