@@ -1,0 +1,657 @@
+"""The S3 transport (boto3): a remote queue in a bucket, jobs under ``PREFIX/jobs/``.
+
+Location: ``BUCKET/PREFIX`` or ``s3://BUCKET/PREFIX`` (``PREFIX`` may be empty: the jobs
+are then under ``jobs/`` at the bucket root).  Credentials and region come from boto3's
+standard chain (environment, profiles, instance roles); the endpoint from the standard
+``AWS_ENDPOINT_URL``/``AWS_ENDPOINT_URL_S3`` variables (botocore honours them) or the
+``endpoint_url`` option.
+
+Options (strings from a config file or ``-o key=value`` are accepted):
+
+==========================  =========================================================
+``endpoint_url``            S3-compatible endpoint, e.g. ``http://127.0.0.1:9000``
+``region``                  region name (default: boto3's chain)
+``profile``                 a profile of ``~/.aws/config`` / ``~/.aws/credentials``
+``path_style``              bool: path-style addressing (MinIO, Ceph, …); default false
+``multipart_threshold``     size above which uploads are multipart; default ``64MiB``
+``multipart_chunksize``     part size (≥ 5 MiB); default ``16MiB``
+``max_attempts``            botocore attempts per request (standard retry mode); default 3
+``connect_timeout``         seconds; default 10
+``read_timeout``            seconds; default 60
+``conditional_writes``      bool, default true: create with ``If-None-Match: *`` so an
+                            existing job is never overwritten.  false = for stores that
+                            lack it: a racy HEAD-then-PUT (``atomic_noclobber`` false)
+==========================  =========================================================
+
+Integrity: uploads carry a SHA-256 checksum (whole object for a single PutObject, per
+part for multipart, which S3 checks on receipt).  Downloads ask for the stored checksum
+(``ChecksumMode=ENABLED``) and verify, while streaming, the full-object SHA-256, SHA-1,
+CRC32 or (with awscrt installed) CRC32C when present; otherwise a single-part ETag (the
+MD5 of the object unless SSE-KMS/SSE-C); otherwise only the size.  Composite multipart
+checksums (``…-N``) cannot be checked without the part layout: size only.
+
+Listing tags are the ETag (the only per-object value ListObjectsV2 returns);
+``write_new`` returns the same ETag so the two compare.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import io
+import logging
+import re
+import time
+import zlib
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any, BinaryIO, NoReturn
+from urllib.parse import urlsplit, urlunsplit
+
+import boto3
+import botocore.exceptions as bce
+from botocore.config import Config
+from fspl_gateway.transports.base import Capabilities, RemoteEntry, Transport
+
+from fspl_gateway.errors import (
+    AuthError,
+    ConfigError,
+    IntegrityError,
+    RemoteExistsError,
+    RemoteNotFoundError,
+    TransientError,
+    TransportError,
+)
+
+log = logging.getLogger(__name__)
+
+KIB = 1024
+MIB = 1024 * KIB
+GIB = 1024 * MIB
+MIN_PART = 5 * MIB
+MAX_PARTS = 10_000
+READ_CHUNK = 1 * MIB
+#: cleanup_temporaries leaves younger multipart uploads alone (another writer's).
+STALE_UPLOAD_SECONDS = 24 * 3600.0
+
+_AUTH_CODES = {
+    "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken",
+    "TokenRefreshRequired", "InvalidToken", "InvalidClientTokenId", "AllAccessDisabled",
+    "AccountProblem", "UnrecognizedClientException", "AuthorizationHeaderMalformed",
+    "InvalidSecurity", "RequestExpired", "RequestTimeTooSkewed",
+}
+_NOT_FOUND_CODES = {"NoSuchBucket", "NoSuchKey", "NotFound", "404", "NoSuchUpload"}
+_EXISTS_CODES = {"PreconditionFailed", "412"}
+_TRANSIENT_CODES = {
+    "SlowDown", "Throttling", "ThrottlingException", "RequestTimeout", "InternalError",
+    "ServiceUnavailable", "RequestLimitExceeded", "TooManyRequests",
+    "ConditionalRequestConflict", "OperationAborted", "BadDigest", "IncompleteBody",
+}
+_NOT_IMPLEMENTED_CODES = {"NotImplemented", "501"}
+
+
+# -- option and location parsing ---------------------------------------------------------
+
+_SIZE_RE = re.compile(r"^\s*(\d+)\s*([kmgt]?)(i?b?)\s*$", re.IGNORECASE)
+
+
+def parse_size(value: Any, what: str = "size") -> int:
+    """``67108864``, ``"67108864"``, ``"64MiB"``, ``"64M"`` (binary), ``"64MB"`` (decimal)."""
+    if isinstance(value, bool):
+        raise ConfigError(f"{what}: expected a size such as 64MiB, got {value!r}")
+    if isinstance(value, int):
+        if value < 0:
+            raise ConfigError(f"{what}: must not be negative, got {value}")
+        return value
+    m = _SIZE_RE.match(str(value))
+    if not m:
+        raise ConfigError(f"{what}: expected a size such as 64MiB or 67108864, got {value!r}")
+    n, unit, suffix = int(m.group(1)), m.group(2).lower(), m.group(3).lower()
+    if not unit:
+        if suffix not in ("", "b"):
+            raise ConfigError(f"{what}: bad unit in {value!r}")
+        return n
+    base = 1000 if suffix == "b" else 1024  # MB = 10^6; M and MiB = 2^20
+    return n * base ** "kmgt".index(unit) * base
+
+
+def parse_bool(value: Any, what: str = "option") -> bool:
+    if isinstance(value, bool):
+        return value
+    s = str(value).strip().lower()
+    if s in ("1", "true", "yes", "on", "y"):
+        return True
+    if s in ("0", "false", "no", "off", "n", ""):
+        return False
+    raise ConfigError(f"{what}: expected true or false, got {value!r}")
+
+
+def _parse_number(value: Any, what: str, kind: Callable[[str], Any]) -> Any:
+    try:
+        v = kind(str(value).strip())
+    except ValueError:
+        raise ConfigError(f"{what}: expected a number, got {value!r}") from None
+    if v <= 0:
+        raise ConfigError(f"{what}: must be positive, got {value!r}")
+    return v
+
+
+_BUCKET_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{1,254}$")
+
+
+def parse_location(location: str) -> tuple[str, str]:
+    """``s3://BUCKET/PREFIX`` or ``BUCKET/PREFIX`` → (bucket, prefix without slashes)."""
+    loc = (location or "").strip()
+    if loc.lower().startswith("s3://"):
+        loc = loc[5:]
+    elif "://" in loc:
+        raise ConfigError(f"s3 location {location!r}: expected s3://BUCKET/PREFIX or BUCKET/PREFIX")
+    bucket, _, prefix = loc.partition("/")
+    if not _BUCKET_RE.match(bucket):
+        raise ConfigError(f"s3 location {location!r}: bad or missing bucket name")
+    prefix = prefix.strip("/")
+    if prefix:
+        parts = prefix.split("/")
+        if any(p in ("", ".", "..") for p in parts):
+            raise ConfigError(f"s3 location {location!r}: empty, '.' or '..' path component")
+        if any(ord(c) < 32 or ord(c) == 127 for c in prefix):
+            raise ConfigError(f"s3 location {location!r}: control character in prefix")
+    return bucket, prefix
+
+
+@dataclass(frozen=True)
+class S3Options:
+    endpoint_url: str | None = None
+    region: str | None = None
+    profile: str | None = None
+    path_style: bool = False
+    multipart_threshold: int = 64 * MIB
+    multipart_chunksize: int = 16 * MIB
+    max_attempts: int = 3
+    connect_timeout: float = 10.0
+    read_timeout: float = 60.0
+    conditional_writes: bool = True
+
+
+def parse_options(options: Mapping[str, Any]) -> S3Options:
+    """Validate the transport options (see the module docstring)."""
+    known = set(S3Options.__dataclass_fields__)
+    unknown = sorted(set(options) - known)
+    if unknown:
+        raise ConfigError(
+            f"unknown s3 option(s): {', '.join(unknown)} (known: {', '.join(sorted(known))})"
+        )
+    kw: dict[str, Any] = {}
+    for key in ("endpoint_url", "region", "profile"):
+        v = options.get(key)
+        if v is not None and str(v).strip():
+            kw[key] = str(v).strip()
+    if "endpoint_url" in kw:
+        u = urlsplit(kw["endpoint_url"])
+        if u.scheme not in ("http", "https") or not u.hostname:
+            raise ConfigError(f"s3 option endpoint_url: expected http(s)://HOST[:PORT], got {_redact_url(kw['endpoint_url'])!r}")
+    for key in ("path_style", "conditional_writes"):
+        if key in options:
+            kw[key] = parse_bool(options[key], f"s3 option {key}")
+    for key in ("multipart_threshold", "multipart_chunksize"):
+        if key in options:
+            kw[key] = parse_size(options[key], f"s3 option {key}")
+    if "max_attempts" in options:
+        kw["max_attempts"] = _parse_number(options["max_attempts"], "s3 option max_attempts", int)
+    for key in ("connect_timeout", "read_timeout"):
+        if key in options:
+            kw[key] = _parse_number(options[key], f"s3 option {key}", float)
+    opts = S3Options(**kw)
+    if opts.multipart_chunksize < MIN_PART:
+        raise ConfigError(
+            f"s3 option multipart_chunksize: S3 parts must be at least 5MiB, got {opts.multipart_chunksize}"
+        )
+    return opts
+
+
+def _redact_url(url: str) -> str:
+    """Drop user:password@ from a URL for messages."""
+    try:
+        u = urlsplit(url)
+    except ValueError:
+        return "<bad url>"
+    if u.username or u.password:
+        host = u.hostname or ""
+        netloc = f"{host}:{u.port}" if u.port else host
+        return urlunsplit((u.scheme, netloc, u.path, u.query, u.fragment))
+    return url
+
+
+def _one_line(s: object, limit: int = 300) -> str:
+    text = " ".join(str(s).split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+# -- checksum verification -----------------------------------------------------------------
+
+class _Verifier:
+    """Computes one digest while streaming and compares it with the stored value."""
+
+    def __init__(self, kind: str, expected: str, update: Callable[[bytes], None],
+                 final: Callable[[], str]) -> None:
+        self.kind = kind
+        self.expected = expected
+        self.update = update
+        self._final = final
+
+    def check(self, what: str) -> None:
+        got = self._final()
+        if got != self.expected:
+            raise IntegrityError(f"{what}: {self.kind} mismatch (stored {self.expected}, read {got})")
+
+
+def _hash_verifier(kind: str, expected: str, algo: str, b64: bool) -> _Verifier:
+    h = hashlib.new(algo)
+
+    def final() -> str:
+        return base64.b64encode(h.digest()).decode() if b64 else h.hexdigest()
+
+    return _Verifier(kind, expected, h.update, final)
+
+
+def _crc_verifier(kind: str, expected: str, fn: Callable[[bytes, int], int], width: int) -> _Verifier:
+    state = [0]
+
+    def update(b: bytes) -> None:
+        state[0] = fn(b, state[0])
+
+    def final() -> str:
+        return base64.b64encode((state[0] & ((1 << (8 * width)) - 1)).to_bytes(width, "big")).decode()
+
+    return _Verifier(kind, expected, update, final)
+
+
+def _crt_checksums() -> Any:
+    try:
+        from awscrt import checksums  # type: ignore[import-not-found]
+    except ImportError:
+        return None
+    return checksums
+
+
+def choose_verifier(resp: Mapping[str, Any]) -> _Verifier | None:
+    """The strongest check the GetObject response allows (None: size only)."""
+    def full(key: str) -> str | None:
+        v = resp.get(key)
+        if not v or "-" in v or resp.get("ChecksumType") == "COMPOSITE":
+            return None  # composite multipart checksum: needs the part layout
+        return str(v)
+
+    if v := full("ChecksumSHA256"):
+        return _hash_verifier("SHA-256", v, "sha256", True)
+    if v := full("ChecksumSHA1"):
+        return _hash_verifier("SHA-1", v, "sha1", True)
+    if v := full("ChecksumCRC32"):
+        return _crc_verifier("CRC32", v, zlib.crc32, 4)
+    crt = _crt_checksums()
+    if crt is not None:
+        if v := full("ChecksumCRC32C"):
+            return _crc_verifier("CRC32C", v, crt.crc32c, 4)
+        if v := full("ChecksumCRC64NVME"):
+            return _crc_verifier("CRC64NVME", v, crt.crc64nvme, 8)
+    etag = str(resp.get("ETag") or "").strip('"')
+    sse = str(resp.get("ServerSideEncryption") or "")
+    if (re.fullmatch(r"[0-9a-fA-F]{32}", etag) and not sse.startswith("aws:kms")
+            and not resp.get("SSECustomerAlgorithm")):
+        return _hash_verifier("MD5 (ETag)", etag.lower(), "md5", False)
+    return None
+
+
+# -- the transport -----------------------------------------------------------------------
+
+class _Body(io.RawIOBase):
+    """A GetObject body whose errors are our errors."""
+
+    def __init__(self, body: Any, mapper: Callable[[BaseException], NoReturn]) -> None:
+        self._body = body
+        self._map = mapper
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, n: int | None = -1) -> bytes:
+        try:
+            return bytes(self._body.read(None if n is None or n < 0 else n))
+        except (bce.BotoCoreError, bce.ClientError) as e:
+            self._map(e)
+
+    def readinto(self, b: Any) -> int:
+        data = self.read(len(b))
+        b[: len(data)] = data
+        return len(data)
+
+    def close(self) -> None:
+        if not self.closed:
+            self._body.close()
+        super().close()
+
+
+class _Window:
+    """``size`` bytes of a seekable stream from its current position (for PutObject:
+    botocore rewinds the body when it retries)."""
+
+    def __init__(self, f: BinaryIO, size: int) -> None:
+        self._f = f
+        self._start = f.tell()
+        self._size = size
+        self._pos = 0
+
+    def read(self, n: int = -1) -> bytes:
+        left = self._size - self._pos
+        if n is None or n < 0 or n > left:
+            n = left
+        data = self._f.read(n) if n else b""
+        self._pos += len(data)
+        return data
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        base = {0: 0, 1: self._pos, 2: self._size}[whence]
+        self._pos = max(0, min(self._size, base + offset))
+        self._f.seek(self._start + self._pos)
+        return self._pos
+
+    def tell(self) -> int:
+        return self._pos
+
+    def __len__(self) -> int:
+        return self._size
+
+
+def _seekable(f: BinaryIO) -> bool:
+    try:
+        if not f.seekable():
+            return False
+        f.tell()
+        return True
+    except (AttributeError, OSError, ValueError):
+        return False
+
+
+def _read_exactly(src: BinaryIO, n: int, what: str) -> bytes:
+    buf = bytearray()
+    while len(buf) < n:
+        chunk = src.read(min(n - len(buf), 4 * MIB))
+        if not chunk:
+            raise TransportError(f"{what}: source ended early ({len(buf)} of {n} bytes in this part)")
+        buf += chunk
+    return bytes(buf)
+
+
+class S3Transport(Transport):
+    name = "s3"
+    capabilities = Capabilities()
+
+    def __init__(self, location: str, options: Mapping[str, Any] | None = None) -> None:
+        super().__init__(location, options)
+        self.bucket, self.prefix = parse_location(location)
+        self.jobs_prefix = f"{self.prefix}/jobs/" if self.prefix else "jobs/"
+        self.opts = parse_options(self.options)
+        if not self.opts.conditional_writes:
+            self.capabilities = Capabilities(atomic_noclobber=False)  # type: ignore[misc]
+        config = Config(
+            retries={"mode": "standard", "max_attempts": self.opts.max_attempts},
+            connect_timeout=self.opts.connect_timeout,
+            read_timeout=self.opts.read_timeout,
+            s3={"addressing_style": "path" if self.opts.path_style else "auto"},
+        )
+        try:
+            session = boto3.session.Session(profile_name=self.opts.profile,
+                                            region_name=self.opts.region)
+            self._client = session.client("s3", endpoint_url=self.opts.endpoint_url, config=config)
+        except bce.ProfileNotFound:
+            raise ConfigError(f"s3: AWS profile {self.opts.profile!r} not found") from None
+        except (bce.BotoCoreError, ValueError) as e:
+            raise ConfigError(f"s3: cannot set up the client: {_one_line(e)}") from None
+
+    # -- helpers ---------------------------------------------------------------------
+    def _key(self, name: str) -> str:
+        return self.jobs_prefix + name
+
+    def _where(self, name: str | None = None) -> str:
+        return f"s3://{self.bucket}/{self._key(name) if name else self.jobs_prefix}"
+
+    def _raise(self, e: BaseException, where: str, *, conditional: bool = False) -> NoReturn:
+        """Map a botocore exception to ours (one line, no secrets) and raise it."""
+        if isinstance(e, bce.ClientError):
+            err = e.response.get("Error", {}) or {}
+            code = str(err.get("Code") or "")
+            status = int(e.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
+            msg = _one_line(err.get("Message") or e.response.get("ResponseMetadata", {}).get("HTTPHeaders", {}).get("x-amz-error-message", "") or "")
+            detail = f"{code or status}" + (f": {msg}" if msg else "")
+            if code in _EXISTS_CODES or status == 412:
+                raise RemoteExistsError(f"{where}: already exists (conditional create refused)") from None
+            if conditional and (code in _NOT_IMPLEMENTED_CODES or status == 501):
+                raise TransportError(
+                    f"{where}: this S3 store lacks conditional writes (If-None-Match: *), so it "
+                    f"cannot refuse to overwrite a job ({detail}); set the s3 option "
+                    f"conditional_writes=false to accept a racy check instead"
+                ) from None
+            if code in _AUTH_CODES or status in (401, 403):
+                raise AuthError(f"{where}: access denied ({detail}); check the AWS credentials, profile and permissions") from None
+            if code in _NOT_FOUND_CODES or status == 404:
+                raise RemoteNotFoundError(f"{where}: not found ({detail})") from None
+            if code in _TRANSIENT_CODES or status >= 500 or status == 429:
+                raise TransientError(f"{where}: server error ({detail})") from None
+            raise TransportError(f"{where}: {detail}") from None
+        if isinstance(e, bce.NoCredentialsError | bce.PartialCredentialsError):
+            raise AuthError(f"{where}: no usable AWS credentials ({_one_line(e)}); set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or a profile") from None
+        if isinstance(e, bce.CredentialRetrievalError | bce.UnknownCredentialError):
+            raise AuthError(f"{where}: cannot get AWS credentials ({_one_line(e)})") from None
+        if isinstance(e, bce.FlexibleChecksumError | bce.ChecksumError):
+            raise IntegrityError(f"{where}: {_one_line(e)}") from None
+        if isinstance(e, bce.SSLError):
+            raise TransportError(f"{where}: TLS error ({_one_line(e)})") from None
+        if isinstance(e, bce.ConnectionError | bce.HTTPClientError | bce.IncompleteReadError):
+            raise TransientError(f"{where}: connection problem ({type(e).__name__}: {_one_line(e)})") from None
+        if isinstance(e, bce.BotoCoreError):
+            raise TransportError(f"{where}: {type(e).__name__}: {_one_line(e)}") from None
+        raise e
+
+    # -- the interface ---------------------------------------------------------------
+    def list(self) -> Iterator[RemoteEntry]:
+        where = self._where()
+        paginator = self._client.get_paginator("list_objects_v2")
+        try:
+            for page in paginator.paginate(Bucket=self.bucket, Prefix=self.jobs_prefix, Delimiter="/"):
+                for obj in page.get("Contents", []) or []:
+                    name = obj["Key"][len(self.jobs_prefix):]
+                    if not name:  # a "directory marker" object jobs/
+                        continue
+                    lm = obj.get("LastModified")
+                    yield RemoteEntry(
+                        name=name,
+                        size=int(obj["Size"]),
+                        tag=str(obj.get("ETag") or "").strip('"') or None,
+                        mtime=lm.timestamp() if lm is not None else None,
+                    )
+        except (bce.BotoCoreError, bce.ClientError) as e:
+            self._raise(e, where)
+
+    def _get(self, name: str) -> dict[str, Any]:
+        self.check_name(name)
+        try:
+            return self._client.get_object(Bucket=self.bucket, Key=self._key(name), ChecksumMode="ENABLED")  # type: ignore[no-any-return]
+        except (bce.BotoCoreError, bce.ClientError) as e:
+            self._raise(e, self._where(name))
+
+    def open(self, name: str) -> BinaryIO:
+        resp = self._get(name)
+        where = self._where(name)
+
+        def mapper(e: BaseException) -> NoReturn:
+            self._raise(e, where)
+
+        return io.BufferedReader(_Body(resp["Body"], mapper), READ_CHUNK)  # type: ignore[return-value]
+
+    def fetch(self, name: str, dst: BinaryIO, entry: RemoteEntry | None = None) -> int:
+        resp = self._get(name)
+        where = self._where(name)
+        body = resp["Body"]
+        verifier = choose_verifier(resp)
+        n = 0
+        try:
+            while True:
+                chunk = body.read(READ_CHUNK)
+                if not chunk:
+                    break
+                if verifier is not None:
+                    verifier.update(chunk)
+                dst.write(chunk)
+                n += len(chunk)
+        except (bce.BotoCoreError, bce.ClientError) as e:
+            self._raise(e, where)
+        finally:
+            body.close()
+        length = resp.get("ContentLength")
+        if length is not None and int(length) != n:
+            raise TransientError(f"{where}: connection ended after {n} of {length} bytes")
+        if verifier is not None:
+            verifier.check(where)
+        if entry is not None and entry.size is not None and entry.size != n:
+            raise IntegrityError(f"{where}: read {n} bytes, the listing said {entry.size}")
+        return n
+
+    def write_new(self, name: str, src: BinaryIO, size: int) -> RemoteEntry:
+        self.check_name(name)
+        if size < 0:
+            raise TransportError(f"{self._where(name)}: negative size {size}")
+        o = self.opts
+        if size <= o.multipart_threshold and (size <= o.multipart_chunksize or _seekable(src)):
+            return self._put_single(name, src, size)
+        return self._put_multipart(name, src, size)
+
+    def _cond(self) -> dict[str, str]:
+        return {"IfNoneMatch": "*"} if self.opts.conditional_writes else {}
+
+    def _precheck_absent(self, name: str) -> None:
+        """Fail early (HEAD) if ``name`` exists.  Racy: the conditional write is the real
+        guard; this only avoids uploading a large file for nothing."""
+        try:
+            self._client.head_object(Bucket=self.bucket, Key=self._key(name))
+        except bce.ClientError as e:
+            status = int(e.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
+            if status == 404:
+                return
+            self._raise(e, self._where(name))
+        except bce.BotoCoreError as e:
+            self._raise(e, self._where(name))
+        raise RemoteExistsError(f"{self._where(name)}: already exists")
+
+    def _put_single(self, name: str, src: BinaryIO, size: int) -> RemoteEntry:
+        where = self._where(name)
+        h = hashlib.sha256()
+        body: Any
+        if size <= self.opts.multipart_chunksize and not _seekable(src):
+            body = _read_exactly(src, size, where)
+            h.update(body)
+        else:
+            win = _Window(src, size)
+            got = 0
+            while True:
+                chunk = win.read(READ_CHUNK)
+                if not chunk:
+                    break
+                h.update(chunk)
+                got += len(chunk)
+            if got != size:
+                raise TransportError(f"{where}: source ended early ({got} of {size} bytes)")
+            win.seek(0)
+            body = win
+        if not self.opts.conditional_writes:
+            self._precheck_absent(name)
+        try:
+            resp = self._client.put_object(
+                Bucket=self.bucket, Key=self._key(name), Body=body, ContentLength=size,
+                ChecksumAlgorithm="SHA256", ChecksumSHA256=base64.b64encode(h.digest()).decode(),
+                **self._cond(),
+            )
+        except (bce.BotoCoreError, bce.ClientError) as e:
+            self._raise(e, where, conditional=True)
+        return RemoteEntry(name=name, size=size, tag=str(resp.get("ETag") or "").strip('"') or None)
+
+    def _put_multipart(self, name: str, src: BinaryIO, size: int) -> RemoteEntry:
+        where = self._where(name)
+        key = self._key(name)
+        part_size = max(self.opts.multipart_chunksize, -(-size // MAX_PARTS))
+        self._precheck_absent(name)
+        try:
+            mpu = self._client.create_multipart_upload(Bucket=self.bucket, Key=key, ChecksumAlgorithm="SHA256")
+        except (bce.BotoCoreError, bce.ClientError) as e:
+            self._raise(e, where)
+        upload_id = mpu["UploadId"]
+        try:
+            parts: list[dict[str, Any]] = []
+            done = 0
+            number = 1
+            while done < size or number == 1:
+                data = _read_exactly(src, min(part_size, size - done), where)
+                digest = base64.b64encode(hashlib.sha256(data).digest()).decode()
+                r = self._client.upload_part(
+                    Bucket=self.bucket, Key=key, UploadId=upload_id, PartNumber=number,
+                    Body=data, ContentLength=len(data),
+                    ChecksumAlgorithm="SHA256", ChecksumSHA256=digest,
+                )
+                parts.append({"PartNumber": number, "ETag": r["ETag"], "ChecksumSHA256": digest})
+                done += len(data)
+                number += 1
+                del data
+            resp = self._client.complete_multipart_upload(
+                Bucket=self.bucket, Key=key, UploadId=upload_id,
+                MultipartUpload={"Parts": parts}, **self._cond(),
+            )
+        except BaseException as e:
+            self._abort(key, upload_id)
+            if isinstance(e, bce.BotoCoreError | bce.ClientError):
+                self._raise(e, where, conditional=True)
+            raise
+        return RemoteEntry(name=name, size=size, tag=str(resp.get("ETag") or "").strip('"') or None)
+
+    def _abort(self, key: str, upload_id: str) -> None:
+        try:
+            self._client.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload_id)
+        except (bce.BotoCoreError, bce.ClientError) as e:
+            log.warning("s3://%s/%s: could not abort multipart upload %s: %s",
+                        self.bucket, key, upload_id, _one_line(e))
+
+    def delete(self, name: str) -> None:
+        self.check_name(name)
+        try:
+            self._client.delete_object(Bucket=self.bucket, Key=self._key(name))
+        except (bce.BotoCoreError, bce.ClientError) as e:
+            self._raise(e, self._where(name))
+
+    def cleanup_temporaries(self, older_than: float = STALE_UPLOAD_SECONDS) -> int:
+        """Abort multipart uploads under ``jobs/`` started more than ``older_than``
+        seconds ago (left by interrupted writes; younger ones may be another writer's
+        upload in progress)."""
+        n = 0
+        cutoff = time.time() - older_than
+        try:
+            paginator = self._client.get_paginator("list_multipart_uploads")
+            for page in paginator.paginate(Bucket=self.bucket, Prefix=self.jobs_prefix):
+                for up in page.get("Uploads", []) or []:
+                    started = up.get("Initiated")
+                    if started is not None and started.timestamp() > cutoff:
+                        continue
+                    self._abort(up["Key"], up["UploadId"])
+                    n += 1
+        except (bce.BotoCoreError, bce.ClientError) as e:
+            self._raise(e, self._where())
+        return n
+
+    def close(self) -> None:
+        try:
+            self._client.close()
+        except Exception:  # noqa: BLE001 - closing is best effort
+            pass
+
+    def describe(self) -> str:
+        where = f"s3://{self.bucket}/{self.prefix}".rstrip("/")
+        if self.opts.endpoint_url:
+            where += f" at {_redact_url(self.opts.endpoint_url)}"
+        return where
