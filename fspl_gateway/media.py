@@ -1,0 +1,512 @@
+"""Sneakernet: export an outbox queue to a USB stick or an ISO image, import it back.
+
+Media layout (directory media and ISO images alike)::
+
+    <root>/jobs/fspl-*.fspl     job files, byte-identical to the outbox
+    <root>/MANIFEST.sha256      "<sha256 hex>  jobs/<name>" per job (sha256sum format,
+                                paths relative to <root>; `cd <root> && sha256sum -c
+                                MANIFEST.sha256` checks a mounted stick or CD)
+
+In an ISO image the names are carried by Rock Ridge (1.09) and Joliet; the plain ISO 9660
+names are generated (``/JOBS/J0000001.FSP;1``, ``/MANIFEST.SHA;1``).  A name that Joliet
+cannot hold (over 64 characters, or ``*/:;?\\``) is in Rock Ridge only.
+
+Functions (the CLI's ``fspl-gw export`` / ``import`` call these; every failure is an
+:class:`~fspl_gateway.errors.FsplError` with a one-line message):
+
+* :func:`export_dir` ``(outbox_queue_dir, dest_dir, *, keep=False) -> ExportResult``
+* :func:`export_iso` ``(outbox_queue_dir, iso_path, *, keep=False, overwrite=False,
+  volume_id="FSPL_JOBS") -> ExportResult``
+* :func:`import_media` ``(source, queue_dir, *, good_only=False, require_manifest=True,
+  opts=None) -> ImportResult`` — ``source`` is a directory or an ``.iso`` file.
+* :func:`verify_manifest` ``(source) -> ManifestReport`` — a path or a MediaTransport.
+
+Guarantees: a job leaves the outbox only after its copy on the media has been fsynced and
+read back (page cache dropped first where the kernel allows) with the same sha256; an
+export that fails midway (disk full, I/O error) removes nothing from the outbox; an ISO
+image is written under a temporary name, read back through the media transport, and only
+then renamed to its final name (never a half-written image); import never writes to the
+media.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import io
+import logging
+import os
+import stat
+from dataclasses import dataclass, field
+from typing import Any, BinaryIO
+
+from fspl_gateway.errors import (
+    FsplError,
+    IntegrityError,
+    PacketError,
+    QueueError,
+    RemoteExistsError,
+    RemoteNotFoundError,
+    TransportError,
+)
+from fspl_gateway.fsutil import TMP_PREFIX, AtomicWriter, fsync_dir, write_all
+from fspl_gateway.packet import read_header_path
+from fspl_gateway.transports.base import is_job_name
+from fspl_gateway.transports.media import (
+    JOBS_DIR,
+    MANIFEST_NAME,
+    ManifestReport,
+    MediaTransport,
+    format_manifest,
+    parse_manifest,
+)
+from fspl_gateway.transports.media import verify_manifest as _verify_transport
+
+log = logging.getLogger(__name__)
+
+__all__ = ["ExportResult", "ImportResult", "ManifestReport", "export_dir", "export_iso",
+           "import_media", "verify_manifest"]
+
+_CHUNK = 1 << 20
+_JOLIET_BAD = set('*/:;?\\')
+
+
+@dataclass
+class ExportResult:
+    """What an export did."""
+
+    #: Jobs newly written to the media.
+    exported: int = 0
+    #: Jobs already on the media with the same bytes (not rewritten).
+    already_present: int = 0
+    #: ``fspl-*.fspl`` files in the outbox whose header does not parse (left alone).
+    skipped_bad: int = 0
+    #: Jobs removed from the outbox (0 with keep=True).
+    removed: int = 0
+    #: Payload bytes written to the media.
+    bytes: int = 0
+    #: Names of the jobs now safely on the media (exported + already present).
+    names: list[str] = field(default_factory=list)
+    #: The manifest (directory media) or image (ISO) written.
+    target: str = ""
+
+
+@dataclass
+class ImportResult:
+    """What an import did: the manifest check and the sync engine's result."""
+
+    report: ManifestReport
+    #: Job names not imported because the manifest check failed for them.
+    rejected: list[str]
+    sync: Any = None
+
+
+# -- helpers -------------------------------------------------------------------------
+@dataclass
+class _Job:
+    name: str
+    path: str
+    size: int
+    ident: tuple[int, int, int, int]  # dev, ino, size, mtime_ns
+
+
+def _ident(st: os.stat_result) -> tuple[int, int, int, int]:
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+def _outbox_jobs(outbox: str) -> tuple[list[_Job], int]:
+    """The outbox's valid jobs (sorted by name) and the count of unparsable ones."""
+    jobs_dir = os.path.join(outbox, "jobs")
+    if not os.path.isdir(jobs_dir):
+        raise QueueError(f"{outbox} is not a queue directory (no jobs/)")
+    jobs: list[_Job] = []
+    bad = 0
+    with os.scandir(jobs_dir) as it:
+        for de in it:
+            if not is_job_name(de.name):
+                continue
+            st = de.stat(follow_symlinks=False)
+            if not stat.S_ISREG(st.st_mode):
+                log.warning("outbox: %s is not a regular file; not exported", de.path)
+                continue
+            try:
+                read_header_path(de.path)
+            except PacketError as e:
+                log.warning("outbox: %s has a bad header (%s); not exported", de.path, e)
+                bad += 1
+                continue
+            jobs.append(_Job(de.name, de.path, st.st_size, _ident(st)))
+    jobs.sort(key=lambda j: j.name)
+    return jobs, bad
+
+
+def _open_nofollow(path: str) -> BinaryIO:
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    return os.fdopen(fd, "rb", buffering=0)  # type: ignore[return-value]
+
+
+def _hash_file(path: str, *, drop_cache: bool = False) -> tuple[str, int]:
+    """sha256 of a file, streamed.  ``drop_cache`` first asks the kernel to forget its
+    cached pages, so that a just-written copy is read back from the device."""
+    with _open_nofollow(path) as f:
+        if drop_cache:
+            try:
+                os.posix_fadvise(f.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
+            except OSError:
+                pass
+        h = hashlib.sha256()
+        n = 0
+        buf = bytearray(_CHUNK)
+        view = memoryview(buf)
+        while True:
+            k = f.readinto(buf)
+            if not k:
+                return h.hexdigest(), n
+            h.update(view[:k])
+            n += k
+
+
+def _copy_hash(src_path: str, dst: BinaryIO) -> tuple[str, int]:
+    """Copy a file into ``dst`` (raw) while hashing it; (hex, bytes)."""
+    h = hashlib.sha256()
+    n = 0
+    buf = bytearray(_CHUNK)
+    view = memoryview(buf)
+    fd = dst.fileno()
+    with _open_nofollow(src_path) as f:
+        while True:
+            k = f.readinto(buf)
+            if not k:
+                return h.hexdigest(), n
+            h.update(view[:k])
+            write_all(fd, view[:k])
+            n += k
+
+
+def _media_error(what: str, e: OSError) -> TransportError:
+    if e.errno == errno.ENOSPC or e.errno == errno.EFBIG:
+        return TransportError(f"{what}: the media is full; nothing was removed from the outbox")
+    if e.errno == errno.EROFS:
+        return TransportError(f"{what}: the media is mounted read-only")
+    return TransportError(f"{what}: {e.strerror or e}")
+
+
+def _remove_from_outbox(jobs: list[_Job]) -> int:
+    """Unlink exported jobs that are still the very file we exported; fsync the dir."""
+    removed = 0
+    dirs: set[str] = set()
+    for j in jobs:
+        try:
+            st = os.lstat(j.path)
+        except FileNotFoundError:
+            continue
+        if _ident(st) != j.ident:
+            log.warning("outbox: %s changed during export; left in place", j.path)
+            continue
+        os.unlink(j.path)
+        dirs.add(os.path.dirname(j.path))
+        removed += 1
+    for d in dirs:
+        fsync_dir(d)
+    return removed
+
+
+# -- export to a directory -----------------------------------------------------------
+def export_dir(outbox_queue_dir: str, dest_dir: str, *, keep: bool = False) -> ExportResult:
+    """Copy every valid job of the outbox queue to ``dest_dir/jobs/`` and (re)write
+    ``dest_dir/MANIFEST.sha256`` covering every job on the media.
+
+    ``dest_dir`` must exist (the mount point of the stick: we refuse to create it, so an
+    unmounted stick is not silently replaced by a directory on the root disk); its
+    ``jobs/`` is created if needed.  A job already on the media with the same bytes is
+    not rewritten; one with different bytes is an error raised before anything is
+    written.  Jobs leave the outbox (unless ``keep``) only after the manifest is written
+    and every copy has been read back from the media and matched.
+    """
+    dest = os.path.abspath(dest_dir)
+    if not os.path.isdir(dest):
+        raise RemoteNotFoundError(f"destination {dest} does not exist or is not a "
+                                  "directory (is the stick mounted?)")
+    jobs, bad = _outbox_jobs(outbox_queue_dir)
+    res = ExportResult(skipped_bad=bad, target=os.path.join(dest, MANIFEST_NAME))
+    mjobs = os.path.join(dest, JOBS_DIR)
+    try:
+        if not os.path.isdir(mjobs):
+            if os.path.lexists(mjobs):
+                raise TransportError(f"{mjobs} exists and is not a directory")
+            os.mkdir(mjobs)
+            fsync_dir(dest)
+    except OSError as e:
+        raise _media_error(f"creating {mjobs}", e) from None
+
+    # 1. Conflicts first: nothing is written if any name clashes with other bytes.
+    digests: dict[str, str] = {}
+    todo: list[_Job] = []
+    for j in jobs:
+        target = os.path.join(mjobs, j.name)
+        if not os.path.lexists(target):
+            todo.append(j)
+            continue
+        st = os.lstat(target)
+        if not stat.S_ISREG(st.st_mode):
+            raise RemoteExistsError(f"{target} exists and is not a regular file")
+        src_hex, _ = _hash_file(j.path)
+        dst_hex, _ = _hash_file(target)
+        if src_hex != dst_hex:
+            raise RemoteExistsError(f"{target} already exists on the media with different "
+                                    "bytes; nothing exported")
+        digests[j.name] = src_hex
+        res.already_present += 1
+
+    # 2. Copy, fsync (AtomicWriter), read back from the device.
+    for j in todo:
+        what = f"exporting {j.name} to {mjobs}"
+        try:
+            w = AtomicWriter(mjobs, j.name)
+        except OSError as e:
+            raise _media_error(what, e) from None
+        try:
+            hexd, n = _copy_hash(j.path, w.file)
+            w.commit()
+        except FileExistsError:
+            w.abort()
+            raise RemoteExistsError(f"{what}: the name appeared meanwhile") from None
+        except OSError as e:
+            w.abort()
+            raise _media_error(what, e) from None
+        except BaseException:
+            w.abort()
+            raise
+        final = os.path.join(mjobs, j.name)
+        back, m = _hash_file(final, drop_cache=True)
+        if back != hexd or m != n:
+            os.unlink(final)
+            fsync_dir(mjobs)
+            raise IntegrityError(f"{what}: read back different bytes; the media may be "
+                                 "failing (the bad copy was removed, the outbox is intact)")
+        digests[j.name] = hexd
+        res.exported += 1
+        res.bytes += n
+
+    # 3. The manifest: every job file on the media.
+    _write_dir_manifest(dest, digests)
+    res.names = [j.name for j in jobs]
+    if not keep:
+        res.removed = _remove_from_outbox(jobs)
+    return res
+
+
+def _write_dir_manifest(dest: str, fresh: dict[str, str]) -> None:
+    mjobs = os.path.join(dest, JOBS_DIR)
+    old: dict[str, str] = {}
+    mpath = os.path.join(dest, MANIFEST_NAME)
+    if os.path.lexists(mpath):
+        if not stat.S_ISREG(os.lstat(mpath).st_mode):
+            raise TransportError(f"{mpath} is not a regular file; refusing to replace it")
+        with _open_nofollow(mpath) as f:
+            old, malformed = parse_manifest(f)
+        if malformed:
+            log.warning("%s: %d malformed lines dropped", mpath, len(malformed))
+    entries: dict[str, str] = {}
+    with os.scandir(mjobs) as it:
+        for de in it:
+            if not is_job_name(de.name) or de.name.startswith(TMP_PREFIX):
+                continue
+            if not de.is_file(follow_symlinks=False):
+                log.warning("media: %s is not a regular file; left out of the manifest", de.path)
+                continue
+            rel = f"{JOBS_DIR}/{de.name}"
+            if de.name in fresh:
+                entries[rel] = fresh[de.name]
+            elif rel in old:
+                entries[rel] = old[rel]
+            else:
+                log.warning("media: %s was not in the manifest; adding its current hash",
+                            de.path)
+                entries[rel] = _hash_file(de.path)[0]
+    try:
+        with AtomicWriter(dest, MANIFEST_NAME, clobber=True) as w:
+            write_all(w.fileno(), format_manifest(entries))
+    except OSError as e:
+        raise _media_error(f"writing {mpath}", e) from None
+
+
+# -- export to an ISO image ----------------------------------------------------------
+class _LazyFile(io.RawIOBase):
+    """A read-only file object for pycdlib's add_fp that holds a descriptor only while
+    pycdlib copies from it (so thousands of jobs do not exhaust file descriptors)."""
+
+    mode = "rb"
+
+    def __init__(self, path: str, size: int) -> None:
+        super().__init__()
+        self.path = path
+        self.size = size
+        self._f: BinaryIO | None = None
+        self._pos = 0
+
+    def _file(self) -> BinaryIO:
+        if self._f is None:
+            self._f = _open_nofollow(self.path)
+            self._f.seek(self._pos)
+        return self._f
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        base = {0: 0, 1: self._pos, 2: self.size}[whence]
+        self._pos = base + offset
+        if self._f is not None:
+            self._f.seek(self._pos)
+        return self._pos
+
+    def tell(self) -> int:
+        return self._pos
+
+    def readinto(self, b: Any) -> int:
+        n = self._file().readinto(b) or 0
+        self._pos += n
+        if n == 0 or self._pos >= self.size:
+            self._release()
+        return n
+
+    def _release(self) -> None:
+        if self._f is not None:
+            self._f.close()
+            self._f = None
+
+    def close(self) -> None:
+        self._release()
+        super().close()
+
+
+def _joliet_ok(name: str) -> bool:
+    return len(name) <= 64 and not (set(name) & _JOLIET_BAD)
+
+
+def export_iso(outbox_queue_dir: str, iso_path: str, *, keep: bool = False,
+               overwrite: bool = False, volume_id: str = "FSPL_JOBS") -> ExportResult:
+    """Build an ISO 9660 image (Rock Ridge 1.09 + Joliet) holding every valid job of the
+    outbox under ``jobs/`` plus ``MANIFEST.sha256``.
+
+    The image is written under a temporary name next to ``iso_path``, fsynced, read back
+    through :class:`MediaTransport` (every job hashed against the manifest), and only then
+    renamed to ``iso_path`` (without replacing an existing file unless ``overwrite``).
+    Job files are streamed into pycdlib, never held in memory.  Jobs leave the outbox
+    (unless ``keep``) after that verification.
+    """
+    import pycdlib
+    from pycdlib.pycdlibexception import PyCdlibException
+
+    iso_path = os.path.abspath(iso_path)
+    out_dir = os.path.dirname(iso_path)
+    if not os.path.isdir(out_dir):
+        raise RemoteNotFoundError(f"directory {out_dir} does not exist")
+    if os.path.lexists(iso_path) and not overwrite:
+        raise RemoteExistsError(f"{iso_path} already exists; not overwriting it")
+    jobs, bad = _outbox_jobs(outbox_queue_dir)
+    res = ExportResult(skipped_bad=bad, target=iso_path)
+
+    digests = {f"{JOBS_DIR}/{j.name}": _hash_file(j.path)[0] for j in jobs}
+    manifest = format_manifest(digests)
+
+    iso = pycdlib.PyCdlib()
+    lazies: list[_LazyFile] = []
+    w: AtomicWriter | None = None
+    try:
+        iso.new(interchange_level=3, joliet=3, rock_ridge="1.09",
+                vol_ident=volume_id[:32], app_ident_str="fspl-gateway")
+        iso.add_directory(iso_path="/JOBS", rr_name=JOBS_DIR, joliet_path="/" + JOBS_DIR)
+        for i, j in enumerate(jobs, 1):
+            lz = _LazyFile(j.path, j.size)
+            lazies.append(lz)
+            jp = f"/{JOBS_DIR}/{j.name}" if _joliet_ok(j.name) else None
+            if jp is None:
+                log.info("%s: name too long or not allowed for Joliet; Rock Ridge only", j.name)
+            iso.add_fp(lz, j.size, iso_path=f"/JOBS/J{i:07d}.FSP;1", rr_name=j.name,
+                       joliet_path=jp, file_mode=0o100444)
+            res.bytes += j.size
+        iso.add_fp(io.BytesIO(manifest), len(manifest), iso_path="/MANIFEST.SHA;1",
+                   rr_name=MANIFEST_NAME, joliet_path="/" + MANIFEST_NAME, file_mode=0o100444)
+
+        w = AtomicWriter(out_dir, os.path.basename(iso_path), clobber=overwrite)
+        bw = io.BufferedWriter(w.file, buffer_size=_CHUNK)  # type: ignore[arg-type]
+        iso.write_fp(bw, blocksize=_CHUNK)
+        bw.flush()
+        bw.detach()
+        os.fsync(w.fileno())
+        try:
+            os.posix_fadvise(w.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
+        except OSError:
+            pass
+        _verify_image(w.tmp_path, digests)
+        w.commit()
+    except FileExistsError:
+        if w is not None:
+            w.abort()
+        raise RemoteExistsError(f"{iso_path} appeared meanwhile; not overwriting it") from None
+    except OSError as e:
+        if w is not None:
+            w.abort()
+        raise _media_error(f"writing {iso_path}", e) from None
+    except PyCdlibException as e:
+        if w is not None:
+            w.abort()
+        raise TransportError(f"building {iso_path}: {e}") from None
+    except BaseException:
+        if w is not None:
+            w.abort()
+        raise
+    finally:
+        for lz in lazies:
+            lz.close()
+        try:
+            iso.close()
+        except PyCdlibException:
+            pass
+    res.exported = len(jobs)
+    res.names = [j.name for j in jobs]
+    if not keep:
+        res.removed = _remove_from_outbox(jobs)
+    return res
+
+
+def _verify_image(path: str, digests: dict[str, str]) -> None:
+    """Read a freshly written image back: the manifest must be ours and every job must
+    match it, with nothing missing or extra."""
+    with MediaTransport(path) as t:
+        assert isinstance(t, MediaTransport)
+        report = _verify_transport(t)
+        with t.open_manifest() as mf:
+            entries, _ = parse_manifest(mf)
+    if entries != digests or not report.clean or len(report.ok) != len(digests):
+        raise IntegrityError(f"the image read back does not match what was written "
+                             f"({report.summary()}); nothing was removed from the outbox")
+
+
+# -- verify / import -----------------------------------------------------------------
+def verify_manifest(source: str | MediaTransport) -> ManifestReport:
+    """Check the jobs of a media (a directory, an ISO file, or a MediaTransport) against
+    its MANIFEST.sha256, streaming every file; see :class:`ManifestReport`."""
+    if isinstance(source, MediaTransport):
+        return _verify_transport(source)
+    with MediaTransport(source, {"read_only": True}) as t:
+        assert isinstance(t, MediaTransport)
+        return _verify_transport(t)
+
+
+def import_media(source: str, queue_dir: str, *, good_only: bool = False,
+                 require_manifest: bool = True, opts: Any = None) -> ImportResult:
+    """Import the jobs of a media into a local queue; never writes to the media.
+
+    The manifest is verified first.  Any mismatched, unlisted, unreadable or refused job
+    (or a missing manifest when ``require_manifest``) makes the whole import fail with
+    an error naming the bad files — unless ``good_only``, which imports the jobs that
+    matched and reports the rest in :attr:`ImportResult.rejected`.  The jobs are then
+    pulled through the sync engine with the after-fetch policy ``keep``.
+    """
+    raise FsplError("import is not available yet: the sync engine is pending")

@@ -1,0 +1,266 @@
+"""The ``local`` transport: the remote queue is a directory on a mounted file system.
+
+``location`` is the remote queue directory (the one holding ``jobs/``): an NFS or SMB
+mount, a Syncthing folder, an rclone mount, or just another directory.
+
+* ``list`` — ``os.scandir`` of ``jobs/``: regular files only, symlinks are never followed
+  (a symlink, directory, FIFO or device is not listed); size and mtime from ``lstat``.
+* ``open`` — a raw unbuffered file (``O_NOFOLLOW``, ``O_NONBLOCK`` so that a FIFO cannot
+  hang us, then checked to be a regular file).
+* ``fetch`` — a kernel copy (:func:`fspl_gateway.fsutil.copy_fd` through
+  :func:`~fspl_gateway.fsutil.copy_stream`), then the byte count is checked against the
+  file's size when opened (and the listed size, if given): a mismatch is an
+  :class:`~fspl_gateway.errors.IntegrityError`.
+* ``write_new`` — :class:`fspl_gateway.fsutil.AtomicWriter` inside the remote ``jobs/``
+  (temporary name → fsync → link/rename without clobbering → fsync the directory), so
+  the file appears whole or not at all and never over an existing name.
+* ``delete`` — unlink + fsync of ``jobs/``.  A missing file raises RemoteNotFoundError.
+
+Temporaries (``cleanup_temporaries``): our writers name temporaries
+``fsutil.TMP_PREFIX + "<pid>-<random>-<final name>"``.  A leftover is removed when it is
+a regular file and either
+
+1. its last modification is older than ``tmp_max_age`` minutes (option, default 60), or
+2. the writer pid in its name is not a live process *on this host* and the file has not
+   been modified for ``tmp_grace`` seconds (option, default 60).
+
+Rule 2 clears the debris of a killed local writer quickly; the grace period protects a
+writer on another host sharing the directory (NFS, Syncthing), whose pid means nothing
+here but which keeps the mtime fresh while it writes.  Nothing else is ever touched.
+
+Options: ``tmp_max_age`` (minutes, int), ``tmp_grace`` (seconds, int).
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import logging
+import os
+import stat
+import time
+from collections.abc import Iterator, Mapping
+from typing import Any, BinaryIO
+
+from fspl_gateway.transports.base import RemoteEntry, Transport
+
+from fspl_gateway.errors import (
+    IntegrityError,
+    RemoteExistsError,
+    RemoteNotFoundError,
+    TransportError,
+)
+from fspl_gateway.fsutil import TMP_PREFIX, AtomicWriter, copy_stream, fsync_dir
+
+log = logging.getLogger(__name__)
+
+DEFAULT_TMP_MAX_AGE_MIN = 60
+DEFAULT_TMP_GRACE_S = 60
+
+
+def _os_error(what: str, e: OSError) -> TransportError:
+    """An OSError as a one-line TransportError (ENOSPC, EROFS, EACCES spelled out)."""
+    reason = e.strerror or str(e)
+    if e.errno == errno.ENOSPC:
+        reason = "no space left on the remote file system"
+    elif e.errno == errno.EROFS:
+        reason = "the remote file system is read-only"
+    elif e.errno in (errno.EACCES, errno.EPERM):
+        reason = "permission denied"
+    return TransportError(f"{what}: {reason}")
+
+
+def pid_alive(pid: int) -> bool:
+    """True if a process ``pid`` exists on this host (EPERM counts as alive)."""
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def tmp_writer_pid(name: str) -> int | None:
+    """The writer pid encoded in one of our temporary names, or None."""
+    if not name.startswith(TMP_PREFIX):
+        return None
+    head = name[len(TMP_PREFIX):].split("-", 1)[0]
+    return int(head) if head.isdigit() else None
+
+
+def cleanup_tmp_dir(dirpath: str, *, max_age_min: float = DEFAULT_TMP_MAX_AGE_MIN,
+                    grace_s: float = DEFAULT_TMP_GRACE_S, now: float | None = None) -> int:
+    """Remove stale temporaries of ours in ``dirpath`` (the rule is in the module doc).
+    Returns how many were removed."""
+    now = time.time() if now is None else now
+    removed = 0
+    try:
+        it = os.scandir(dirpath)
+    except FileNotFoundError:
+        return 0
+    with it:
+        for de in it:
+            if not de.name.startswith(TMP_PREFIX):
+                continue
+            try:
+                st = de.stat(follow_symlinks=False)
+            except FileNotFoundError:
+                continue
+            if not stat.S_ISREG(st.st_mode):
+                continue
+            idle = now - st.st_mtime
+            pid = tmp_writer_pid(de.name)
+            stale = idle > max_age_min * 60 or (
+                pid is not None and idle >= grace_s and not pid_alive(pid))
+            if not stale:
+                continue
+            try:
+                os.unlink(de.path)
+            except FileNotFoundError:
+                continue
+            log.info("removed stale temporary %s (idle %.0f s)", de.path, idle)
+            removed += 1
+    if removed:
+        fsync_dir(dirpath)
+    return removed
+
+
+def open_regular_nofollow(path: str, what: str) -> BinaryIO:
+    """Open ``path`` read-only as a raw unbuffered file, refusing symlinks, FIFOs,
+    devices and directories; missing → RemoteNotFoundError."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise RemoteNotFoundError(f"{what}: no such file") from None
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise TransportError(f"{what}: is a symbolic link; refusing to follow it") from None
+        raise _os_error(what, e) from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise TransportError(f"{what}: not a regular file; refusing it")
+        flags = fcntl.fcntl(fd, fcntl.F_GETFL)
+        fcntl.fcntl(fd, fcntl.F_SETFL, flags & ~os.O_NONBLOCK)
+        return os.fdopen(fd, "rb", buffering=0)  # type: ignore[return-value]
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+class LocalTransport(Transport):
+    """A remote queue that is a directory (see the module documentation)."""
+
+    name = "local"
+
+    def __init__(self, location: str, options: Mapping[str, Any] | None = None) -> None:
+        super().__init__(location, options)
+        self.root = os.path.abspath(os.path.expanduser(location))
+        self.jobs_dir = os.path.join(self.root, "jobs")
+        self.tmp_max_age_min = float(self.options.get("tmp_max_age", DEFAULT_TMP_MAX_AGE_MIN))
+        self.tmp_grace_s = float(self.options.get("tmp_grace", DEFAULT_TMP_GRACE_S))
+
+    # -- helpers -------------------------------------------------------------------
+    def _require_jobs_dir(self) -> None:
+        try:
+            st = os.lstat(self.jobs_dir)
+        except FileNotFoundError:
+            if not os.path.isdir(self.root):
+                raise RemoteNotFoundError(
+                    f"remote queue directory {self.root} does not exist "
+                    "(is the share mounted?)") from None
+            raise RemoteNotFoundError(
+                f"remote queue directory {self.root} has no jobs/ directory") from None
+        except OSError as e:
+            raise _os_error(f"{self.jobs_dir}", e) from None
+        if not stat.S_ISDIR(st.st_mode):
+            raise TransportError(f"{self.jobs_dir} is not a directory (symlinks are not followed)")
+
+    def _path(self, name: str) -> str:
+        self.check_name(name)
+        return os.path.join(self.jobs_dir, name)
+
+    # -- interface -----------------------------------------------------------------
+    def list(self) -> Iterator[RemoteEntry]:
+        self._require_jobs_dir()
+        try:
+            with os.scandir(self.jobs_dir) as it:
+                entries = []
+                for de in it:
+                    try:
+                        st = de.stat(follow_symlinks=False)
+                    except FileNotFoundError:
+                        continue
+                    if not stat.S_ISREG(st.st_mode):
+                        log.debug("not a regular file, ignored: %s", de.path)
+                        continue
+                    entries.append(RemoteEntry(de.name, st.st_size, None, st.st_mtime))
+        except OSError as e:
+            raise _os_error(f"listing {self.jobs_dir}", e) from None
+        yield from entries
+
+    def open(self, name: str) -> BinaryIO:
+        path = self._path(name)
+        self._require_jobs_dir()
+        return open_regular_nofollow(path, path)
+
+    def fetch(self, name: str, dst: BinaryIO, entry: RemoteEntry | None = None) -> int:
+        with self.open(name) as src:
+            expect = os.fstat(src.fileno()).st_size
+            try:
+                n = copy_stream(src, dst)
+            except OSError as e:
+                raise _os_error(f"copying {self.jobs_dir}/{name}", e) from None
+        if n != expect or (entry is not None and entry.size is not None and entry.size != n):
+            listed = entry.size if entry is not None else None
+            raise IntegrityError(f"{name}: copied {n} bytes, file had {expect} "
+                                 f"(listed {listed}); it changed while being read")
+        return n
+
+    def write_new(self, name: str, src: BinaryIO, size: int) -> RemoteEntry:
+        path = self._path(name)
+        self._require_jobs_dir()
+        if os.path.lexists(path):
+            raise RemoteExistsError(f"{path} already exists; not overwriting it")
+        try:
+            w = AtomicWriter(self.jobs_dir, name)
+        except OSError as e:
+            raise _os_error(f"writing {path}", e) from None
+        try:
+            n = copy_stream(src, w.file, size)
+            if n != size:
+                raise IntegrityError(f"{name}: the source gave {n} bytes, expected {size}")
+            w.commit()
+        except FileExistsError:
+            w.abort()
+            raise RemoteExistsError(f"{path} already exists; not overwriting it") from None
+        except OSError as e:
+            w.abort()
+            raise _os_error(f"writing {path}", e) from None
+        except BaseException:
+            w.abort()
+            raise
+        st = os.lstat(path)
+        return RemoteEntry(name, st.st_size, None, st.st_mtime)
+
+    def delete(self, name: str) -> None:
+        path = self._path(name)
+        self._require_jobs_dir()
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            raise RemoteNotFoundError(f"{path}: no such file") from None
+        except OSError as e:
+            raise _os_error(f"deleting {path}", e) from None
+        fsync_dir(self.jobs_dir)
+
+    def cleanup_temporaries(self) -> int:
+        self._require_jobs_dir()
+        return cleanup_tmp_dir(self.jobs_dir, max_age_min=self.tmp_max_age_min,
+                               grace_s=self.tmp_grace_s)
+
+    def describe(self) -> str:
+        return f"local:{self.root}"
