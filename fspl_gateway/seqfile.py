@@ -123,4 +123,6 @@ def read_unlocked(path: str) -> int | None:
             text = f.readline(64).strip()
     except OSError:
         return None
-    return int(text) if text.isdigit() else None
+    if not text.isdigit() or int(text) >= 1 << 64:
+        return None
+    return int(text)
