@@ -1,0 +1,190 @@
+"""``fspl-gw workers``: one supervisor, N worker processes, each with its own queue.
+
+A worker loops: when its queue is empty it runs a dispersal pass on the incoming queue
+(waiting briefly for the incoming lock, never failing on contention), then processes its
+own queue (by sequence number; its numbers are not contiguous).  Without ``--follow`` a
+worker stops when it is idle and the incoming queue has nothing it could take; with it,
+it polls for new arrivals.
+
+Stopping: SIGTERM or SIGINT to the supervisor → workers take no new jobs and finish the
+one that is running; after ``--grace`` seconds the supervisor kills what is left.  A job
+whose command was killed stays in its worker queue and runs again on the next start:
+each worker writes ``.fspl-gw/running`` (the job's file name) before running a job and
+removes it after, and a worker that finds it on start logs a warning and appends the
+name to ``.fspl-gw/rerun.log``.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import signal
+import time
+from dataclasses import dataclass, field
+
+from fspl_gateway import queue as q
+from fspl_gateway.errors import JobFailedError, LockBusyError
+from fspl_gateway.fsutil import atomic_write
+from fspl_gateway.log import log
+from fspl_gateway.parallel import (
+    DisperseOpts,
+    disperse,
+    ensure_worker_queue,
+    wait_interval,
+)
+from fspl_gateway.process import ProcessOpts, QueueProcessOpts, queue_process
+
+
+@dataclass
+class WorkersOpts:
+    incoming: str
+    n: int
+    workdir: str
+    proc: ProcessOpts
+    key: str | None = None
+    order_by: str = "sequence"
+    on_error: str = "retry"
+    output_to: str = "passboth"
+    never_delete: bool = False
+    follow: bool = False
+    poll: float = 0.5
+    grace: float = 30.0
+    lock_wait: float = 2.0
+    worker_paths: list[str] = field(default_factory=list)
+
+    def paths(self) -> list[str]:
+        if not self.worker_paths:
+            self.worker_paths = [os.path.join(self.workdir, f"worker-{i}")
+                                 for i in range(1, self.n + 1)]
+        return self.worker_paths
+
+
+def _state_dir(worker: str) -> str:
+    d = os.path.join(worker, ".fspl-gw")
+    os.makedirs(d, exist_ok=True)
+    return d
+
+
+def _check_interrupted(worker: str) -> None:
+    marker = os.path.join(_state_dir(worker), "running")
+    try:
+        with open(marker) as f:
+            name = f.read().strip()
+    except FileNotFoundError:
+        return
+    log.warning("%s: job %s was running when this worker stopped; it will run again",
+                worker, name)
+    with open(os.path.join(_state_dir(worker), "rerun.log"), "a") as f:
+        f.write(f"{time.strftime('%Y-%m-%dT%H:%M:%S%z')} {name}\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.unlink(marker)
+
+
+def _run_one(opts: WorkersOpts, worker: str) -> bool:
+    """Run the worker's lowest-seq job, if it has one; return whether it had one."""
+    jobs = sorted(q.scan(worker), key=lambda j: j.meta.seq)
+    if not jobs:
+        return False
+    marker_dir = _state_dir(worker)
+    with atomic_write(marker_dir, "running", clobber=True) as f:
+        f.write(jobs[0].filename.encode("utf-8", "surrogateescape"))
+    try:
+        queue_process(QueueProcessOpts(worker, opts.proc, None, opts.on_error, "seq-sorted",
+                                       opts.never_delete, 1, opts.output_to, wait_lock=5.0))
+    finally:
+        try:
+            os.unlink(os.path.join(marker_dir, "running"))
+        except FileNotFoundError:
+            pass
+    return True
+
+
+def worker_loop(opts: WorkersOpts, index: int, stop: list[bool]) -> int:
+    """The body of worker ``index`` (0-based). Returns its exit code."""
+    me = opts.paths()[index]
+    ensure_worker_queue(me)
+    _check_interrupted(me)
+    dopts = DisperseOpts(opts.incoming, opts.paths(), per_worker=1, order_by=opts.order_by,
+                         on_error=opts.on_error, never_delete=opts.never_delete, key=opts.key,
+                         wait_lock=opts.lock_wait, max_moves=1, only=[me])
+    while not stop[0]:
+        try:
+            if _run_one(opts, me):
+                continue
+        except JobFailedError as e:
+            log.error("%s: %s", me, e)
+            return 1
+        try:
+            res = disperse(dopts)
+        except LockBusyError:
+            continue  # contention with another worker: just try again
+        except JobFailedError as e:
+            log.error("%s", e)
+            return 1
+        if res.moved or res.nops or res.fails or res.recovered:
+            continue
+        if not opts.follow:
+            return 0
+        wait_interval(opts.poll, stop)
+    return 0
+
+
+def _child(opts: WorkersOpts, index: int) -> None:
+    stop = [False]
+
+    def on_signal(_sig: int, _frame: object) -> None:
+        stop[0] = True
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    code = 1
+    try:
+        code = worker_loop(opts, index, stop)
+    except Exception as e:  # noqa: BLE001 - report and exit non-zero, never a traceback
+        log.error("worker %d: %s", index + 1, e)
+    finally:
+        os._exit(code)
+
+
+def run_workers(opts: WorkersOpts) -> int:
+    """Start the workers and supervise them; return the exit code (0 all fine)."""
+    for p in opts.paths():
+        ensure_worker_queue(p)
+    ctx = multiprocessing.get_context("fork")
+    procs = [ctx.Process(target=_child, args=(opts, i), name=f"fspl-gw-worker-{i + 1}")
+             for i in range(opts.n)]
+    stopping = [False]
+
+    def on_signal(_sig: int, _frame: object) -> None:
+        if not stopping[0]:
+            log.info("stopping: workers finish their running job (grace %s s)", opts.grace)
+        stopping[0] = True
+        for p in procs:
+            if p.pid and p.is_alive():
+                os.kill(p.pid, signal.SIGTERM)
+
+    old_term = signal.signal(signal.SIGTERM, on_signal)
+    old_int = signal.signal(signal.SIGINT, on_signal)
+    try:
+        for p in procs:
+            p.start()
+        deadline: float | None = None
+        while any(p.is_alive() for p in procs):
+            if stopping[0] and deadline is None:
+                deadline = time.monotonic() + opts.grace
+            if deadline is not None and time.monotonic() > deadline:
+                for p in procs:
+                    if p.is_alive():
+                        log.warning("killing %s after the grace period", p.name)
+                        p.kill()
+                break
+            for p in procs:
+                p.join(timeout=0.05)
+        for p in procs:
+            p.join()
+    finally:
+        signal.signal(signal.SIGTERM, old_term)
+        signal.signal(signal.SIGINT, old_int)
+    codes = [p.exitcode for p in procs]
+    return 0 if all(c == 0 for c in codes) else 1
