@@ -1,0 +1,582 @@
+"""The Dropbox transport, through the official ``dropbox`` SDK (API v2).
+
+Location: the Dropbox path of the remote queue (``/queues/site-b``); job files live in
+its ``jobs/`` folder (``/queues/site-b/jobs``).
+
+Authentication (options first, then environment variables; never logged):
+
+* preferred: a refresh token + the app key (+ the app secret unless the token was
+  obtained with PKCE): ``refresh_token`` / ``FSPL_GW_DROPBOX_REFRESH_TOKEN``,
+  ``app_key`` / ``FSPL_GW_DROPBOX_APP_KEY``, ``app_secret`` /
+  ``FSPL_GW_DROPBOX_APP_SECRET``.  The SDK obtains and renews short-lived access tokens.
+* or a short-lived access token: ``access_token`` / ``FSPL_GW_DROPBOX_ACCESS_TOKEN``
+  (it expires after a few hours; the transport then fails with a clear AuthError).
+
+Other options: ``ca_bundle`` (a PEM file of CA certificates to trust instead of the
+system's; also ``FSPL_GW_DROPBOX_CA_BUNDLE``), ``chunk_size`` (bytes per upload request;
+files up to this size go in one ``files/upload`` call, bigger ones through an upload
+session; default 8 MiB, at most 128 MiB), ``retries`` (attempts per API call on
+throttling, 5xx and connection errors; default 5), ``max_retry_sleep`` (cap in seconds
+of one wait between attempts, Retry-After included; default 60), ``timeout`` (seconds
+of socket inactivity; default 100).
+
+Integrity: Dropbox's ``content_hash`` (SHA-256 of the concatenated SHA-256 digests of
+each 4 MiB block) is computed while streaming, in both directions, and compared with the
+one Dropbox reports; uploads never overwrite (``WriteMode.add``, ``autorename=False``):
+an upload session's file appears only at ``finish``, whole.
+
+Retries here are per API call (the SDK's own retry loops are switched off because they
+sleep unbounded): the sync/push engines see a TransientError only once they are spent.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import http.client
+import io
+import logging
+import os
+import random
+import time
+from collections.abc import Callable, Iterator, Mapping
+from datetime import UTC, datetime
+from typing import Any, BinaryIO, TypeVar
+
+import dropbox
+import requests
+import urllib3.exceptions
+from dropbox import exceptions as dbx_exc
+from dropbox import files as dbx_files
+from fspl_gateway.transports.base import Capabilities, RemoteEntry, Transport
+
+from fspl_gateway.errors import (
+    AuthError,
+    ConfigError,
+    IntegrityError,
+    RemoteExistsError,
+    RemoteNotFoundError,
+    TransientError,
+    TransportError,
+)
+
+log = logging.getLogger(__name__)
+
+#: Dropbox hashes content in blocks of this size.
+HASH_BLOCK = 4 * 1024 * 1024
+DEFAULT_CHUNK = 8 * 1024 * 1024
+MAX_CHUNK = 128 * 1024 * 1024
+READ_CHUNK = 1 << 20
+
+ENV_REFRESH_TOKEN = "FSPL_GW_DROPBOX_REFRESH_TOKEN"
+ENV_APP_KEY = "FSPL_GW_DROPBOX_APP_KEY"
+ENV_APP_SECRET = "FSPL_GW_DROPBOX_APP_SECRET"
+ENV_ACCESS_TOKEN = "FSPL_GW_DROPBOX_ACCESS_TOKEN"
+ENV_CA_BUNDLE = "FSPL_GW_DROPBOX_CA_BUNDLE"
+
+#: What may break a connection mid-request or mid-body: worth a retry.
+_NETWORK_ERRORS: tuple[type[BaseException], ...] = (
+    requests.exceptions.ConnectionError,
+    requests.exceptions.Timeout,
+    requests.exceptions.ChunkedEncodingError,
+    requests.exceptions.ContentDecodingError,
+    urllib3.exceptions.HTTPError,
+    http.client.HTTPException,
+    ConnectionError,
+    TimeoutError,
+)
+
+T = TypeVar("T")
+
+
+class ContentHasher:
+    """Dropbox's ``content_hash``, fed incrementally (hashlib-like)."""
+
+    def __init__(self) -> None:
+        self._overall = hashlib.sha256()
+        self._block = hashlib.sha256()
+        self._pos = 0
+
+    def update(self, data: bytes | bytearray | memoryview) -> None:
+        view = memoryview(data).cast("B")
+        while len(view):
+            take = min(HASH_BLOCK - self._pos, len(view))
+            self._block.update(view[:take])
+            self._pos += take
+            view = view[take:]
+            if self._pos == HASH_BLOCK:
+                self._overall.update(self._block.digest())
+                self._block = hashlib.sha256()
+                self._pos = 0
+
+    def hexdigest(self) -> str:
+        overall = self._overall.copy()
+        if self._pos:
+            overall.update(self._block.digest())
+        return overall.hexdigest()
+
+
+def content_hash(data: bytes) -> str:
+    """Dropbox's ``content_hash`` of ``data``."""
+    h = ContentHasher()
+    h.update(data)
+    return h.hexdigest()
+
+
+def _mtime(meta: Any) -> float | None:
+    ts = getattr(meta, "server_modified", None)
+    if not isinstance(ts, datetime):
+        return None
+    return ts.replace(tzinfo=UTC).timestamp() if ts.tzinfo is None else ts.timestamp()
+
+
+def _read_exact(src: BinaryIO, n: int) -> bytes:
+    """Up to ``n`` bytes from ``src`` (fewer only at its end)."""
+    parts: list[bytes] = []
+    got = 0
+    while got < n:
+        b = src.read(n - got)
+        if not b:
+            break
+        parts.append(b)
+        got += len(b)
+    return parts[0] if len(parts) == 1 else b"".join(parts)
+
+
+def _short(text: object, limit: int = 200) -> str:
+    s = " ".join(str(text).split())
+    return s if len(s) <= limit else s[:limit] + "…"
+
+
+class _CABundleSession(requests.Session):
+    """A requests session that trusts exactly ``ca_bundle``.
+
+    ``dropbox.create_session(ca_certs=…)`` sets ``session.verify``, but requests lets the
+    REQUESTS_CA_BUNDLE / CURL_CA_BUNDLE environment variables override a session's
+    ``verify`` (requests issue #3829), so on hosts that set them the option was silently
+    ignored.  Here the session's own bundle wins; proxies from the environment still
+    apply.
+    """
+
+    def __init__(self, ca_bundle: str) -> None:
+        super().__init__()
+        self.verify = ca_bundle
+
+    def merge_environment_settings(self, url: Any, proxies: Any, stream: Any, verify: Any,
+                                   cert: Any) -> dict[str, Any]:
+        settings = super().merge_environment_settings(url, proxies, stream, verify, cert)
+        if verify is None or verify is True:
+            settings["verify"] = self.verify
+        return settings
+
+
+class _Download(io.RawIOBase):
+    """A streamed download: hashes as it goes, checks size and content_hash at the end."""
+
+    def __init__(self, name: str, meta: Any, resp: requests.Response) -> None:
+        super().__init__()
+        self.name_ = name
+        self.meta = meta
+        self.resp = resp
+        self._hasher = ContentHasher()
+        self._count = 0
+        self._gen = self.chunks()
+        self._buf = b""
+        self._off = 0
+
+    def chunks(self) -> Iterator[bytes]:
+        it = self.resp.iter_content(READ_CHUNK)
+        while True:
+            try:
+                chunk = next(it)
+            except StopIteration:
+                break
+            except _NETWORK_ERRORS + (OSError,) as e:
+                raise TransientError(
+                    f"{self.name_}: the Dropbox download broke off after {self._count} of "
+                    f"{self.meta.size} bytes ({type(e).__name__}); retry") from None
+            if not chunk:
+                continue
+            self._hasher.update(chunk)
+            self._count += len(chunk)
+            yield chunk
+        self.resp.close()
+        if self._count != self.meta.size:
+            raise TransientError(f"{self.name_}: the Dropbox download ended after "
+                                 f"{self._count} of {self.meta.size} bytes; retry")
+        want = self.meta.content_hash
+        got = self._hasher.hexdigest()
+        if want and got != want:
+            raise IntegrityError(f"{self.name_}: downloaded bytes have content_hash {got}, "
+                                 f"Dropbox says {want}")
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b: Any) -> int:
+        while self._off >= len(self._buf):
+            try:
+                self._buf = next(self._gen)
+            except StopIteration:
+                return 0
+            self._off = 0
+        k = min(len(b), len(self._buf) - self._off)
+        b[:k] = self._buf[self._off:self._off + k]
+        self._off += k
+        return k
+
+    def close(self) -> None:
+        if not self.closed:
+            self.resp.close()
+        super().close()
+
+
+class DropboxTransport(Transport):
+    name = "dropbox"
+    capabilities = Capabilities(can_write=True, can_delete=True, atomic_noclobber=True)
+
+    def __init__(self, location: str, options: Mapping[str, Any] | None = None) -> None:
+        super().__init__(location, options)
+        loc = (location or "").strip()
+        if not loc.startswith("/"):
+            raise ConfigError(f"dropbox: the location must be a Dropbox path starting with "
+                              f"'/' (e.g. /queues/site-b), not {location!r}")
+        loc = loc.rstrip("/")
+        if any(p in (".", "..") for p in loc.split("/")[1:]) or "//" in loc:
+            raise ConfigError(f"dropbox: bad location {location!r}")
+        self.root = loc  # "" for the Dropbox root
+        self.jobs_path = f"{loc}/jobs"
+        self.chunk_size = self._int_opt("chunk_size", DEFAULT_CHUNK, 1, MAX_CHUNK)
+        self.retries = self._int_opt("retries", 5, 1, 100)
+        self.max_retry_sleep = self._float_opt("max_retry_sleep", 60.0)
+        self.timeout = self._float_opt("timeout", 100.0)
+
+        access = self._secret("access_token", ENV_ACCESS_TOKEN)
+        refresh = self._secret("refresh_token", ENV_REFRESH_TOKEN)
+        app_key = self._secret("app_key", ENV_APP_KEY)
+        app_secret = self._secret("app_secret", ENV_APP_SECRET)
+        if not (access or refresh):
+            raise AuthError(
+                f"no Dropbox credentials: set {ENV_REFRESH_TOKEN} and {ENV_APP_KEY} (and "
+                f"{ENV_APP_SECRET}), or {ENV_ACCESS_TOKEN}, or the refresh_token/app_key/"
+                f"app_secret or access_token options")
+        if refresh and not app_key:
+            raise AuthError(f"a Dropbox refresh token needs the app key: set {ENV_APP_KEY} "
+                            f"(or the app_key option)")
+        self._can_refresh = bool(refresh)
+
+        ca = self.options.get("ca_bundle") or os.environ.get(ENV_CA_BUNDLE) or None
+        session = None
+        if ca:
+            if not os.path.isfile(ca):
+                raise ConfigError(f"dropbox: ca_bundle {ca!r} is not a readable file")
+            session = _CABundleSession(ca)
+        try:
+            self.dbx = dropbox.Dropbox(
+                oauth2_access_token=access,
+                oauth2_refresh_token=refresh,
+                app_key=app_key,
+                app_secret=app_secret,
+                session=session,
+                timeout=self.timeout,
+                max_retries_on_error=0,
+                max_retries_on_rate_limit=0,
+                user_agent="fspl-gateway",
+            )
+        except dbx_exc.BadInputException as e:
+            raise AuthError(f"dropbox: bad credentials configuration: {_short(e)}") from None
+
+    # -- options ----------------------------------------------------------------------
+    def _secret(self, key: str, env: str) -> str | None:
+        v = self.options.get(key)
+        if v in (None, ""):
+            v = os.environ.get(env)
+        return str(v).strip() if v else None
+
+    def _int_opt(self, key: str, default: int, lo: int, hi: int) -> int:
+        v = self.options.get(key, default)
+        try:
+            n = int(v)
+        except (TypeError, ValueError):
+            raise ConfigError(f"dropbox: option {key} must be an integer, not {v!r}") from None
+        if not lo <= n <= hi:
+            raise ConfigError(f"dropbox: option {key} must be between {lo} and {hi}, not {n}")
+        return n
+
+    def _float_opt(self, key: str, default: float) -> float:
+        v = self.options.get(key, default)
+        try:
+            f = float(v)
+        except (TypeError, ValueError):
+            raise ConfigError(f"dropbox: option {key} must be a number, not {v!r}") from None
+        if f < 0:
+            raise ConfigError(f"dropbox: option {key} must not be negative")
+        return f
+
+    def describe(self) -> str:
+        return f"dropbox:{self.root or '/'}"
+
+    def _path(self, name: str) -> str:
+        self.check_name(name)
+        return f"{self.jobs_path}/{name}"
+
+    # -- calls with retries -----------------------------------------------------------
+    def _auth_error(self, e: dbx_exc.AuthError) -> AuthError:
+        err = e.error
+        tag = getattr(err, "_tag", None) or "unknown"
+        if tag == "expired_access_token":
+            if self._can_refresh:
+                return AuthError("the Dropbox access token has expired and could not be renewed "
+                                 "with the refresh token")
+            return AuthError(
+                f"the Dropbox access token has expired; configure a refresh token "
+                f"({ENV_REFRESH_TOKEN} with {ENV_APP_KEY} and {ENV_APP_SECRET}, or the "
+                f"refresh_token/app_key/app_secret options) so that it is renewed "
+                f"automatically")
+        if tag == "invalid_access_token":
+            if self._can_refresh:
+                return AuthError("Dropbox refused the credentials: the refresh token is "
+                                 "invalid or has been revoked")
+            return AuthError("Dropbox refused the access token: invalid or revoked")
+        if tag == "missing_scope":
+            scope = getattr(err.get_missing_scope(), "required_scope", "?")
+            return AuthError(f"the Dropbox app lacks the permission {scope!r}; enable it in "
+                             f"the app console and authorize again")
+        return AuthError(f"Dropbox refused the credentials ({tag})")
+
+    def _call(self, what: str, fn: Callable[..., T], *args: Any,
+              retried: list[bool] | None = None, **kwargs: Any) -> T:
+        """``fn(*args, **kwargs)`` with bounded retries on throttling, 5xx and network
+        errors. ``retried[0]`` becomes True once an attempt failed in a way that may have
+        reached the server (so a later conflict may be our own earlier attempt)."""
+        attempt = 0
+        while True:
+            attempt += 1
+            wait: float | None = None
+            try:
+                return fn(*args, **kwargs)
+            except dbx_exc.ApiError:
+                raise
+            except dbx_exc.AuthError as e:
+                raise self._auth_error(e) from None
+            except dbx_exc.RateLimitError as e:
+                wait = float(e.backoff) if e.backoff is not None else None
+                err: TransportError = TransientError(
+                    f"{what}: Dropbox is rate-limiting us (too_many_requests; "
+                    f"{attempt} attempts)")
+            except dbx_exc.InternalServerError as e:
+                err = TransientError(f"{what}: Dropbox server error {e.status_code} "
+                                     f"({attempt} attempts)")
+                if retried is not None:
+                    retried[0] = True
+            except dbx_exc.BadInputError as e:
+                body = str(getattr(e, "message", "") or e)
+                if "invalid_client" in body:
+                    raise AuthError("Dropbox refused the app key/secret (invalid_client)") from None
+                raise TransportError(f"{what}: Dropbox rejected the request: {_short(body)}") from None
+            except dbx_exc.HttpError as e:
+                if e.status_code in (502, 503, 504):
+                    err = TransientError(f"{what}: Dropbox HTTP {e.status_code}")
+                else:
+                    raise TransportError(f"{what}: Dropbox answered HTTP {e.status_code}: "
+                                         f"{_short(e.body)}") from None
+            except requests.exceptions.SSLError as e:
+                raise TransportError(f"{what}: TLS failure talking to Dropbox "
+                                     f"({_short(e, 600)}); check ca_bundle") from None
+            except _NETWORK_ERRORS as e:
+                err = TransientError(f"{what}: connection to Dropbox failed "
+                                     f"({type(e).__name__}; {attempt} attempts)")
+                if retried is not None:
+                    retried[0] = True
+            if attempt >= self.retries:
+                raise err
+            if wait is None:
+                wait = min(30.0, 0.5 * 2 ** (attempt - 1)) * (0.5 + random.random() / 2)
+            wait = min(wait, self.max_retry_sleep)
+            log.info("%s: %s; retrying in %.2fs", self.describe(), err, wait)
+            time.sleep(wait)
+
+    # -- the interface ----------------------------------------------------------------
+    def list(self) -> Iterator[RemoteEntry]:
+        what = f"{self.describe()}: list"
+        try:
+            res = self._call(what, self.dbx.files_list_folder, self.jobs_path)
+            while True:
+                for e in res.entries:
+                    if isinstance(e, dbx_files.FileMetadata):
+                        yield RemoteEntry(name=e.name, size=e.size, tag=e.content_hash,
+                                          mtime=_mtime(e))
+                if not res.has_more:
+                    return
+                res = self._call(what, self.dbx.files_list_folder_continue, res.cursor)
+        except dbx_exc.ApiError as e:
+            err = e.error
+            if err.is_path():
+                look = err.get_path()
+                if look.is_not_found():
+                    raise RemoteNotFoundError(
+                        f"{self.describe()}: the Dropbox folder {self.jobs_path} does not "
+                        f"exist") from None
+                if look.is_not_folder():
+                    raise TransportError(f"{self.describe()}: {self.jobs_path} is a file, "
+                                         f"not a folder") from None
+            if getattr(err, "is_reset", lambda: False)():
+                raise TransientError(f"{what}: Dropbox reset the listing cursor; "
+                                     f"list again") from None
+            raise TransportError(f"{what}: {_short(e.error)}") from None
+
+    def _download(self, name: str) -> _Download:
+        path = self._path(name)
+        try:
+            meta, resp = self._call(f"{name}: download", self.dbx.files_download, path)
+        except dbx_exc.ApiError as e:
+            err = e.error
+            if err.is_path() and err.get_path().is_not_found():
+                raise RemoteNotFoundError(f"{name}: not found in Dropbox "
+                                          f"{self.jobs_path}") from None
+            raise TransportError(f"{name}: Dropbox download refused: "
+                                 f"{_short(e.error)}") from None
+        return _Download(name, meta, resp)
+
+    def open(self, name: str) -> BinaryIO:
+        return self._download(name)  # type: ignore[return-value]
+
+    def fetch(self, name: str, dst: BinaryIO, entry: RemoteEntry | None = None) -> int:
+        dl = self._download(name)
+        n = 0
+        try:
+            for chunk in dl.chunks():
+                dst.write(chunk)
+                n += len(chunk)
+        finally:
+            dl.close()
+        return n
+
+    def write_new(self, name: str, src: BinaryIO, size: int) -> RemoteEntry:
+        self.require("can_write")
+        path = self._path(name)
+        if size < 0:
+            raise TransportError(f"{name}: negative size {size}")
+        hasher = ContentHasher()
+        retried = [False]
+        mode = dbx_files.WriteMode.add
+
+        def read_part(n: int, done: int) -> bytes:
+            data = _read_exact(src, n)
+            if len(data) != n:
+                raise TransportError(f"{name}: the source ended after {done + len(data)} of "
+                                     f"{size} bytes; nothing was written to Dropbox")
+            hasher.update(data)
+            return data
+
+        try:
+            if size <= self.chunk_size:
+                data = read_part(size, 0)
+                self._check_src_end(src, name, size)
+                meta = self._call(f"{name}: upload", self.dbx.files_upload, data, path,
+                                  mode=mode, autorename=False, mute=True, retried=retried)
+            else:
+                meta = self._upload_session(name, path, size, read_part, src, retried)
+        except dbx_exc.ApiError as e:
+            meta = self._after_upload_error(name, path, e, retried[0], hasher, size)
+        ours = hasher.hexdigest()
+        if meta.size != size or (meta.content_hash and meta.content_hash != ours):
+            self._remove_bad(path, meta)
+            raise IntegrityError(
+                f"{name}: Dropbox stored {meta.size} bytes with content_hash "
+                f"{meta.content_hash}, we sent {size} bytes with {ours}; the copy was removed")
+        return RemoteEntry(name=name, size=meta.size, tag=meta.content_hash, mtime=_mtime(meta))
+
+    @staticmethod
+    def _check_src_end(src: BinaryIO, name: str, size: int) -> None:
+        if src.read(1):
+            raise TransportError(f"{name}: the source holds more than the announced {size} "
+                                 f"bytes; nothing was written to Dropbox")
+
+    def _upload_session(self, name: str, path: str, size: int,
+                        read_part: Callable[[int, int], bytes], src: BinaryIO,
+                        retried: list[bool]) -> Any:
+        first = read_part(self.chunk_size, 0)
+        start = self._call(f"{name}: upload_session/start",
+                           self.dbx.files_upload_session_start, first)
+        offset = len(first)
+        del first
+        cursor = dbx_files.UploadSessionCursor(session_id=start.session_id, offset=offset)
+        while size - offset > self.chunk_size:
+            part = read_part(self.chunk_size, offset)
+            self._append(name, part, cursor)
+            offset += len(part)
+            cursor = dbx_files.UploadSessionCursor(session_id=start.session_id, offset=offset)
+        last = read_part(size - offset, offset)
+        self._check_src_end(src, name, size)
+        commit = dbx_files.CommitInfo(path=path, mode=dbx_files.WriteMode.add,
+                                      autorename=False, mute=True)
+        return self._call(f"{name}: upload_session/finish",
+                          self.dbx.files_upload_session_finish, last, cursor, commit,
+                          retried=retried)
+
+    def _append(self, name: str, part: bytes, cursor: Any) -> None:
+        retried = [False]
+        try:
+            self._call(f"{name}: upload_session/append", self.dbx.files_upload_session_append_v2,
+                       part, cursor, retried=retried)
+        except dbx_exc.ApiError as e:
+            err = e.error
+            # A retry after a lost response: the server may already have this part.
+            if retried[0] and err.is_incorrect_offset() and \
+                    err.get_incorrect_offset().correct_offset == cursor.offset + len(part):
+                return
+            raise TransportError(f"{name}: Dropbox upload session failed: "
+                                 f"{_short(err)}; nothing was written") from None
+
+    def _after_upload_error(self, name: str, path: str, e: dbx_exc.ApiError, retried: bool,
+                            hasher: ContentHasher, size: int) -> Any:
+        """Map an upload/finish ApiError; returns the metadata when a retried call turns
+        out to have succeeded the first time."""
+        err = e.error
+        conflict = False
+        lookup_failed = False
+        if isinstance(err, dbx_files.UploadError) and err.is_path():
+            conflict = err.get_path().reason.is_conflict()
+        elif isinstance(err, dbx_files.UploadSessionFinishError):
+            conflict = err.is_path() and err.get_path().is_conflict()
+            lookup_failed = err.is_lookup_failed()
+        if (conflict or lookup_failed) and retried:
+            # Our earlier attempt may have landed: same size and hash → it is ours.
+            try:
+                meta = self._call(f"{name}: get_metadata", self.dbx.files_get_metadata, path)
+            except dbx_exc.ApiError:
+                meta = None
+            if (isinstance(meta, dbx_files.FileMetadata) and meta.size == size
+                    and meta.content_hash == hasher.hexdigest()):
+                return meta
+        if conflict:
+            raise RemoteExistsError(f"{name}: already exists in Dropbox {self.jobs_path}; "
+                                    f"not overwritten") from None
+        if getattr(err, "is_content_hash_mismatch", lambda: False)():
+            raise IntegrityError(f"{name}: Dropbox received different bytes than we sent "
+                                 f"(content_hash_mismatch); nothing was written") from None
+        raise TransportError(f"{name}: Dropbox upload refused: {_short(err)}") from None
+
+    def _remove_bad(self, path: str, meta: Any) -> None:
+        with contextlib.suppress(TransportError, dbx_exc.ApiError):
+            self._call(f"{path}: delete", self.dbx.files_delete_v2, path, parent_rev=meta.rev)
+
+    def delete(self, name: str) -> None:
+        self.require("can_delete")
+        path = self._path(name)
+        retried = [False]
+        try:
+            self._call(f"{name}: delete", self.dbx.files_delete_v2, path, retried=retried)
+        except dbx_exc.ApiError as e:
+            err = e.error
+            if err.is_path_lookup() and err.get_path_lookup().is_not_found():
+                if retried[0]:
+                    return  # our earlier attempt removed it
+                raise RemoteNotFoundError(f"{name}: not found in Dropbox "
+                                          f"{self.jobs_path}") from None
+            raise TransportError(f"{name}: Dropbox delete refused: {_short(err)}") from None
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self.dbx.close()
