@@ -1,0 +1,164 @@
+"""The configuration file: named remotes, so that cron lines stay short.
+
+Where: ``--config FILE``, else ``$FSPL_GW_CONFIG``, else ``~/.config/fspl-gw/config.toml``
+(the default file may be missing; an explicitly named one must exist).  Format (TOML)::
+
+    [remotes.backups]
+    transport = "s3"                # required
+    location = "my-bucket/queue"    # required
+    endpoint_url = "https://…"      # any other key is a transport option
+    secret_access_key = "…"
+
+``--remote NAME`` picks a configured remote; anything that is not a configured name is a
+literal location, and then ``--transport`` is required.  ``-o key=value`` (repeatable)
+overrides the file's options (values stay strings).  :func:`redacted` masks every option
+whose key mentions secret/token/password/key/passphrase, for logs and status; secrets are
+never printed.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import tomllib
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from fspl_gateway.errors import ConfigError
+from fspl_gateway.log import log
+
+ENV_VAR = "FSPL_GW_CONFIG"
+SECRET_WORDS = ("secret", "token", "password", "key", "passphrase")
+MASK = "***"
+
+
+def default_path() -> str:
+    base = os.environ.get("XDG_CONFIG_HOME") or os.path.join(os.path.expanduser("~"), ".config")
+    return os.path.join(base, "fspl-gw", "config.toml")
+
+
+def config_path(explicit: str | None = None) -> tuple[str, bool]:
+    """The config file to read and whether it was named explicitly (flag or env)."""
+    if explicit:
+        return explicit, True
+    env = os.environ.get(ENV_VAR)
+    if env:
+        return env, True
+    return default_path(), False
+
+
+def is_secret_key(key: str) -> bool:
+    k = key.lower()
+    return any(w in k for w in SECRET_WORDS)
+
+
+def redacted(options: Mapping[str, Any]) -> dict[str, Any]:
+    """A copy of ``options`` with every secret-looking value masked."""
+    return {k: (MASK if is_secret_key(k) and v not in (None, "") else v)
+            for k, v in options.items()}
+
+
+@dataclass(frozen=True)
+class RemoteSpec:
+    """A resolved remote: which transport, where, with which options."""
+
+    transport: str
+    location: str
+    options: dict[str, Any] = field(default_factory=dict)
+    #: The configured name, or None for a literal location.
+    name: str | None = None
+
+    def redacted(self) -> dict[str, Any]:
+        return redacted(self.options)
+
+    def __repr__(self) -> str:  # never show secrets, even in a traceback or debug log
+        return (f"RemoteSpec(name={self.name!r}, transport={self.transport!r}, "
+                f"location={self.location!r}, options={self.redacted()!r})")
+
+    __str__ = __repr__
+
+
+@dataclass(frozen=True)
+class Config:
+    path: str | None = None
+    remotes: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+def load(explicit: str | None = None) -> Config:
+    """Read the config file (see the module doc for where).  A missing default file is an
+    empty config; a missing explicit file, bad TOML or a bad remote table is ConfigError."""
+    path, named = config_path(explicit)
+    try:
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+            mode = os.fstat(f.fileno()).st_mode
+    except FileNotFoundError:
+        if named:
+            raise ConfigError(f"config file {path} does not exist") from None
+        return Config(None, {})
+    except IsADirectoryError:
+        raise ConfigError(f"config file {path} is a directory") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"config file {path} is not valid TOML: {e}") from None
+    except OSError as e:
+        raise ConfigError(f"cannot read config file {path}: {e.strerror}") from None
+    remotes = data.get("remotes", {})
+    if not isinstance(remotes, dict):
+        raise ConfigError(f"config file {path}: [remotes] must be a table")
+    out: dict[str, dict[str, Any]] = {}
+    has_secret = False
+    for name, table in remotes.items():
+        if not isinstance(table, dict):
+            raise ConfigError(f"config file {path}: remotes.{name} must be a table")
+        for k, v in table.items():
+            if isinstance(v, dict | list):
+                raise ConfigError(f"config file {path}: remotes.{name}.{k} must be a "
+                                  "string, number or boolean")
+            has_secret = has_secret or is_secret_key(k)
+        out[name] = dict(table)
+    if has_secret and mode & (stat.S_IRWXG | stat.S_IRWXO):
+        log.warning("config file %s holds credentials but is readable by others "
+                    "(chmod 600 it)", path)
+    return Config(path, out)
+
+
+def parse_overrides(pairs: Iterable[str]) -> dict[str, str]:
+    """``["key=value", …]`` → dict; a pair without ``=`` or with an empty key is
+    ConfigError."""
+    out: dict[str, str] = {}
+    for p in pairs:
+        key, sep, value = p.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise ConfigError(f"bad option {p.split('=')[0]!r}: use -o key=value")
+        out[key] = value
+    return out
+
+
+def resolve_remote(remote: str | None, transport: str | None = None,
+                   overrides: Iterable[str] = (), config: Config | None = None,
+                   config_file: str | None = None) -> RemoteSpec:
+    """Turn ``--remote``/``--transport``/``-o`` (and the config file) into a RemoteSpec."""
+    if not remote:
+        raise ConfigError("no remote given: use --remote NAME (from the config file) or "
+                          "--remote LOCATION --transport NAME")
+    cfg = config if config is not None else load(config_file)
+    opts = parse_overrides(overrides)
+    table = cfg.remotes.get(remote)
+    if table is not None:
+        t = transport or table.get("transport")
+        if not t or not isinstance(t, str):
+            raise ConfigError(f"remote {remote!r} in {cfg.path} has no transport")
+        loc = table.get("location")
+        if loc is None or not isinstance(loc, str | int):
+            raise ConfigError(f"remote {remote!r} in {cfg.path} has no location")
+        options = {k: v for k, v in table.items() if k not in ("transport", "location")}
+        options.update(opts)
+        return RemoteSpec(t, str(loc), options, remote)
+    if not transport:
+        known = ", ".join(sorted(cfg.remotes)) or "none"
+        where = cfg.path or default_path()
+        raise ConfigError(f"unknown remote {remote!r} (configured in {where}: {known}); "
+                          "for a literal location give --transport")
+    return RemoteSpec(transport, remote, dict(opts), None)

@@ -1,0 +1,233 @@
+"""The gateway journal: an SQLite database inside a queue (or outbox) directory.
+
+``<queue>/.fspl-gw/journal.sqlite`` (WAL mode) holds
+
+* ``files`` — one row per file the sync/push engines handled, keyed by direction
+  (``pull``/``push``), remote (``Transport.describe()``, never secrets) and file name:
+  the remote's size and tag, the sha256 of the bytes, the job's seq, the time and a state
+  (see :data:`PULL_STATES`/:data:`PUSH_STATES`).  Pull uses it so that a file it already
+  fetched is never downloaded again (``--after-fetch keep``, or a crash between linking
+  the job in and deleting the remote copy); push so that a kept job is not pushed twice.
+* ``runs`` — the last run of each (direction, remote): start and end time, whether it
+  succeeded, and its summary line.  :func:`last_runs` reads it for ``fspl-gw status``.
+
+File names are stored as UTF-8 bytes with surrogate escapes (BLOB), so any name that the
+file system or a remote gives survives the round trip.
+
+Commits are per row with ``synchronous=NORMAL``: a killed process loses nothing it
+committed; a power cut may lose the last rows, which only costs a re-download that the
+engines recognise (same bytes already in ``jobs/``, or seq already processed).
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import threading
+import time
+from dataclasses import dataclass
+
+from fspl_gateway.errors import QueueError
+
+GW_DIR = ".fspl-gw"
+JOURNAL_NAME = "journal.sqlite"
+
+#: States of a pulled file: linked into jobs/; identical file was already in jobs/;
+#: seq below the queue's nextseq (already processed); set aside in quarantine.
+PULL_STATES = ("fetched", "already-local", "already-processed", "quarantined")
+#: States of a pushed file: written and verified; the same bytes were already there.
+PUSH_STATES = ("pushed", "already-remote")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS files (
+    direction TEXT NOT NULL,
+    remote TEXT NOT NULL,
+    name BLOB NOT NULL,
+    size INTEGER,
+    tag TEXT,
+    sha256 TEXT,
+    seq INTEGER,
+    time REAL NOT NULL,
+    state TEXT NOT NULL,
+    remote_deleted INTEGER NOT NULL DEFAULT 0,
+    detail TEXT,
+    PRIMARY KEY (direction, remote, name)
+);
+CREATE TABLE IF NOT EXISTS runs (
+    direction TEXT NOT NULL,
+    remote TEXT NOT NULL,
+    started REAL NOT NULL,
+    finished REAL NOT NULL,
+    ok INTEGER NOT NULL,
+    summary TEXT NOT NULL,
+    PRIMARY KEY (direction, remote)
+);
+"""
+
+
+def gw_dir(qdir: str) -> str:
+    """``<qdir>/.fspl-gw``: the gateway's private directory in a queue."""
+    return os.path.join(qdir, GW_DIR)
+
+
+def journal_path(qdir: str) -> str:
+    return os.path.join(gw_dir(qdir), JOURNAL_NAME)
+
+
+def _key(name: str) -> bytes:
+    return name.encode("utf-8", "surrogateescape")
+
+
+def _unkey(b: bytes | str) -> str:
+    return b if isinstance(b, str) else b.decode("utf-8", "surrogateescape")
+
+
+@dataclass(frozen=True)
+class FileRecord:
+    direction: str
+    remote: str
+    name: str
+    size: int | None
+    tag: str | None
+    sha256: str | None
+    seq: int | None
+    time: float
+    state: str
+    remote_deleted: bool
+    detail: str | None
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """The last sync (``pull``) or push of one remote."""
+
+    direction: str
+    remote: str
+    started: float
+    finished: float
+    ok: bool
+    summary: str
+
+
+class Journal:
+    """An open journal.  Thread-safe (one connection behind a lock)."""
+
+    def __init__(self, qdir: str, *, create: bool = True) -> None:
+        self.path = journal_path(qdir)
+        self._lock = threading.Lock()
+        if create:
+            os.makedirs(os.path.dirname(self.path), exist_ok=True)
+        elif not os.path.exists(self.path):
+            raise QueueError(f"no journal in {qdir}")
+        try:
+            self._db = sqlite3.connect(self.path, timeout=30, check_same_thread=False,
+                                       isolation_level=None)
+            if create:
+                self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            if create:
+                self._db.executescript(_SCHEMA)
+        except sqlite3.Error as e:
+            raise QueueError(f"cannot open journal {self.path}: {e}") from None
+
+    def _exec(self, sql: str, args: tuple[object, ...] = ()) -> list[tuple[object, ...]]:
+        with self._lock:
+            try:
+                return self._db.execute(sql, args).fetchall()
+            except sqlite3.Error as e:
+                raise QueueError(f"journal {self.path}: {e}") from None
+
+    # -- files ---------------------------------------------------------------------
+    def lookup(self, direction: str, remote: str, name: str) -> FileRecord | None:
+        rows = self._exec("SELECT direction, remote, name, size, tag, sha256, seq, time, state,"
+                          " remote_deleted, detail FROM files"
+                          " WHERE direction=? AND remote=? AND name=?",
+                          (direction, remote, _key(name)))
+        return _file_record(rows[0]) if rows else None
+
+    def known(self, direction: str, remote: str) -> dict[str, FileRecord]:
+        """Every file recorded for one (direction, remote), by name (one query)."""
+        rows = self._exec("SELECT direction, remote, name, size, tag, sha256, seq, time, state,"
+                          " remote_deleted, detail FROM files WHERE direction=? AND remote=?",
+                          (direction, remote))
+        return {r.name: r for r in map(_file_record, rows)}
+
+    def record(self, direction: str, remote: str, name: str, *, state: str,
+               size: int | None = None, tag: str | None = None, sha256: str | None = None,
+               seq: int | None = None, detail: str | None = None) -> None:
+        self._exec("INSERT OR REPLACE INTO files (direction, remote, name, size, tag, sha256,"
+                   " seq, time, state, remote_deleted, detail)"
+                   " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 0, ?)",
+                   (direction, remote, _key(name), size, tag, sha256, seq, time.time(), state,
+                    detail))
+
+    def mark_remote_deleted(self, direction: str, remote: str, name: str) -> None:
+        self._exec("UPDATE files SET remote_deleted=1 WHERE direction=? AND remote=? AND name=?",
+                   (direction, remote, _key(name)))
+
+    def forget(self, direction: str, remote: str, name: str) -> None:
+        self._exec("DELETE FROM files WHERE direction=? AND remote=? AND name=?",
+                   (direction, remote, _key(name)))
+
+    # -- runs ----------------------------------------------------------------------
+    def record_run(self, direction: str, remote: str, started: float, ok: bool,
+                   summary: str) -> None:
+        self._exec("INSERT OR REPLACE INTO runs (direction, remote, started, finished, ok,"
+                   " summary) VALUES (?, ?, ?, ?, ?, ?)",
+                   (direction, remote, started, time.time(), int(ok), summary))
+
+    def runs(self) -> list[RunRecord]:
+        rows = self._exec("SELECT direction, remote, started, finished, ok, summary FROM runs"
+                          " ORDER BY remote, direction")
+        return [RunRecord(str(d), str(r), float(s), float(f), bool(o), str(m))  # type: ignore[arg-type]
+                for d, r, s, f, o, m in rows]
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    def __enter__(self) -> Journal:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _file_record(r: tuple[object, ...]) -> FileRecord:
+    d, rem, name, size, tag, sha, seq, t, state, deleted, detail = r
+    return FileRecord(str(d), str(rem), _unkey(name), size, tag, sha, seq,  # type: ignore[arg-type]
+                      float(t), str(state), bool(deleted), detail)  # type: ignore[arg-type]
+
+
+def open_existing(qdir: str) -> Journal | None:
+    """The journal of ``qdir`` if it has one (nothing is created), else None."""
+    if not os.path.exists(journal_path(qdir)):
+        return None
+    return Journal(qdir, create=False)
+
+
+def last_runs(qdir: str) -> list[RunRecord]:
+    """The last sync/push of each remote recorded in ``qdir`` (empty if none).  For the
+    status command; never creates anything."""
+    j = open_existing(qdir)
+    if j is None:
+        return []
+    try:
+        return j.runs()
+    finally:
+        j.close()
+
+
+def file_count(qdir: str, direction: str | None = None) -> int:
+    """How many files the journal of ``qdir`` remembers (optionally one direction)."""
+    j = open_existing(qdir)
+    if j is None:
+        return 0
+    try:
+        if direction is None:
+            rows = j._exec("SELECT COUNT(*) FROM files")
+        else:
+            rows = j._exec("SELECT COUNT(*) FROM files WHERE direction=?", (direction,))
+        return int(rows[0][0])  # type: ignore[call-overload]
+    finally:
+        j.close()

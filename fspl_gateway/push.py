@@ -1,0 +1,378 @@
+"""Push: send the jobs of a local outbox queue to a remote queue's ``jobs/``.
+
+The mirror image of :mod:`fspl_gateway.sync`.  For each ``fspl-*.fspl`` in
+``<outbox>/jobs/`` (oldest first):
+
+1. a job the journal already knows as pushed is not pushed again (``after_push="keep"``);
+2. its header is validated (through ``--decoder`` if given); a bad one is moved to
+   ``<outbox>/.fspl-gw/quarantine/`` with a ``.reason`` file (exit 3), never sent;
+3. it is written with :meth:`Transport.write_new` (whole or not at all, never over an
+   existing name), retrying transient errors with backoff; a name already on the remote
+   is compared: the same bytes count as already pushed, different bytes are reported and
+   the local job is kept (exit 3);
+4. it is verified: the size the remote reports, and its checksum where the tag is a
+   plain MD5 or SHA-256 of the content;
+5. it is recorded in the journal, then removed from the outbox (``after_push="delete"``,
+   unlink + fsync of ``jobs/``) or kept.
+
+Locking, dry run, concurrency, retries and exit codes as for sync.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from fspl_gateway.errors import (
+    EXIT_OK,
+    EXIT_PARTIAL,
+    AuthError,
+    FsplError,
+    HostKeyError,
+    IntegrityError,
+    NotSupportedError,
+    PacketError,
+    QueueError,
+    RemoteExistsError,
+    RemoteNotFoundError,
+    TransportError,
+)
+from fspl_gateway.fsutil import atomic_write, fsync_dir, move_noclobber
+from fspl_gateway.journal import Journal, gw_dir, open_existing
+from fspl_gateway.log import TRACE, log
+from fspl_gateway.packet import read_header_fd
+from fspl_gateway.queue import OpenJob, is_job_filename, jobs_dir
+from fspl_gateway.sync import (
+    QUARANTINE,
+    Progress,
+    RetryPolicy,
+    _check_options,
+    fmt_seconds,
+    run_parallel,
+    take_run_lock,
+    with_retries,
+)
+from fspl_gateway.transports.base import RemoteEntry, Transport, is_safe_name
+
+
+@dataclass
+class PushOptions:
+    #: "delete" (default) or "keep" the local job once it is on the remote.
+    after_push: str = "delete"
+    decoder: str | None = None
+    dry_run: bool = False
+    max_jobs: int | None = None
+    concurrency: int = 4
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    wait_lock: float | None = None
+    progress: bool | None = None
+
+
+@dataclass
+class PushResult:
+    remote: str
+    pushed: int = 0
+    #: Already on the remote with the same bytes.
+    skipped: int = 0
+    #: Already on the remote with different bytes (local job kept).
+    conflicts: int = 0
+    quarantined: int = 0
+    failed: int = 0
+    refused: int = 0
+    #: Kept jobs the journal already knew as pushed.
+    known: int = 0
+    bytes: int = 0
+    seconds: float = 0.0
+    dry_run: bool = False
+    locked_out: bool = False
+    names: list[str] = field(default_factory=list)
+
+    @property
+    def exit_code(self) -> int:
+        return EXIT_PARTIAL if self.conflicts or self.quarantined or self.failed else EXIT_OK
+
+    def summary(self) -> str:
+        if self.dry_run:
+            return (f"push (dry run): {len(self.names)} to push, {self.known} known "
+                    f"to {self.remote}")
+        s = f"push: {self.pushed} pushed, {self.skipped} skipped, {self.failed} failed"
+        if self.conflicts:
+            s += f", {self.conflicts} conflicting"
+        if self.quarantined:
+            s += f", {self.quarantined} quarantined"
+        if self.refused:
+            s += f", {self.refused} refused"
+        return s + f" to {self.remote} in {fmt_seconds(self.seconds)}"
+
+
+def push(transport: Transport, outbox_dir: str | os.PathLike[str],
+         opts: PushOptions | None = None) -> PushResult:
+    """Push the jobs of ``outbox_dir`` to ``transport`` (see the module doc)."""
+    opts = opts or PushOptions()
+    _check_options(opts.after_push, opts.concurrency, opts.max_jobs, opts.retry.attempts)
+    qdir = os.fspath(outbox_dir)
+    if not os.path.isdir(jobs_dir(qdir)):
+        raise QueueError(f"{qdir} is not a queue directory (no jobs/ in it)")
+    res = PushResult(remote=transport.describe(), dry_run=opts.dry_run)
+    t0 = time.monotonic()
+    if opts.dry_run:
+        _Pusher(transport, qdir, opts, None, res).dry_run()
+        res.seconds = time.monotonic() - t0
+        return res
+    transport.require("can_write")
+    lock_fd = take_run_lock(qdir, opts.wait_lock, "another fspl-gw sync or push")
+    if lock_fd is None:
+        res.locked_out = True
+        return res
+    journal: Journal | None = None
+    started = time.time()
+    try:
+        journal = Journal(qdir)
+        try:
+            _Pusher(transport, qdir, opts, journal, res).run()
+        except FsplError as e:
+            res.seconds = time.monotonic() - t0
+            journal.record_run("push", res.remote, started, False, f"error: {e}")
+            raise
+        res.seconds = time.monotonic() - t0
+        journal.record_run("push", res.remote, started, res.exit_code == 0, res.summary())
+    finally:
+        if journal is not None:
+            journal.close()
+        os.close(lock_fd)
+    return res
+
+
+class _Pusher:
+    def __init__(self, transport: Transport, qdir: str, opts: PushOptions,
+                 journal: Journal | None, res: PushResult) -> None:
+        self.t = transport
+        self.qdir = qdir
+        self.jdir = jobs_dir(qdir)
+        self.quarantine_dir = os.path.join(gw_dir(qdir), QUARANTINE)
+        self.opts = opts
+        self.journal = journal
+        self.res = res
+        self.remote = res.remote
+        self.stop = threading.Event()
+        self.mutex = threading.Lock()
+        self.listing: dict[str, RemoteEntry] = {}
+
+    def _count(self, what: str, n: int = 1) -> None:
+        with self.mutex:
+            setattr(self.res, what, getattr(self.res, what) + n)
+
+    def _local_names(self) -> list[str]:
+        out: list[tuple[float, str]] = []
+        try:
+            with os.scandir(self.jdir) as it:
+                for de in it:
+                    if not is_job_filename(de.name):
+                        log.log(TRACE, "ignoring %s: not a job file name", de.name)
+                        continue
+                    if not is_safe_name(de.name):
+                        log.warning("not pushing %r: unsafe file name", de.name)
+                        self.res.refused += 1
+                        continue
+                    try:
+                        st = de.stat(follow_symlinks=False)
+                    except FileNotFoundError:
+                        continue
+                    out.append((st.st_mtime, de.name))
+        except OSError as e:
+            raise QueueError(f"cannot read {self.jdir}: {e.strerror}") from None
+        return [n for _, n in sorted(out)]
+
+    def _plan(self, known: dict[str, Any]) -> tuple[list[str], list[str]]:
+        """(to push, known and kept)."""
+        todo: list[str] = []
+        done: list[str] = []
+        for name in self._local_names():
+            rec = known.get(name)
+            if rec is not None and rec.state in ("pushed", "already-remote"):
+                if self.opts.after_push == "keep":
+                    done.append(name)
+                    continue
+            todo.append(name)
+        if self.opts.max_jobs is not None:
+            todo = todo[:self.opts.max_jobs]
+        return todo, done
+
+    def dry_run(self) -> None:
+        j = open_existing(self.qdir)
+        try:
+            known = j.known("push", self.remote) if j is not None else {}
+        finally:
+            if j is not None:
+                j.close()
+        todo, done = self._plan(known)
+        self.res.known = len(done)
+        for name in todo:
+            log.info("would push %s", name)
+            self.res.names.append(name)
+
+    def run(self) -> None:
+        try:
+            with_retries(self.t.cleanup_temporaries, "cleaning up remote temporaries",
+                         self.opts.retry)
+        except NotSupportedError:
+            pass
+        assert self.journal is not None
+        todo, done = self._plan(self.journal.known("push", self.remote))
+        self.res.known = len(done)
+        if todo:
+            self.listing = {e.name: e for e in with_retries(
+                lambda: list(self.t.list()), f"listing {self.remote}", self.opts.retry)}
+        progress = Progress(self.opts.progress, len(todo), f"push {self.remote}")
+        try:
+            run_parallel(todo, self._one, self.opts.concurrency, self.stop, progress)
+        finally:
+            progress.close()
+
+    def _one(self, name: str) -> None:
+        try:
+            self._push_one(name)
+        except (AuthError, HostKeyError):
+            raise
+        except TransportError as err:
+            log.error("cannot push %s to %s: %s", name, self.remote, err)
+            self._count("failed")
+
+    def _push_one(self, name: str) -> None:
+        path = os.path.join(self.jdir, name)
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+        except FileNotFoundError:
+            log.debug("%s vanished from %s before it was pushed", name, self.jdir)
+            return
+        except OSError as e:
+            raise QueueError(f"cannot open {path}: {e.strerror}") from None
+        f = os.fdopen(fd, "rb", buffering=0)
+        try:
+            try:
+                seq = self._validate(fd, path)
+            except PacketError as perr:
+                f.close()
+                self._quarantine(name, f"the header does not validate: {perr}")
+                return
+            size, sha, md5 = _digests(fd)
+            listed = self.listing.get(name)
+            if listed is not None:
+                try:
+                    self._exists(name, size, sha, listed.size)
+                    return
+                except RemoteNotFoundError:
+                    pass  # removed remotely since the listing: write it
+
+            def write() -> RemoteEntry:
+                f.seek(0)
+                entry = self.t.write_new(name, f, size)  # type: ignore[arg-type]
+                if entry.size is not None and entry.size != size:
+                    raise IntegrityError(f"{name}: the remote has {entry.size} bytes after "
+                                         f"the write, expected {size}")
+                return entry
+
+            try:
+                entry = with_retries(write, f"writing {name}", self.opts.retry, self.stop)
+            except RemoteExistsError:
+                self._exists(name, size, sha, None)
+                return
+        finally:
+            f.close()
+        tag = (entry.tag or "").strip('"').lower()
+        if tag and tag in (sha, md5):
+            log.log(TRACE, "%s: checksum verified (%s)", name, tag)
+        assert self.journal is not None
+        self.journal.record("push", self.remote, name, state="pushed", size=size,
+                            tag=entry.tag, sha256=sha, seq=seq)
+        log.debug("pushed %s (%d bytes, seq %s) to %s", name, size, seq, self.remote)
+        with self.mutex:
+            self.res.pushed += 1
+            self.res.bytes += size
+            self.res.names.append(name)
+        self._cleanup_local(path)
+
+    def _validate(self, fd: int, path: str) -> int:
+        if self.opts.decoder is None:
+            os.lseek(fd, 0, os.SEEK_SET)
+            return read_header_fd(fd)[0].seq
+        with OpenJob(path, self.opts.decoder) as j:
+            return j.meta.seq
+
+    def _remote_sha256(self, name: str) -> str:
+        def read() -> str:
+            h = hashlib.sha256()
+            with self.t.open(name) as s:
+                while True:
+                    b = s.read(1 << 20)
+                    if not b:
+                        return h.hexdigest()
+                    h.update(b)
+        return with_retries(read, f"reading {name} back", self.opts.retry, self.stop)
+
+    def _exists(self, name: str, size: int, sha: str, remote_size: int | None) -> None:
+        """``name`` is already on the remote: the same bytes → already pushed."""
+        same = remote_size in (None, size) and self._remote_sha256(name) == sha
+        if not same:
+            log.error("%s is already on %s with different content; the local job is kept "
+                      "in %s", name, self.remote, self.jdir)
+            self._count("conflicts")
+            return
+        log.debug("%s is already on %s with the same bytes", name, self.remote)
+        assert self.journal is not None
+        self.journal.record("push", self.remote, name, state="already-remote", size=size,
+                            sha256=sha)
+        self._count("skipped")
+        self._cleanup_local(os.path.join(self.jdir, name))
+
+    def _cleanup_local(self, path: str) -> None:
+        if self.opts.after_push != "delete":
+            return
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            return
+        except OSError as e:
+            log.warning("pushed %s but could not remove it: %s", path, e.strerror)
+            return
+        fsync_dir(self.jdir)
+
+    def _quarantine(self, name: str, reason: str) -> None:
+        os.makedirs(self.quarantine_dir, exist_ok=True)
+        target = name
+        for i in range(1, 1000):
+            try:
+                move_noclobber(os.path.join(self.jdir, name),
+                               os.path.join(self.quarantine_dir, target))
+                break
+            except FileExistsError:
+                target = f"{name}.{i}"
+            except FileNotFoundError:
+                return
+        else:  # pragma: no cover
+            raise QueueError(f"too many quarantined copies of {name} in {self.quarantine_dir}")
+        fsync_dir(self.jdir)
+        text = (f"{name}\nto: {self.remote}\ntime: {time.strftime('%Y-%m-%dT%H:%M:%S%z')}\n"
+                f"reason: {reason}\nit was not pushed\n")
+        with atomic_write(self.quarantine_dir, target + ".reason", clobber=True) as w:
+            w.write(text.encode("utf-8", "surrogateescape"))
+        log.error("quarantined %s: %s (moved to %s; not pushed)", name, reason,
+                  os.path.join(self.quarantine_dir, target))
+        self._count("quarantined")
+
+
+def _digests(fd: int) -> tuple[int, str, str]:
+    """(size, sha256, md5) of a whole file, read with pread (offset untouched)."""
+    sha, md5 = hashlib.sha256(), hashlib.md5(usedforsecurity=False)
+    off = 0
+    while True:
+        b = os.pread(fd, 1 << 20, off)
+        if not b:
+            return off, sha.hexdigest(), md5.hexdigest()
+        sha.update(b)
+        md5.update(b)
+        off += len(b)
