@@ -33,6 +33,7 @@ from fspl_gateway.parallel import (
     wait_interval,
 )
 from fspl_gateway.process import ProcessOpts, QueueProcessOpts, queue_process
+from fspl_gateway.seqfile import acquire_lock
 
 
 @dataclass
@@ -104,6 +105,17 @@ def worker_loop(opts: WorkersOpts, index: int, stop: list[bool]) -> int:
     """The body of worker ``index`` (0-based). Returns its exit code."""
     me = opts.paths()[index]
     ensure_worker_queue(me)
+    # One worker per worker queue, also across runs (a previous run's worker that is still
+    # finishing its job after a SIGTERM holds this until it exits).
+    lock_fd = acquire_lock(os.path.join(_state_dir(me), "worker.lock"), create=True,
+                           wait=opts.grace + 5, what=f"worker queue {me}")
+    try:
+        return _loop(opts, me, stop)
+    finally:
+        os.close(lock_fd)
+
+
+def _loop(opts: WorkersOpts, me: str, stop: list[bool]) -> int:
     _check_interrupted(me)
     dopts = DisperseOpts(opts.incoming, opts.paths(), per_worker=1, order_by=opts.order_by,
                          on_error=opts.on_error, never_delete=opts.never_delete, key=opts.key,
@@ -130,8 +142,23 @@ def worker_loop(opts: WorkersOpts, index: int, stop: list[bool]) -> int:
     return 0
 
 
-def _child(opts: WorkersOpts, index: int) -> None:
+def _die_with_parent() -> None:
+    """Ask the kernel to SIGTERM us if the supervisor dies (even by kill -9), so that no
+    orphaned worker goes on beside the next run's workers."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGTERM, 0, 0, 0)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+def _child(opts: WorkersOpts, index: int, parent: int) -> None:
     stop = [False]
+    _die_with_parent()
+    if os.getppid() != parent:  # the supervisor died before prctl took effect
+        os._exit(1)
 
     def on_signal(_sig: int, _frame: object) -> None:
         stop[0] = True
@@ -152,7 +179,8 @@ def run_workers(opts: WorkersOpts) -> int:
     for p in opts.paths():
         ensure_worker_queue(p)
     ctx = multiprocessing.get_context("fork")
-    procs = [ctx.Process(target=_child, args=(opts, i), name=f"fspl-gw-worker-{i + 1}")
+    me = os.getpid()
+    procs = [ctx.Process(target=_child, args=(opts, i, me), name=f"fspl-gw-worker-{i + 1}")
              for i in range(opts.n)]
     stopping = [False]
 
