@@ -1,0 +1,420 @@
+"""Dropbox-specific tests: the real ``dropbox`` SDK against the HTTPS stand-in
+(tests/fixtures/dropbox_standin/), with faults injected through its admin endpoint."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+import os
+import subprocess
+import sys
+import time
+from typing import Any
+
+import pytest
+
+from fspl_gateway.errors import (
+    AuthError,
+    ConfigError,
+    IntegrityError,
+    RemoteExistsError,
+    RemoteNotFoundError,
+    TransientError,
+    TransportError,
+)
+from tests.fixtures.dropbox_server import DropboxRemote
+from tests.fixtures.dropbox_standin.hashing import content_hash_bytes
+
+MiB = 1 << 20
+BLOCK = 4 * MiB
+
+
+def _by_definition(data: bytes) -> str:
+    """content_hash straight from Dropbox's definition: SHA-256 over the concatenated
+    SHA-256 digests of the 4 MiB blocks."""
+    digests = b"".join(hashlib.sha256(data[i:i + BLOCK]).digest()
+                       for i in range(0, len(data), BLOCK))
+    return hashlib.sha256(digests).hexdigest()
+
+
+def _counts(remote: DropboxRemote) -> dict[str, int]:
+    return dict(remote.standin.admin("stats")["counts"])
+
+
+def _delta(before: dict[str, int], after: dict[str, int], key: str) -> int:
+    return after.get(key, 0) - before.get(key, 0)
+
+
+def _read_all(f: Any) -> bytes:
+    parts = []
+    while True:
+        b = f.read(MiB)
+        if not b:
+            return b"".join(parts)
+        parts.append(b)
+
+
+# -- content_hash ---------------------------------------------------------------------
+@pytest.mark.parametrize("size", [0, 1, BLOCK - 1, BLOCK, BLOCK + 1, 2 * BLOCK, 9 * MiB + 3])
+def test_content_hash_block_boundaries(size: int) -> None:
+    from fspl_gateway.transports.dropbox import ContentHasher, content_hash
+
+    data = os.urandom(size)
+    want = _by_definition(data)
+    assert content_hash(data) == want
+    # fed in odd pieces that straddle the block boundaries
+    h = ContentHasher()
+    for i in range(0, size, 1_000_003):
+        h.update(data[i:i + 1_000_003])
+    assert h.hexdigest() == want
+    assert h.hexdigest() == want, "hexdigest must not consume the state"
+    # the stand-in's independent implementation agrees
+    assert content_hash_bytes(data) == want
+
+
+def test_content_hash_known_values() -> None:
+    from fspl_gateway.transports.dropbox import content_hash
+
+    # No blocks: the SHA-256 of the empty string.
+    assert content_hash(b"") == \
+        "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+    # One block: sha256(sha256(data)), which differs from the plain sha256 …
+    one = b"fspl" * 1000
+    assert content_hash(one) == hashlib.sha256(hashlib.sha256(one).digest()).hexdigest()
+    assert content_hash(one) != hashlib.sha256(one).hexdigest()
+    # … and exactly 4 MiB is one block, 4 MiB + 1 is two.
+    four = b"\x00" * BLOCK
+    assert content_hash(four) == hashlib.sha256(hashlib.sha256(four).digest()).hexdigest()
+    assert content_hash(four + b"\x00") == hashlib.sha256(
+        hashlib.sha256(four).digest() + hashlib.sha256(b"\x00").digest()).hexdigest()
+
+
+# -- module hygiene -------------------------------------------------------------------
+def test_sdk_is_loaded_only_by_the_transport() -> None:
+    code = ("import sys, fspl_gateway, fspl_gateway.transports, fspl_gateway.transports.base, "
+            "fspl_gateway.errors; assert 'dropbox' not in sys.modules, 'sdk loaded'; "
+            "from fspl_gateway.transports.base import load; cls = load('dropbox'); "
+            "import dropbox; assert hasattr(dropbox, 'Dropbox'), dropbox; "
+            "assert cls.__module__ == 'fspl_gateway.transports.dropbox'; print(cls.name)")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "dropbox"
+
+
+def test_bad_location_and_options(dropbox_remote: DropboxRemote) -> None:
+    from fspl_gateway.transports.dropbox import DropboxTransport
+
+    opts = dropbox_remote.options
+    for bad in ("queues/x", "", "/a/../b"):
+        with pytest.raises(ConfigError):
+            DropboxTransport(bad, opts)
+    with pytest.raises(ConfigError, match="chunk_size"):
+        DropboxTransport("/q", {**opts, "chunk_size": 200 * MiB})
+    with pytest.raises(ConfigError, match="ca_bundle"):
+        DropboxTransport("/q", {**opts, "ca_bundle": "/nonexistent/ca.pem"})
+
+
+def test_untrusted_certificate_is_refused(dropbox_remote: DropboxRemote) -> None:
+    # Without our CA the stand-in's certificate must not be accepted (verification on).
+    from fspl_gateway.transports.dropbox import DropboxTransport
+
+    opts = {k: v for k, v in dropbox_remote.options.items() if k != "ca_bundle"}
+
+    t = DropboxTransport(dropbox_remote.location, opts)
+    with pytest.raises(TransportError, match="TLS"):
+        list(t.list())
+
+
+# -- auth -----------------------------------------------------------------------------
+def test_missing_credentials_names_the_variables() -> None:
+    from fspl_gateway.transports.dropbox import DropboxTransport
+
+    with pytest.raises(AuthError) as ei:
+        DropboxTransport("/queues/x", {})
+    msg = str(ei.value)
+    for var in ("FSPL_GW_DROPBOX_REFRESH_TOKEN", "FSPL_GW_DROPBOX_APP_KEY",
+                "FSPL_GW_DROPBOX_ACCESS_TOKEN"):
+        assert var in msg
+    with pytest.raises(AuthError, match="FSPL_GW_DROPBOX_APP_KEY"):
+        DropboxTransport("/queues/x", {"refresh_token": "r"})
+
+
+def test_credentials_from_environment(dropbox_remote: DropboxRemote,
+                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    from fspl_gateway.transports.dropbox import DropboxTransport
+
+    (dropbox_remote.jobs_dir / "fspl-1.fspl").write_bytes(b"env")
+    monkeypatch.setenv("FSPL_GW_DROPBOX_ACCESS_TOKEN", dropbox_remote.access_token)
+    monkeypatch.setenv("FSPL_GW_DROPBOX_CA_BUNDLE", dropbox_remote.standin.ca)
+    t = DropboxTransport(dropbox_remote.location, {"max_retry_sleep": 0.05})
+    assert [e.name for e in t.list()] == ["fspl-1.fspl"]
+
+    s = dropbox_remote.standin
+    monkeypatch.delenv("FSPL_GW_DROPBOX_ACCESS_TOKEN")
+    monkeypatch.setenv("FSPL_GW_DROPBOX_REFRESH_TOKEN", s.refresh_token)
+    monkeypatch.setenv("FSPL_GW_DROPBOX_APP_KEY", s.app_key)
+    monkeypatch.setenv("FSPL_GW_DROPBOX_APP_SECRET", s.app_secret)
+    before = _counts(dropbox_remote)
+    t = DropboxTransport(dropbox_remote.location, {})
+    assert [e.name for e in t.list()] == ["fspl-1.fspl"]
+    assert _delta(before, _counts(dropbox_remote), "oauth2/token") == 1
+
+
+def test_expired_access_token_is_a_clear_auth_error(dropbox_remote: DropboxRemote,
+                                                    caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
+    (dropbox_remote.jobs_dir / "fspl-1.fspl").write_bytes(b"keep me")
+    t = dropbox_remote.make()
+    assert len(list(t.list())) == 1
+    dropbox_remote.standin.admin("expire_token", token=dropbox_remote.access_token)
+    with pytest.raises(AuthError) as ei:
+        list(t.list())
+    msg = str(ei.value)
+    assert "expired" in msg and "refresh token" in msg and "FSPL_GW_DROPBOX_REFRESH_TOKEN" in msg
+    with pytest.raises(AuthError, match="expired"):
+        t.write_new("fspl-2.fspl", io.BytesIO(b"new"), 3)
+    with pytest.raises(AuthError, match="expired"):
+        t.delete("fspl-1.fspl")
+    # nothing lost, nothing half-written, no secret in messages or logs
+    assert sorted(os.listdir(dropbox_remote.jobs_dir)) == ["fspl-1.fspl"]
+    assert dropbox_remote.access_token not in msg
+    assert dropbox_remote.access_token not in caplog.text
+
+
+def test_revoked_access_token(dropbox_remote: DropboxRemote) -> None:
+    t = dropbox_remote.make()
+    dropbox_remote.standin.admin("revoke_token", token=dropbox_remote.access_token)
+    with pytest.raises(AuthError, match="invalid or revoked") as ei:
+        list(t.list())
+    assert dropbox_remote.access_token not in str(ei.value)
+
+
+def test_refresh_token_renews_expired_access_token(dropbox_remote: DropboxRemote,
+                                                   caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
+    s = dropbox_remote.standin
+    from fspl_gateway.transports.dropbox import DropboxTransport
+
+    t = DropboxTransport(dropbox_remote.location, dropbox_remote.refresh_options())
+    before = _counts(dropbox_remote)
+    t.write_new("fspl-1.fspl", io.BytesIO(b"one"), 3)
+    mid = _counts(dropbox_remote)
+    assert _delta(before, mid, "oauth2/token") == 1, "the SDK gets its first token"
+    s.admin("expire_token")  # every access token handed out so far
+    t.write_new("fspl-2.fspl", io.BytesIO(b"two"), 3)
+    assert sorted(e.name for e in t.list()) == ["fspl-1.fspl", "fspl-2.fspl"]
+    after = _counts(dropbox_remote)
+    assert _delta(mid, after, "oauth2/token") == 1, "renewed once through oauth2/token"
+    assert (dropbox_remote.jobs_dir / "fspl-2.fspl").read_bytes() == b"two"
+    for secret in (s.refresh_token, s.app_secret):
+        assert secret not in caplog.text
+
+
+def test_bad_refresh_token(dropbox_remote: DropboxRemote) -> None:
+    from fspl_gateway.transports.dropbox import DropboxTransport
+
+    t = DropboxTransport(dropbox_remote.location,
+                         dropbox_remote.refresh_options(refresh_token="not-a-valid-token"))
+    with pytest.raises(AuthError, match="refresh token is invalid or has been revoked") as ei:
+        list(t.list())
+    assert "not-a-valid-token" not in str(ei.value)
+    t = DropboxTransport(dropbox_remote.location,
+                         dropbox_remote.refresh_options(app_secret="wrong-secret"))
+    with pytest.raises(AuthError, match="app key/secret") as ei:
+        list(t.list())
+    assert "wrong-secret" not in str(ei.value)
+
+
+# -- listing --------------------------------------------------------------------------
+def test_pagination(dropbox_remote: DropboxRemote) -> None:
+    n = 300
+    for i in range(n):
+        (dropbox_remote.jobs_dir / f"fspl-{i:04d}.fspl").write_bytes(b"%d" % i)
+    os.mkdir(dropbox_remote.jobs_dir / "a-folder")  # folders are not listed
+    dropbox_remote.standin.admin("page_size", size=7)
+    before = _counts(dropbox_remote)
+    got = list(dropbox_remote.make().list())
+    assert sorted(e.name for e in got) == [f"fspl-{i:04d}.fspl" for i in range(n)]
+    for e in got:
+        data = (dropbox_remote.jobs_dir / e.name).read_bytes()
+        assert e.size == len(data) and e.tag == _by_definition(data)
+        assert e.mtime is not None and abs(e.mtime - time.time()) < 3600
+    pages = _delta(before, _counts(dropbox_remote), "files/list_folder/continue")
+    assert pages == (n + 1 + 6) // 7 - 1  # 301 entries (with the folder), 7 a page
+
+
+def test_list_missing_folder(dropbox_remote: DropboxRemote) -> None:
+    from fspl_gateway.transports.dropbox import DropboxTransport
+
+    t = DropboxTransport(dropbox_remote.location + "-nope", dropbox_remote.options)
+    with pytest.raises(RemoteNotFoundError, match="does not exist"):
+        list(t.list())
+
+
+# -- uploads --------------------------------------------------------------------------
+def test_small_upload_is_one_request(dropbox_remote: DropboxRemote) -> None:
+    data = os.urandom(300_000)
+    before = _counts(dropbox_remote)
+    e = dropbox_remote.make().write_new("fspl-s.fspl", io.BytesIO(data), len(data))
+    after = _counts(dropbox_remote)
+    assert _delta(before, after, "files/upload") == 1
+    assert _delta(before, after, "files/upload_session/start") == 0
+    assert e.tag == _by_definition(data) and e.size == len(data)
+    assert (dropbox_remote.jobs_dir / "fspl-s.fspl").read_bytes() == data
+
+
+def test_chunked_upload_round_trip(dropbox_remote: DropboxRemote) -> None:
+    data = os.urandom(5 * MiB + 12345)
+    t = dropbox_remote.make(chunk_size=MiB)
+    before = _counts(dropbox_remote)
+    e = t.write_new("fspl-big.fspl", io.BytesIO(data), len(data))
+    after = _counts(dropbox_remote)
+    assert _delta(before, after, "files/upload_session/start") == 1
+    assert _delta(before, after, "files/upload_session/append_v2") == 4
+    assert _delta(before, after, "files/upload_session/finish") == 1
+    assert _delta(before, after, "files/upload") == 0
+    assert e.size == len(data) and e.tag == _by_definition(data)
+    assert (dropbox_remote.jobs_dir / "fspl-big.fspl").read_bytes() == data
+    assert os.listdir(dropbox_remote.jobs_dir) == ["fspl-big.fspl"]
+    buf = io.BytesIO()
+    assert t.fetch("fspl-big.fspl", buf) == len(data)
+    assert buf.getvalue() == data
+    with t.open("fspl-big.fspl") as f:
+        assert _read_all(f) == data
+    # exactly chunk_size goes in one request; one byte more needs a session
+    for size, sessions in ((MiB, 0), (MiB + 1, 1)):
+        before = _counts(dropbox_remote)
+        t.write_new(f"fspl-{size}.fspl", io.BytesIO(data[:size]), size)
+        after = _counts(dropbox_remote)
+        assert _delta(before, after, "files/upload_session/finish") == sessions
+        assert (dropbox_remote.jobs_dir / f"fspl-{size}.fspl").read_bytes() == data[:size]
+
+
+@pytest.mark.parametrize("chunked", [False, True], ids=["upload", "session"])
+def test_conflict_on_existing_name(dropbox_remote: DropboxRemote, chunked: bool) -> None:
+    original = b"the original job" * 100
+    (dropbox_remote.jobs_dir / "fspl-c.fspl").write_bytes(original)
+    t = dropbox_remote.make(chunk_size=MiB)
+    intruder = os.urandom(3 * MiB if chunked else 1000)
+    with pytest.raises(RemoteExistsError, match="already exists") as ei:
+        t.write_new("fspl-c.fspl", io.BytesIO(intruder), len(intruder))
+    assert type(ei.value) is RemoteExistsError
+    assert (dropbox_remote.jobs_dir / "fspl-c.fspl").read_bytes() == original
+    assert os.listdir(dropbox_remote.jobs_dir) == ["fspl-c.fspl"]
+    assert dropbox_remote.standin.admin("stats")["open_sessions"] == 0
+
+
+@pytest.mark.parametrize("size", [10, 3 * MiB])
+def test_source_size_mismatch_writes_nothing(dropbox_remote: DropboxRemote, size: int) -> None:
+    t = dropbox_remote.make(chunk_size=MiB)
+    data = os.urandom(size)
+    with pytest.raises(TransportError, match="more than the announced"):
+        t.write_new("fspl-long.fspl", io.BytesIO(data + b"extra"), size)
+    with pytest.raises(TransportError, match="source ended"):
+        t.write_new("fspl-short.fspl", io.BytesIO(data[:-1]), size)
+    assert os.listdir(dropbox_remote.jobs_dir) == []
+
+
+# -- rate limits, 5xx, lost responses -------------------------------------------------
+def test_rate_limit_retried_then_succeeds(dropbox_remote: DropboxRemote) -> None:
+    s = dropbox_remote.standin
+    t = dropbox_remote.make(chunk_size=MiB)
+    s.admin("rate_limit", count=3, retry_after=1)
+    assert list(t.list()) == []
+    assert s.admin("stats")["counts"]["injected_429"] >= 3
+    assert s.admin("stats")["faults_left"]["rate_limit"] == 0
+    # in the middle of an upload session too
+    data = os.urandom(3 * MiB)
+    s.admin("rate_limit", count=2, retry_after=1, route="append_v2")
+    t.write_new("fspl-r.fspl", io.BytesIO(data), len(data))
+    assert (dropbox_remote.jobs_dir / "fspl-r.fspl").read_bytes() == data
+    assert s.admin("stats")["faults_left"]["rate_limit"] == 0
+
+
+def test_rate_limit_honours_retry_after(dropbox_remote: DropboxRemote) -> None:
+    t = dropbox_remote.make(max_retry_sleep=5)
+    dropbox_remote.standin.admin("rate_limit", count=1, retry_after=1)
+    start = time.monotonic()
+    assert list(t.list()) == []
+    assert 1.0 <= time.monotonic() - start < 4.5
+
+
+def test_rate_limit_beyond_the_bound_is_transient(dropbox_remote: DropboxRemote) -> None:
+    s = dropbox_remote.standin
+    t = dropbox_remote.make(retries=3)
+    s.admin("rate_limit", count=10, retry_after=1)
+    with pytest.raises(TransientError, match="rate-limit") as ei:
+        list(t.list())
+    assert type(ei.value) is TransientError
+    assert s.admin("stats")["faults_left"]["rate_limit"] == 7, "exactly `retries` attempts"
+    with pytest.raises(TransientError):
+        t.write_new("fspl-x.fspl", io.BytesIO(b"x"), 1)
+    assert os.listdir(dropbox_remote.jobs_dir) == []
+
+
+def test_server_errors_retried(dropbox_remote: DropboxRemote) -> None:
+    s = dropbox_remote.standin
+    t = dropbox_remote.make(retries=3)
+    s.admin("server_error", count=2)
+    t.write_new("fspl-5.fspl", io.BytesIO(b"five"), 4)
+    assert (dropbox_remote.jobs_dir / "fspl-5.fspl").read_bytes() == b"five"
+    s.admin("server_error", count=5)
+    with pytest.raises(TransientError, match="server error 500"):
+        t.delete("fspl-5.fspl")
+    assert (dropbox_remote.jobs_dir / "fspl-5.fspl").exists()
+
+
+def test_lost_responses_are_recognised(dropbox_remote: DropboxRemote) -> None:
+    """The call happened but its answer was lost: the retry must not turn that into a
+    conflict (upload), a failed session (append) or not-found (delete)."""
+    s = dropbox_remote.standin
+    t = dropbox_remote.make(chunk_size=MiB)
+    s.admin("drop_response", count=1, route="files/upload")
+    t.write_new("fspl-1.fspl", io.BytesIO(b"one"), 3)
+    data = os.urandom(3 * MiB + 5)
+    s.admin("drop_response", count=1, route="append_v2")
+    t.write_new("fspl-2.fspl", io.BytesIO(data), len(data))
+    s.admin("drop_response", count=1, route="finish")
+    t.write_new("fspl-3.fspl", io.BytesIO(data), len(data))
+    assert s.admin("stats")["counts"]["dropped_responses"] >= 3
+    assert (dropbox_remote.jobs_dir / "fspl-1.fspl").read_bytes() == b"one"
+    assert (dropbox_remote.jobs_dir / "fspl-2.fspl").read_bytes() == data
+    assert (dropbox_remote.jobs_dir / "fspl-3.fspl").read_bytes() == data
+    s.admin("drop_response", count=1, route="delete")
+    t.delete("fspl-1.fspl")
+    assert not (dropbox_remote.jobs_dir / "fspl-1.fspl").exists()
+    # a real conflict stays a conflict
+    with pytest.raises(RemoteExistsError):
+        t.write_new("fspl-2.fspl", io.BytesIO(b"other"), 5)
+
+
+# -- downloads ------------------------------------------------------------------------
+def test_corrupted_download_is_an_integrity_error(dropbox_remote: DropboxRemote) -> None:
+    data = os.urandom(2 * MiB + 3)
+    (dropbox_remote.jobs_dir / "fspl-x.fspl").write_bytes(data)
+    t = dropbox_remote.make()
+    dropbox_remote.standin.admin("corrupt_next_download")
+    with pytest.raises(IntegrityError, match="content_hash"):
+        t.fetch("fspl-x.fspl", io.BytesIO())
+    dropbox_remote.standin.admin("corrupt_next_download")
+    with pytest.raises(IntegrityError), t.open("fspl-x.fspl") as f:
+        _read_all(f)
+    buf = io.BytesIO()
+    assert t.fetch("fspl-x.fspl", buf) == len(data) and buf.getvalue() == data
+
+
+def test_download_dying_mid_stream(dropbox_remote: DropboxRemote) -> None:
+    data = os.urandom(3 * MiB)
+    (dropbox_remote.jobs_dir / "fspl-d.fspl").write_bytes(data)
+    t = dropbox_remote.make()
+    dropbox_remote.standin.admin("die_next_download")
+    with pytest.raises(TransientError, match="broke off|ended after") as ei:
+        t.fetch("fspl-d.fspl", io.BytesIO())
+    assert type(ei.value) is TransientError
+    assert dropbox_remote.standin.admin("stats")["counts"]["died_downloads"] >= 1
+    dropbox_remote.standin.admin("die_next_download")
+    with pytest.raises(TransientError), t.open("fspl-d.fspl") as f:
+        _read_all(f)
+    buf = io.BytesIO()
+    assert t.fetch("fspl-d.fspl", buf) == len(data) and buf.getvalue() == data
