@@ -53,6 +53,7 @@ from fspl_gateway.sync import (
     _check_options,
     fmt_seconds,
     run_parallel,
+    sha256_path,
     take_run_lock,
     with_retries,
 )
@@ -188,13 +189,18 @@ class _Pusher:
         return [n for _, n in sorted(out)]
 
     def _plan(self, known: dict[str, Any]) -> tuple[list[str], list[str]]:
-        """(to push, known and kept)."""
+        """(to push, known as pushed).  A known job whose bytes changed since is pushed
+        again (and then meets its old self on the remote: a conflict)."""
         todo: list[str] = []
         done: list[str] = []
         for name in self._local_names():
             rec = known.get(name)
             if rec is not None and rec.state in ("pushed", "already-remote"):
-                if self.opts.after_push == "keep":
+                try:
+                    same = sha256_path(os.path.join(self.jdir, name)) == rec.sha256
+                except FileNotFoundError:
+                    continue
+                if same:
                     done.append(name)
                     continue
             todo.append(name)
@@ -223,7 +229,12 @@ class _Pusher:
             pass
         assert self.journal is not None
         todo, done = self._plan(self.journal.known("push", self.remote))
-        self.res.known = len(done)
+        if self.opts.after_push == "delete":
+            for name in done:  # pushed and verified before (e.g. with keep): remove now
+                self._cleanup_local(os.path.join(self.jdir, name))
+            self.res.skipped += len(done)
+        else:
+            self.res.known = len(done)
         if todo:
             self.listing = {e.name: e for e in with_retries(
                 lambda: list(self.t.list()), f"listing {self.remote}", self.opts.retry)}
