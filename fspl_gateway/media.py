@@ -18,7 +18,9 @@ Functions (the CLI's ``fspl-gw export`` / ``import`` call these; every failure i
 * :func:`export_iso` ``(outbox_queue_dir, iso_path, *, keep=False, overwrite=False,
   volume_id="FSPL_JOBS") -> ExportResult``
 * :func:`import_media` ``(source, queue_dir, *, good_only=False, require_manifest=True,
-  opts=None) -> ImportResult`` — ``source`` is a directory or an ``.iso`` file.
+  opts: SyncOptions | None = None) -> ImportResult`` — ``source`` is a directory or an
+  ISO file; a failed manifest check raises :class:`MediaCheckError` (a TransportError,
+  exit code 1) and imports nothing.
 * :func:`verify_manifest` ``(source) -> ManifestReport`` — a path or a MediaTransport.
 
 Guarantees: a job leaves the outbox only after its copy on the media has been fsynced and
@@ -37,12 +39,13 @@ import io
 import logging
 import os
 import stat
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO
 
 from fspl_gateway.errors import (
-    FsplError,
     IntegrityError,
+    NotSupportedError,
     PacketError,
     QueueError,
     RemoteExistsError,
@@ -51,7 +54,7 @@ from fspl_gateway.errors import (
 )
 from fspl_gateway.fsutil import TMP_PREFIX, AtomicWriter, fsync_dir, write_all
 from fspl_gateway.packet import read_header_path
-from fspl_gateway.transports.base import is_job_name
+from fspl_gateway.transports.base import Capabilities, RemoteEntry, Transport, is_job_name
 from fspl_gateway.transports.media import (
     JOBS_DIR,
     MANIFEST_NAME,
@@ -64,8 +67,8 @@ from fspl_gateway.transports.media import verify_manifest as _verify_transport
 
 log = logging.getLogger(__name__)
 
-__all__ = ["ExportResult", "ImportResult", "ManifestReport", "export_dir", "export_iso",
-           "import_media", "verify_manifest"]
+__all__ = ["ExportResult", "ImportResult", "ManifestReport", "MediaCheckError", "export_dir",
+           "export_iso", "import_media", "verify_manifest"]
 
 _CHUNK = 1 << 20
 _JOLIET_BAD = set('*/:;?\\')
@@ -499,14 +502,135 @@ def verify_manifest(source: str | MediaTransport) -> ManifestReport:
         return _verify_transport(t)
 
 
+class MediaCheckError(TransportError):
+    """The media failed its manifest check; nothing was imported.  ``report`` has the
+    details."""
+
+    def __init__(self, message: str, report: ManifestReport) -> None:
+        super().__init__(message)
+        self.report = report
+
+
+class _HashTee:
+    """A write-only file object that hashes what passes through to ``dst``."""
+
+    def __init__(self, dst: BinaryIO) -> None:
+        self.dst = dst
+        self.h = hashlib.sha256()
+
+    def write(self, b: Any) -> int:
+        self.h.update(b)
+        n = self.dst.write(b)
+        return len(b) if n is None else n
+
+    def flush(self) -> None:
+        self.dst.flush()
+
+    def writable(self) -> bool:
+        return True
+
+
+class _CheckedMedia(Transport):
+    """What import hands the sync engine: the media, read-only, showing only the jobs
+    that passed the manifest check, and re-checking each one's sha256 while it is
+    fetched (a stick that rots between the check and the copy gives IntegrityError)."""
+
+    name = "media"
+    capabilities = Capabilities(can_write=False, can_delete=False, atomic_noclobber=False)
+
+    def __init__(self, media: MediaTransport, digests: dict[str, str] | None,
+                 allowed: set[str]) -> None:
+        super().__init__(media.location, media.options)
+        self.media = media
+        self.digests = digests
+        self.allowed = allowed
+
+    def list(self) -> Iterator[RemoteEntry]:
+        return iter([e for e in self.media.list() if e.name in self.allowed])
+
+    def _check(self, name: str) -> None:
+        self.check_name(name)
+        if name not in self.allowed:
+            raise RemoteNotFoundError(f"{name} did not pass the manifest check")
+
+    def open(self, name: str) -> BinaryIO:
+        self._check(name)
+        return self.media.open(name)
+
+    def fetch(self, name: str, dst: BinaryIO, entry: RemoteEntry | None = None) -> int:
+        self._check(name)
+        if self.digests is None:
+            return self.media.fetch(name, dst, entry)
+        tee = _HashTee(dst)
+        n = self.media.fetch(name, tee, entry)  # type: ignore[arg-type]
+        if tee.h.hexdigest() != self.digests[name]:
+            raise IntegrityError(f"{name}: bytes read from the media no longer match "
+                                 "the manifest (failing media?)")
+        return n
+
+    def write_new(self, name: str, src: BinaryIO, size: int) -> RemoteEntry:
+        raise NotSupportedError("import never writes to the media")
+
+    def delete(self, name: str) -> None:
+        raise NotSupportedError("import never deletes from the media")
+
+    def describe(self) -> str:
+        return self.media.describe()
+
+
 def import_media(source: str, queue_dir: str, *, good_only: bool = False,
                  require_manifest: bool = True, opts: Any = None) -> ImportResult:
-    """Import the jobs of a media into a local queue; never writes to the media.
+    """Import the jobs of a media (directory or ISO image) into the local queue
+    ``queue_dir``; never writes to the media.
 
-    The manifest is verified first.  Any mismatched, unlisted, unreadable or refused job
-    (or a missing manifest when ``require_manifest``) makes the whole import fail with
-    an error naming the bad files — unless ``good_only``, which imports the jobs that
-    matched and reports the rest in :attr:`ImportResult.rejected`.  The jobs are then
-    pulled through the sync engine with the after-fetch policy ``keep``.
+    The manifest is verified first, streaming every job through sha256.  A mismatched,
+    unlisted, unreadable or refused (symlink/special) job, a malformed manifest line, or
+    a missing manifest when ``require_manifest`` makes the whole import fail with
+    :class:`MediaCheckError` naming the bad files and nothing is imported — unless
+    ``good_only``, which imports the jobs that matched and lists the rest in
+    :attr:`ImportResult.rejected`.  Without a manifest and with
+    ``require_manifest=False`` every job is imported unchecked.
+
+    The jobs are then pulled by :func:`fspl_gateway.sync.pull` (``opts``: a
+    :class:`~fspl_gateway.sync.SyncOptions`; its ``after_fetch`` is forced to ``keep``),
+    each job's sha256 being checked again as it is copied.
     """
-    raise FsplError("import is not available yet: the sync engine is pending")
+    import dataclasses
+
+    from fspl_gateway import sync
+
+    media = MediaTransport(source, {"read_only": True})
+    try:
+        report = _verify_transport(media)
+        listed_jobs = {e.name for e in media.list() if is_job_name(e.name)}
+        digests: dict[str, str] | None
+        if not report.manifest_found:
+            if require_manifest:
+                raise MediaCheckError(f"{source}: no {MANIFEST_NAME} on the media; nothing "
+                                      "imported (allow unchecked media to import anyway)",
+                                      report)
+            log.warning("%s: no %s; importing %d jobs unchecked", source, MANIFEST_NAME,
+                        len(listed_jobs))
+            digests, allowed, rejected = None, listed_jobs, []
+        else:
+            with media.open_manifest() as mf:
+                entries, _ = parse_manifest(mf)
+            digests = {p[len(JOBS_DIR) + 1:]: h for p, h in entries.items()
+                       if p.startswith(JOBS_DIR + "/")}
+            allowed = {n for n in report.ok if is_job_name(n)}
+            rejected = report.bad
+            if not report.clean and not good_only:
+                raise MediaCheckError(
+                    f"{source}: manifest check failed ({report.summary()}); nothing "
+                    f"imported (import the {len(allowed)} good jobs only with good_only)",
+                    report)
+            if rejected:
+                log.warning("%s: not importing %d bad jobs: %s", source, len(rejected),
+                            ", ".join(rejected))
+        o = opts if opts is not None else sync.SyncOptions()
+        o = dataclasses.replace(o, after_fetch="keep")
+        checked = _CheckedMedia(media, digests, allowed)
+        res = sync.pull(checked, queue_dir, o)
+        return ImportResult(report=report, rejected=rejected, sync=res)
+    finally:
+        media.close()

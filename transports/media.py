@@ -37,6 +37,7 @@ import logging
 import os
 import re
 import stat
+import threading
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO
@@ -97,6 +98,8 @@ class _IsoHandle:
             raise TransportError(f"{path}: cannot read the image ({e.strerror})") from None
         self.streams = 0
         self.stale = False
+        #: pycdlib's streams seek the shared image file then read: one at a time.
+        self.lock = threading.Lock()
         if self.iso.has_rock_ridge():
             self.kind = "rr_path"
         elif self.iso.has_joliet():
@@ -188,17 +191,20 @@ class _IsoHandle:
     def open(self, f: _IsoFile) -> _IsoStream:
         from pycdlib.pycdlibexception import PyCdlibException
 
-        try:
-            raw = self.iso.open_file_from_iso(**{f.kind: f.path})
-            raw.__enter__()
-        except PyCdlibException as e:
-            raise TransportError(f"{f.name}: cannot open it in the image ({e})") from None
-        self.streams += 1
+        with self.lock:
+            try:
+                raw = self.iso.open_file_from_iso(**{f.kind: f.path})
+                raw.__enter__()
+            except PyCdlibException as e:
+                raise TransportError(f"{f.name}: cannot open it in the image ({e})") from None
+            self.streams += 1
         return _IsoStream(self, raw)
 
     def release(self) -> None:
-        self.streams -= 1
-        if self.stale and self.streams <= 0:
+        with self.lock:
+            self.streams -= 1
+            done = self.stale and self.streams <= 0
+        if done:
             self.close()
 
     def close(self) -> None:
@@ -221,12 +227,14 @@ class _IsoStream(io.RawIOBase):
         return True
 
     def readinto(self, b: Any) -> int:
-        return int(self._raw.readinto(b))
+        with self._handle.lock:
+            return int(self._raw.readinto(b))
 
     def close(self) -> None:
         if not self.closed:
             try:
-                self._raw.__exit__(None, None, None)
+                with self._handle.lock:
+                    self._raw.__exit__(None, None, None)
             finally:
                 self._handle.release()
         super().close()
@@ -257,9 +265,14 @@ class MediaTransport(Transport):
         self._dir = None if self.is_iso else LocalTransport(self.path, self.options)
         self._iso: _IsoHandle | None = None
         self._old: list[_IsoHandle] = []
+        self._lock = threading.RLock()  # the sync engine fetches from several threads
 
     # -- ISO handle ----------------------------------------------------------------
     def _image(self, refresh: bool = True) -> _IsoHandle:
+        with self._lock:
+            return self._image_locked(refresh)
+
+    def _image_locked(self, refresh: bool) -> _IsoHandle:
         if self._iso is not None and not refresh:
             return self._iso
         try:
@@ -274,8 +287,10 @@ class MediaTransport(Transport):
         if self._iso is None or self._iso.key != key:
             new = _IsoHandle(self.path)
             if self._iso is not None:
-                self._iso.stale = True
-                if self._iso.streams <= 0:
+                with self._iso.lock:
+                    self._iso.stale = True
+                    idle = self._iso.streams <= 0
+                if idle:
                     self._iso.close()
                 else:
                     self._old.append(self._iso)

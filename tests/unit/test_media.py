@@ -515,3 +515,139 @@ def test_local_cleanup_temporaries_rule(tmp_path: Path) -> None:
     assert not dead_old.exists() and not ancient.exists()
     assert dead_fresh.exists() and live.exists() and other.exists()
     assert [e.name for e in t.list() if not e.name.startswith(TMP_PREFIX)] == ["fspl-real.fspl"]
+
+
+# -- import ----------------------------------------------------------------------------
+def _snapshot(root: Path) -> dict[str, tuple[int, int, str]]:
+    """Every path under ``root`` with its size, mtime and sha256 (to prove no writes)."""
+    out: dict[str, tuple[int, int, str]] = {}
+    for p in sorted(root.rglob("*")):
+        st = p.lstat()
+        out[str(p.relative_to(root))] = (st.st_size, st.st_mtime_ns,
+                                         sha256_file(p) if p.is_file() else "")
+    return out
+
+
+@pytest.fixture
+def ro_view(tmp_path: Path) -> Iterator[object]:
+    """A function making a read-only bind mount of a directory (root only), or None."""
+    mounts: list[Path] = []
+
+    def make(src: Path) -> Path | None:
+        dst = tmp_path / f"ro{len(mounts)}"
+        dst.mkdir()
+        if subprocess.run(["mount", "--bind", str(src), str(dst)],
+                          capture_output=True).returncode != 0:
+            return None
+        mounts.append(dst)
+        if subprocess.run(["mount", "-o", "remount,ro,bind", str(dst)],
+                          capture_output=True).returncode != 0:
+            return None
+        return dst
+
+    yield make
+    for m in mounts:
+        subprocess.run(["umount", "-l", str(m)], check=False)
+
+
+def test_import_dir_round_trip_never_writes(tmp_path: Path, queue: Path, fspl_bin: str,
+                                            ro_view: object) -> None:
+    from fspl_gateway.media import import_media
+
+    names = job_names(3)
+    ob = make_outbox(tmp_path, {n: os.urandom(30_000) for n in names})
+    before = hashes(ob / "jobs")
+    stick = tmp_path / "stick"
+    stick.mkdir()
+    export_dir(str(ob), str(stick))
+    snap = _snapshot(stick)
+    src = ro_view(stick) or stick  # type: ignore[operator]
+
+    res = import_media(str(src), str(queue))
+    assert res.report.clean and res.rejected == []
+    assert res.sync.fetched == 3
+    assert {n: h for n, h in hashes(queue / "jobs").items()} == before
+    assert _snapshot(stick) == snap, "import wrote to the media"
+    ls = run_fspl("queue-ls", "-q", str(queue), check=True).stdout.decode()
+    assert all(n in ls for n in names)
+    again = import_media(str(src), str(queue))
+    assert again.sync.fetched == 0
+    assert _snapshot(stick) == snap
+
+
+def test_import_iso(tmp_path: Path, queue: Path) -> None:
+    from fspl_gateway.media import import_media
+
+    names = job_names(3)
+    ob = make_outbox(tmp_path, {n: os.urandom(2 * MiB + i) for i, n in enumerate(names)})
+    before = hashes(ob / "jobs")
+    iso = tmp_path / "jobs.iso"
+    export_iso(str(ob), str(iso))
+    image_sha = sha256_file(iso)
+    res = import_media(str(iso), str(queue))
+    assert res.sync.fetched == 3
+    assert hashes(queue / "jobs") == before
+    assert sha256_file(iso) == image_sha
+
+
+def test_import_refuses_rotten_media_unless_good_only(tmp_path: Path, queue: Path) -> None:
+    from fspl_gateway.media import MediaCheckError, import_media
+
+    names = job_names(3)
+    ob = make_outbox(tmp_path, {n: os.urandom(10_000) for n in names})
+    before = hashes(ob / "jobs")
+    stick = tmp_path / "stick"
+    stick.mkdir()
+    export_dir(str(ob), str(stick))
+    rot = stick / "jobs" / names[2]
+    data = bytearray(rot.read_bytes())
+    data[-1] ^= 0xFF
+    rot.write_bytes(bytes(data))
+
+    with pytest.raises(MediaCheckError) as ei:
+        import_media(str(stick), str(queue))
+    assert names[2] in str(ei.value) and "mismatched" in str(ei.value)
+    assert os.listdir(queue / "jobs") == []
+
+    res = import_media(str(stick), str(queue), good_only=True)
+    assert res.rejected == [names[2]]
+    assert res.sync.fetched == 2
+    assert hashes(queue / "jobs") == {n: before[n] for n in names[:2]}
+
+
+def test_import_without_manifest(tmp_path: Path, queue: Path) -> None:
+    from fspl_gateway.media import MediaCheckError, import_media
+
+    stick = tmp_path / "stick"
+    (stick / "jobs").mkdir(parents=True)
+    pkt = packet.encode_header(packet.Meta(seq=1)) + b"payload"
+    (stick / "jobs" / "fspl-a.fspl").write_bytes(pkt)
+    with pytest.raises(MediaCheckError, match="no MANIFEST.sha256"):
+        import_media(str(stick), str(queue))
+    assert os.listdir(queue / "jobs") == []
+    res = import_media(str(stick), str(queue), require_manifest=False)
+    assert res.sync.fetched == 1
+    assert (queue / "jobs" / "fspl-a.fspl").read_bytes() == pkt
+
+
+def test_import_rechecks_while_fetching(tmp_path: Path) -> None:
+    """Bytes that change between the manifest check and the copy are caught."""
+    import io
+
+    from fspl_gateway.errors import IntegrityError
+    from fspl_gateway.media import _CheckedMedia
+
+    stick = tmp_path / "stick"
+    (stick / "jobs").mkdir(parents=True)
+    (stick / "jobs" / "fspl-a.fspl").write_bytes(b"good bytes")
+    media = MediaTransport(str(stick), {"read_only": True})
+    ok = _CheckedMedia(media, {"fspl-a.fspl": hashlib.sha256(b"good bytes").hexdigest()},
+                       {"fspl-a.fspl"})
+    buf = io.BytesIO()
+    assert ok.fetch("fspl-a.fspl", buf) == 10 and buf.getvalue() == b"good bytes"
+    (stick / "jobs" / "fspl-a.fspl").write_bytes(b"rotten!!!!")
+    with pytest.raises(IntegrityError, match="no longer match"):
+        ok.fetch("fspl-a.fspl", io.BytesIO())
+    with pytest.raises(RemoteNotFoundError):
+        ok.fetch("fspl-other.fspl", io.BytesIO())
+    assert [e.name for e in ok.list()] == ["fspl-a.fspl"]
