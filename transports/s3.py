@@ -15,7 +15,8 @@ Options (strings from a config file or ``-o key=value`` are accepted):
 ``path_style``              bool: path-style addressing (MinIO, Ceph, …); default false
 ``multipart_threshold``     size above which uploads are multipart; default ``64MiB``
 ``multipart_chunksize``     part size (≥ 5 MiB); default ``16MiB``
-``max_attempts``            botocore attempts per request (standard retry mode); default 3
+``max_attempts``            attempts per request, first one included (botocore's
+                            standard retry mode); default 3; 1 = no retries
 ``connect_timeout``         seconds; default 10
 ``read_timeout``            seconds; default 60
 ``conditional_writes``      bool, default true: create with ``If-None-Match: *`` so an
@@ -149,7 +150,7 @@ def parse_location(location: str) -> tuple[str, str]:
     bucket, _, prefix = loc.partition("/")
     if not _BUCKET_RE.match(bucket):
         raise ConfigError(f"s3 location {location!r}: bad or missing bucket name")
-    prefix = prefix.strip("/")
+    prefix = prefix.rstrip("/")
     if prefix:
         parts = prefix.split("/")
         if any(p in ("", ".", "..") for p in parts):
@@ -394,7 +395,7 @@ class S3Transport(Transport):
         if not self.opts.conditional_writes:
             self.capabilities = Capabilities(atomic_noclobber=False)  # type: ignore[misc]
         config = Config(
-            retries={"mode": "standard", "max_attempts": self.opts.max_attempts},
+            retries={"mode": "standard", "total_max_attempts": self.opts.max_attempts},
             connect_timeout=self.opts.connect_timeout,
             read_timeout=self.opts.read_timeout,
             s3={"addressing_style": "path" if self.opts.path_style else "auto"},
