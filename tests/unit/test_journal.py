@@ -1,0 +1,96 @@
+"""The SQLite journal in a queue directory."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from pathlib import Path
+
+import pytest
+
+from fspl_gateway import journal as jr
+from fspl_gateway.errors import QueueError
+
+
+def test_record_lookup_and_persistence(tmp_path: Path) -> None:
+    with jr.Journal(str(tmp_path)) as j:
+        assert j.lookup("pull", "s3:b/p", "fspl-a.fspl") is None
+        j.record("pull", "s3:b/p", "fspl-a.fspl", state="fetched", size=12, tag="etag1",
+                 sha256="ab" * 32, seq=7)
+        j.record("push", "s3:b/p", "fspl-a.fspl", state="pushed", size=12)
+        j.record("pull", "local:/x", "fspl-b.fspl", state="quarantined", detail="fspl-b.fspl")
+    assert (tmp_path / ".fspl-gw" / "journal.sqlite").is_file()
+    with jr.Journal(str(tmp_path)) as j:
+        r = j.lookup("pull", "s3:b/p", "fspl-a.fspl")
+        assert r is not None
+        assert (r.size, r.tag, r.sha256, r.seq, r.state, r.remote_deleted) == \
+            (12, "etag1", "ab" * 32, 7, "fetched", False)
+        j.mark_remote_deleted("pull", "s3:b/p", "fspl-a.fspl")
+        r2 = j.lookup("pull", "s3:b/p", "fspl-a.fspl")
+        assert r2 is not None and r2.remote_deleted
+        assert set(j.known("pull", "s3:b/p")) == {"fspl-a.fspl"}
+        assert set(j.known("push", "s3:b/p")) == {"fspl-a.fspl"}
+        assert set(j.known("pull", "local:/x")) == {"fspl-b.fspl"}
+        j.record("pull", "s3:b/p", "fspl-a.fspl", state="already-local")  # replaces
+        assert j.known("pull", "s3:b/p")["fspl-a.fspl"].state == "already-local"
+        j.forget("pull", "s3:b/p", "fspl-a.fspl")
+        assert j.lookup("pull", "s3:b/p", "fspl-a.fspl") is None
+    assert jr.file_count(str(tmp_path)) == 2
+    assert jr.file_count(str(tmp_path), "push") == 1
+
+
+def test_wal_mode(tmp_path: Path) -> None:
+    jr.Journal(str(tmp_path)).close()
+    db = sqlite3.connect(tmp_path / ".fspl-gw" / "journal.sqlite")
+    assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    db.close()
+
+
+def test_any_byte_name_round_trips(tmp_path: Path) -> None:
+    name = "fspl-\udcff\udc80é.fspl"  # undecodable bytes (surrogate escapes) and UTF-8
+    with jr.Journal(str(tmp_path)) as j:
+        j.record("pull", "r", name, state="fetched")
+        assert list(j.known("pull", "r")) == [name]
+        assert j.lookup("pull", "r", name) is not None
+
+
+def test_runs_last_of_each_remote(tmp_path: Path) -> None:
+    assert jr.last_runs(str(tmp_path)) == []
+    assert not (tmp_path / ".fspl-gw").exists()  # reading creates nothing
+    with jr.Journal(str(tmp_path)) as j:
+        j.record_run("pull", "s3:b", 100.0, True, "sync: 1 fetched")
+        j.record_run("pull", "s3:b", 200.0, False, "error: boom")
+        j.record_run("push", "s3:b", 150.0, True, "push: 2 pushed")
+        j.record_run("pull", "local:/x", 120.0, True, "sync: 0 fetched")
+    runs = jr.last_runs(str(tmp_path))
+    assert [(r.remote, r.direction, r.ok, r.summary) for r in runs] == [
+        ("local:/x", "pull", True, "sync: 0 fetched"),
+        ("s3:b", "pull", False, "error: boom"),
+        ("s3:b", "push", True, "push: 2 pushed"),
+    ]
+    assert runs[1].started == 200.0 and runs[1].finished >= runs[1].started
+
+
+def test_threads_share_one_journal(tmp_path: Path) -> None:
+    with jr.Journal(str(tmp_path)) as j:
+        def work(k: int) -> None:
+            for i in range(50):
+                j.record("pull", "r", f"fspl-{k}-{i}.fspl", state="fetched", seq=i)
+
+        ts = [threading.Thread(target=work, args=(k,)) for k in range(8)]
+        for t in ts:
+            t.start()
+        for t in ts:
+            t.join()
+        assert len(j.known("pull", "r")) == 400
+
+
+def test_open_existing_and_errors(tmp_path: Path) -> None:
+    assert jr.open_existing(str(tmp_path)) is None
+    with pytest.raises(QueueError, match="no journal"):
+        jr.Journal(str(tmp_path), create=False)
+    d = tmp_path / ".fspl-gw"
+    d.mkdir()
+    (d / "journal.sqlite").write_bytes(b"this is not a database, not at all" * 100)
+    with pytest.raises(QueueError, match="journal"):
+        jr.Journal(str(tmp_path))
