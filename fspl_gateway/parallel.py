@@ -76,6 +76,8 @@ class DisperseOpts:
     max_moves: int | None = None
     #: Only hand jobs to these workers (default: all).  Key owners always get their keys.
     only: list[str] | None = None
+    #: Header cache of the incoming queue, kept across passes by long-running callers.
+    cache: q.HeaderCache | None = None
 
 
 @dataclass
@@ -150,16 +152,17 @@ def _meta_of(path: str) -> Meta:
     return read_header_path(path)
 
 
-def _candidates(incoming: str, order_by: str, seqf: SeqFile) -> Iterator[q.Job]:
+def _candidates(incoming: str, order_by: str, seqf: SeqFile,
+                cache: q.HeaderCache | None) -> Iterator[q.Job]:
     if order_by == "sequence":
-        jobs = q.scan_map(incoming)
+        jobs = q.scan_map(incoming, cache=cache)
         while True:
             job = jobs.pop(seqf.next, None)
             if job is None:
                 return
             yield job
     else:
-        yield from sorted(q.scan(incoming), key=lambda j: j.meta.ctime)
+        yield from sorted(q.scan(incoming, cache=cache), key=lambda j: j.meta.ctime)
 
 
 def disperse_locked(opts: DisperseOpts, seqf: SeqFile) -> DisperseResult:
@@ -182,7 +185,7 @@ def disperse_locked(opts: DisperseOpts, seqf: SeqFile) -> DisperseResult:
                     continue
                 if k is not None:
                     owners[k] = w
-    for job in _candidates(opts.incoming, opts.order_by, seqf):
+    for job in _candidates(opts.incoming, opts.order_by, seqf, opts.cache):
         if opts.max_moves is not None and len(res.moved) >= opts.max_moves:
             break
         if job.meta.cmd in ("NOP", "Fail"):

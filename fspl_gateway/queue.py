@@ -129,6 +129,17 @@ def open_job(qdir: str, filename: str, decoder: str | None = None) -> OpenJob:
     return OpenJob(os.path.join(jobs_dir(qdir), filename), decoder)
 
 
+def _list_entries(qdir: str) -> list[tuple[str, int]]:
+    """(name, inode) of every entry in jobs/ (the inode comes free with readdir)."""
+    try:
+        with os.scandir(jobs_dir(qdir)) as it:
+            return [(e.name, e.inode()) for e in it]
+    except FileNotFoundError:
+        raise QueueError(f"{qdir} is not a queue directory (no jobs/ in it)") from None
+    except OSError as e:
+        raise QueueError(f"cannot read {jobs_dir(qdir)}: {e.strerror}") from None
+
+
 def _list_names(qdir: str) -> list[str]:
     try:
         with os.scandir(jobs_dir(qdir)) as it:
@@ -144,15 +155,32 @@ def read_meta(qdir: str, filename: str, decoder: str | None = None) -> Meta:
         return j.meta
 
 
-def scan(qdir: str, decoder: str | None = None) -> Iterator[Job]:
+#: A header cache for long-running scanners: (file name, inode) → Meta.  Job files are
+#: complete and never change once they carry an ``fspl-*.fspl`` name, so a cached header
+#: stays right for as long as that name points at that inode.
+HeaderCache = dict[tuple[str, int], Meta]
+
+
+def scan(qdir: str, decoder: str | None = None, cache: HeaderCache | None = None) -> Iterator[Job]:
     """Every readable job in directory order.  Non-job names are skipped silently, job
-    files that cannot be read or decoded are logged and skipped."""
-    for name in _list_names(qdir):
+    files that cannot be read or decoded are logged and skipped.  With ``cache``, headers
+    already read are not read again (and the cache drops names that are gone)."""
+    entries = _list_entries(qdir)
+    if cache is not None:
+        live = set(entries)
+        for k in [k for k in cache if k not in live]:
+            del cache[k]
+    for name, ino in entries:
         if not is_job_filename(name):
             log.log(TRACE, "ignoring %s: not a job file name", name)
             continue
+        if cache is not None and (name, ino) in cache:
+            yield Job(name, cache[(name, ino)])
+            continue
         try:
             meta = read_meta(qdir, name, decoder)
+            if cache is not None:
+                cache[(name, ino)] = meta
         except PacketError as e:
             log.warning("skipping %s/jobs/%s: %s", qdir, name, e)
             continue
@@ -164,10 +192,11 @@ def scan(qdir: str, decoder: str | None = None) -> Iterator[Job]:
         yield Job(name, meta)
 
 
-def scan_map(qdir: str, decoder: str | None = None) -> dict[int, Job]:
+def scan_map(qdir: str, decoder: str | None = None,
+             cache: HeaderCache | None = None) -> dict[int, Job]:
     """seq → job; two jobs with one seq is an error (as in fspl)."""
     out: dict[int, Job] = {}
-    for job in scan(qdir, decoder):
+    for job in scan(qdir, decoder, cache):
         prev = out.get(job.meta.seq)
         if prev is not None:
             raise QueueError(f"two jobs have sequence number {job.meta.seq}: "

@@ -47,7 +47,7 @@ def acquire_lock(lock_path: str, *, create: bool, wait: float = 0.0, what: str =
             hint = "" if wait else " (use --wait-lock SECONDS to wait for it)"
             raise LockBusyError(f"{what or lock_path} is locked by another process{hint}")
         time.sleep(delay)
-        delay = min(delay * 2, 0.2)
+        delay = min(delay * 2, 0.02)
 
 
 class SeqFile:

@@ -24,7 +24,6 @@ from dataclasses import dataclass, field
 
 from fspl_gateway import queue as q
 from fspl_gateway.errors import JobFailedError, LockBusyError
-from fspl_gateway.fsutil import atomic_write
 from fspl_gateway.log import log
 from fspl_gateway.parallel import (
     DisperseOpts,
@@ -88,7 +87,8 @@ def _run_one(opts: WorkersOpts, worker: str) -> bool:
     if not jobs:
         return False
     marker_dir = _state_dir(worker)
-    with atomic_write(marker_dir, "running", clobber=True) as f:
+    # Advisory only (read after a crash of this process, not of the machine): no fsync.
+    with open(os.path.join(marker_dir, "running"), "wb") as f:
         f.write(jobs[0].filename.encode("utf-8", "surrogateescape"))
     try:
         queue_process(QueueProcessOpts(worker, opts.proc, None, opts.on_error, "seq-sorted",
@@ -119,7 +119,7 @@ def _loop(opts: WorkersOpts, me: str, stop: list[bool]) -> int:
     _check_interrupted(me)
     dopts = DisperseOpts(opts.incoming, opts.paths(), per_worker=1, order_by=opts.order_by,
                          on_error=opts.on_error, never_delete=opts.never_delete, key=opts.key,
-                         wait_lock=opts.lock_wait, max_moves=1, only=[me])
+                         wait_lock=opts.lock_wait, max_moves=1, only=[me], cache={})
     while not stop[0]:
         try:
             if _run_one(opts, me):
