@@ -1,0 +1,283 @@
+"""Many hosts, one remote queue: jobs claimed by leases made of conditional writes.
+
+Every host lists the remote ``jobs/``, picks a job nobody holds, and claims it by
+*creating* a claim file next to it with the transport's no-clobber write
+(``If-None-Match: *`` on S3, rename-without-overwrite on SFTP, ``mode=add`` on Dropbox,
+link on a local directory): only one host can create a given name.
+
+Claims are numbered generations: ``<job>.claim.<g>``, holding JSON
+``{"host": …, "expires": <unix time>, "gen": g}``.  The holder of the highest generation
+owns the job while ``expires`` is in the future.
+
+* claim a free job: create generation 0;
+* renew (every lease/3 while the command runs): create generation g+1 — if that name
+  already exists, another host took the job over after our lease expired: we lost it and
+  kill our command;
+* take over a dead host's job: its highest generation has expired (by more than the
+  allowed clock skew) → create the next generation;
+* finish: delete the job, then its claims.  Under ``--on-error retry`` a failed job's
+  claims are deleted (released) and this host stops with an error.
+
+Claim names do not match ``fspl-*.fspl``, so fspl, ``sync`` and queue scans ignore them.
+While leases are valid no two hosts run the same job; a host that stalls past its lease
+may find its job taken over, and then stops running it.  The command of a killed host dies
+with it (``setpriv --pdeathsig KILL``), so a job taken over is not still running there.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+
+from fspl_gateway.errors import FsplError, RemoteExistsError, RemoteNotFoundError, TransportError
+from fspl_gateway.log import log
+from fspl_gateway.packet import Command, Meta, read_header_fd
+from fspl_gateway.process import ProcessOpts, build_env
+from fspl_gateway.transports.base import Transport, is_job_name
+
+CLAIM = ".claim."
+
+
+def claim_name(job: str, gen: int) -> str:
+    return f"{job}{CLAIM}{gen}"
+
+
+def parse_claim(name: str) -> tuple[str, int] | None:
+    job, sep, gen = name.rpartition(CLAIM)
+    if not sep or not gen.isdigit() or not is_job_name(job):
+        return None
+    return job, int(gen)
+
+
+@dataclass
+class HostOpts:
+    proc: ProcessOpts
+    workdir: str
+    host_id: str = ""
+    lease: float = 60.0
+    skew: float = 5.0
+    on_error: str = "retry"
+    follow: bool = False
+    poll: float = 2.0
+    max_jobs: int | None = None
+
+    def __post_init__(self) -> None:
+        if not self.host_id:
+            self.host_id = f"{socket.gethostname()}-{os.getpid()}"
+        if self.on_error not in ("retry", "delete"):
+            raise FsplError("with a remote queue, --on-error must be retry or delete")
+
+
+class LostLease(Exception):
+    pass
+
+
+class Host:
+    """One claiming worker on a shared remote queue (thread-safe per instance)."""
+
+    def __init__(self, transport: Transport, opts: HostOpts) -> None:
+        self.t = transport
+        self.o = opts
+        self.done = 0
+        self.stop = threading.Event()
+
+    # -- claims ----------------------------------------------------------------------
+    def _write_claim(self, job: str, gen: int) -> None:
+        body = json.dumps({"host": self.o.host_id, "gen": gen,
+                           "expires": time.time() + self.o.lease}).encode()
+        self.t.write_new(claim_name(job, gen), io.BytesIO(body), len(body))
+
+    def _claim_state(self, job: str, gen: int) -> dict[str, object] | None:
+        try:
+            with self.t.open(claim_name(job, gen)) as f:
+                return json.loads(f.read(4096))
+        except RemoteNotFoundError:
+            return None
+        except (ValueError, TransportError) as e:
+            log.warning("unreadable claim %s: %s", claim_name(job, gen), e)
+            return None
+
+    def _try_claim(self, job: str, top: int | None) -> int | None:
+        """Claim ``job`` (``top``: its highest claim generation, None if unclaimed)."""
+        if top is not None:
+            st = self._claim_state(job, top)
+            if st is None:
+                return None  # vanished (finished) or unreadable: look again next round
+            expires = float(st.get("expires", 0))  # type: ignore[arg-type]
+            if time.time() < expires + self.o.skew:
+                return None
+            log.warning("job %s: lease of %s expired; taking it over", job, st.get("host"))
+        gen = 0 if top is None else top + 1
+        try:
+            self._write_claim(job, gen)
+        except RemoteExistsError:
+            return None
+        return gen
+
+    def _delete_claims(self, job: str, upto: int) -> None:
+        for g in range(upto + 1):
+            try:
+                self.t.delete(claim_name(job, g))
+            except RemoteNotFoundError:
+                pass
+            except TransportError as e:
+                log.warning("could not delete claim %s: %s", claim_name(job, g), e)
+
+    # -- one round ------------------------------------------------------------------
+    def scan(self) -> tuple[list[str], dict[str, int]]:
+        jobs: list[tuple[float, str]] = []
+        top: dict[str, int] = {}
+        for e in self.t.list():
+            c = parse_claim(e.name)
+            if c is not None:
+                top[c[0]] = max(top.get(c[0], -1), c[1])
+            elif is_job_name(e.name):
+                jobs.append((e.mtime or 0.0, e.name))
+        jobs.sort()
+        return [n for _, n in jobs], top
+
+    def round(self) -> bool:
+        """Claim and run one job; return False when nothing could be claimed."""
+        jobs, top = self.scan()
+        for job in jobs:
+            if self.stop.is_set():
+                return False
+            gen = self._try_claim(job, top.get(job))
+            if gen is not None:
+                self._run(job, gen)
+                return True
+        # claims whose job is gone and whose lease ran out: clean them up
+        for job, g in top.items():
+            if job not in jobs:
+                st = self._claim_state(job, g)
+                if st is None or time.time() > float(st.get("expires", 0)) + self.o.skew:  # type: ignore[arg-type]
+                    self._delete_claims(job, g)
+        return False
+
+    def _run(self, job: str, gen: int) -> None:
+        os.makedirs(self.o.workdir, exist_ok=True)
+        state = {"gen": gen, "lost": False}
+        proc_box: list[subprocess.Popen[bytes]] = []
+        renew_stop = threading.Event()
+
+        def renew() -> None:
+            while not renew_stop.wait(self.o.lease / 3):
+                try:
+                    self._write_claim(job, state["gen"] + 1)  # type: ignore[operator]
+                except RemoteExistsError:
+                    log.error("job %s: lease lost to another host; stopping it here", job)
+                    state["lost"] = True
+                    for p in proc_box:
+                        p.kill()
+                    return
+                except TransportError as e:
+                    log.warning("job %s: lease renewal failed (%s); retrying", job, e)
+                    continue
+                old = state["gen"]
+                state["gen"] = old + 1  # type: ignore[operator]
+                try:
+                    self.t.delete(claim_name(job, old))  # type: ignore[arg-type]
+                except TransportError:
+                    pass
+
+        with tempfile.TemporaryFile(dir=self.o.workdir) as f:
+            try:
+                self.t.fetch(job, f)  # type: ignore[arg-type]
+            except RemoteNotFoundError:
+                self._delete_claims(job, gen)
+                return
+            f.flush()
+            f.seek(0)
+            meta, _ = read_header_fd(f.fileno())
+            th = threading.Thread(target=renew, daemon=True)
+            th.start()
+            try:
+                ok = self._execute(meta, f.fileno(), job, proc_box)
+            finally:
+                renew_stop.set()
+                th.join()
+        g = int(state["gen"])  # type: ignore[arg-type]
+        if state["lost"]:
+            return
+        if ok or self.o.on_error == "delete":
+            try:
+                self.t.delete(job)
+            except RemoteNotFoundError:
+                pass
+            self._delete_claims(job, g)
+            self.done += 1
+            log.info("job %d (%s) done on %s", meta.seq, job, self.o.host_id)
+        else:
+            self._delete_claims(job, g)
+            raise FsplError(f"job {meta.seq} ({job}) failed; released for a retry "
+                            "(--on-error retry)")
+
+    def _execute(self, meta: Meta, fd: int, job: str,
+                 box: list[subprocess.Popen[bytes]]) -> bool:
+        if meta.cmd == "NOP":
+            return True
+        if meta.cmd == "Fail":
+            return False
+        assert isinstance(meta.cmd, Command)
+        args = [os.fsencode(self.o.proc.command), *(os.fsencode(p) for p in self.o.proc.params)]
+        if self.o.proc.allow_job_params:
+            args += list(meta.cmd.params)
+        setpriv = shutil.which("setpriv")
+        if setpriv:
+            args = [os.fsencode(setpriv), b"--pdeathsig", b"KILL", b"--", *args]
+        env = build_env(meta, job, None)
+        env[b"FSPL_GW_HOST_ID"] = os.fsencode(self.o.host_id)
+        p = subprocess.Popen(args, env=env, stdin=None if self.o.proc.ignore_payload else fd)
+        box.append(p)
+        try:
+            rc = p.wait(timeout=self.o.proc.timeout)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+            return False
+        return rc == 0
+
+
+def run_hosts(transport: Transport, opts: HostOpts, n: int) -> int:
+    """Run ``n`` claiming workers in this process until the queue has nothing claimable
+    (or forever with ``follow``); return the number of jobs done."""
+    hosts = [Host(transport, HostOpts(**{**opts.__dict__, "host_id": f"{opts.host_id}/{i + 1}"}))
+             for i in range(n)]
+    errors: list[BaseException] = []
+
+    def loop(h: Host) -> None:
+        try:
+            while not h.stop.is_set():
+                if opts.max_jobs is not None and sum(x.done for x in hosts) >= opts.max_jobs:
+                    return
+                if not h.round():
+                    if not opts.follow:
+                        return
+                    h.stop.wait(opts.poll)
+        except BaseException as e:  # noqa: BLE001 - reported by the caller
+            errors.append(e)
+
+    threads = [threading.Thread(target=loop, args=(h,)) for h in hosts]
+    for th in threads:
+        th.start()
+    try:
+        for th in threads:
+            while th.is_alive():
+                th.join(0.2)
+    except KeyboardInterrupt:
+        for h in hosts:
+            h.stop.set()
+        for th in threads:
+            th.join()
+    if errors:
+        e = errors[0]
+        raise e if isinstance(e, FsplError) else FsplError(str(e))
+    return sum(h.done for h in hosts)
