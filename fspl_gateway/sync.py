@@ -70,6 +70,8 @@ QUARANTINE = "quarantine"
 #: Remote files at least this big (or of unknown size) get their header read before the
 #: download, so that an already-processed job is not downloaded at all.
 PEEK_MIN = 1 << 20
+#: Files linked into jobs/ per fsync of jobs/ (and per round of remote deletes).
+BATCH = 128
 
 _DISK_ERRNOS = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT, errno.EROFS)
 
@@ -334,6 +336,7 @@ class _Puller:
         self.mutex = threading.Lock()
         self.nextseq = seqfile.read_unlocked(seqfile_path(qdir))
         self.can_delete = transport.capabilities.can_delete
+        self.error: BaseException | None = None
 
     # -- planning ------------------------------------------------------------------
     def _list(self) -> list[RemoteEntry]:
@@ -415,23 +418,59 @@ class _Puller:
                 self.res.quarantined += 1
             elif self.opts.after_fetch == "delete" and self.can_delete:
                 self.res.skipped += 1
-                self._cleanup_remote(e.name)
             else:
                 self.res.known += 1
         progress = Progress(self.opts.progress, len(todo), f"sync {self.remote}")
+        pool = (ThreadPoolExecutor(self.opts.concurrency, thread_name_prefix="fspl-gw")
+                if self.opts.concurrency > 1 else None)
         try:
-            run_parallel(todo, self._one, self.opts.concurrency, self.stop, progress)
+            if done and self.opts.after_fetch == "delete" and self.can_delete:
+                self._map(pool, self._cleanup_remote, [e.name for e, r in done
+                                                       if r.state != "quarantined"])
+            # Batches: download (parallel) → link them all, one fsync of jobs/ → journal →
+            # delete the remote copies (parallel).
+            for i in range(0, len(todo), BATCH):
+                staged = self._map(pool, self._one, todo[i:i + BATCH], progress)
+                self._map(pool, self._cleanup_remote, self._commit(staged))
+                if self.stop.is_set():
+                    break
         finally:
+            if pool is not None:
+                pool.shutdown(wait=True)
             progress.close()
+        if self.error is not None:
+            raise self.error
+
+    def _map(self, pool: ThreadPoolExecutor | None, fn: Callable[[Any], T],
+             items: list[Any], progress: Progress | None = None) -> list[T]:
+        """``fn`` over ``items`` (in the pool if any); the results of those that did not
+        raise.  The first exception stops the run (kept in ``self.error``)."""
+        def one(item: Any) -> tuple[bool, Any]:
+            if self.stop.is_set():
+                return False, None
+            try:
+                return True, fn(item)
+            except BaseException as e:
+                with self.mutex:
+                    if self.error is None:
+                        self.error = e
+                self.stop.set()
+                return False, None
+            finally:
+                if progress is not None:
+                    progress.advance()
+
+        out = pool.map(one, items) if pool is not None else map(one, items)
+        return [r for ok, r in out if ok]
 
     # -- one file ------------------------------------------------------------------
     def _count(self, what: str, n: int = 1) -> None:
         with self.mutex:
             setattr(self.res, what, getattr(self.res, what) + n)
 
-    def _one(self, e: RemoteEntry) -> None:
+    def _one(self, e: RemoteEntry) -> _Staged | None:
         try:
-            self._pull_one(e)
+            return self._fetch_one(e)
         except (AuthError, HostKeyError):
             raise
         except RemoteNotFoundError as err:
@@ -439,6 +478,7 @@ class _Puller:
         except TransportError as err:
             log.error("cannot fetch %s from %s: %s", e.name, self.remote, err)
             self._count("failed")
+        return None
 
     def _peek_seq(self, name: str) -> int | None:
         def peek() -> int | None:
@@ -450,70 +490,93 @@ class _Puller:
             return meta.seq
         return with_retries(peek, f"reading the header of {name}", self.opts.retry, self.stop)
 
-    def _pull_one(self, e: RemoteEntry) -> None:
-        name = e.name
+    def _fetch_one(self, e: RemoteEntry) -> _Staged | None:
+        """Download and validate one file into staging (fsynced)."""
         if (self.nextseq is not None and self.opts.decoder is None
                 and (e.size is None or e.size >= self.opts.peek_min)):
-            seq = self._peek_seq(name)
+            seq = self._peek_seq(e.name)
             if seq is not None and seq < self.nextseq:
                 self._already_processed(e, seq, None)
-                return
-        meta: Meta | None = None
+                self._cleanup_remote(e.name)
+                return None
         for attempt in (1, 2):
             path, size, sha = self._stage(e)
             try:
-                meta = self._validate(path)
-                break
+                return _Staged(e, path, size, sha, self._validate(path))
             except PacketError as perr:
                 if attempt == 1:
-                    log.debug("%s: %s; fetching it again", name, perr)
+                    log.debug("%s: %s; fetching it again", e.name, perr)
                     os.unlink(path)
                     continue
                 self._quarantine(path, e, sha, f"the header does not validate: {perr}")
-                return
-        assert meta is not None
-        if self.nextseq is not None and meta.seq < self.nextseq:
-            os.unlink(path)
-            self._already_processed(e, meta.seq, sha)
-            return
+        return None
+
+    def _commit(self, batch: list[_Staged | None]) -> list[str]:
+        """Link a batch of staged files into jobs/ (one fsync of jobs/), journal them;
+        return the names whose remote copy may now be cleaned up."""
+        fetched: list[_Staged] = []
+        clean: list[str] = []
+        for st in batch:
+            if st is None:
+                continue
+            if self.nextseq is not None and st.meta.seq < self.nextseq:
+                os.unlink(st.path)
+                self._already_processed(st.entry, st.meta.seq, st.sha)
+                clean.append(st.entry.name)
+                continue
+            if self._link(st):
+                fetched.append(st)
+            elif self.stop.is_set():
+                break
+        if fetched:
+            fsync_dir(self.jdir)
+        for st in fetched:
+            self._record(st.entry, "fetched", st.size, st.sha, st.meta.seq)
+            log.debug("fetched %s (%d bytes, seq %d) from %s", st.entry.name, st.size,
+                      st.meta.seq, self.remote)
+            self.res.fetched += 1
+            self.res.bytes += st.size
+            self.res.names.append(st.entry.name)
+            clean.append(st.entry.name)
+        return clean
+
+    def _link(self, st: _Staged) -> bool:
+        """Move a staged file to jobs/ without clobbering: True if it was linked.  An
+        existing name with the same bytes is skipped (and its remote copy cleaned up),
+        one with different bytes quarantined."""
+        name, path = st.entry.name, st.path
         dst = os.path.join(self.jdir, name)
         try:
             try:
                 move_noclobber(path, dst)
             except FileExistsError:
-                same = _same_bytes(dst, size, sha)
-                if same is not None:
+                if _same_bytes(dst, st.size, st.sha) is not None:
                     raise
                 move_noclobber(path, dst)  # it was processed and removed meanwhile
         except FileExistsError:
-            if _same_bytes(dst, size, sha):
+            if _same_bytes(dst, st.size, st.sha):
                 os.unlink(path)
                 log.debug("%s is already in %s with the same bytes; skipped", name, self.jdir)
-                self._record(e, "already-local", size, sha, meta.seq)
+                self._record(st.entry, "already-local", st.size, st.sha, st.meta.seq)
                 self._count("skipped")
                 self._cleanup_remote(name)
             else:
-                self._quarantine(path, e, sha,
+                self._quarantine(path, st.entry, st.sha,
                                  f"a different file named {name} is already in {self.jdir}")
-            return
+            return False
         except OSError as err:
             self._unlink_quiet(path)
-            raise QueueError(f"cannot link {name} into {self.jdir}: {err.strerror}") from None
-        fsync_dir(self.jdir)
-        self._record(e, "fetched", size, sha, meta.seq)
-        log.debug("fetched %s (%d bytes, seq %d) from %s", name, size, meta.seq, self.remote)
-        with self.mutex:
-            self.res.fetched += 1
-            self.res.bytes += size
-            self.res.names.append(name)
-        self._cleanup_remote(name)
+            if self.error is None:
+                self.error = QueueError(f"cannot link {name} into {self.jdir}: {err.strerror}")
+            self.stop.set()
+            return False
+        return True
 
     def _already_processed(self, e: RemoteEntry, seq: int, sha: str | None) -> None:
         log.debug("%s has seq %d < nextseq %s: already processed, not fetched", e.name, seq,
                   self.nextseq)
         self._record(e, "already-processed", e.size, sha, seq)
         self._count("skipped")
-        self._cleanup_remote(e.name)
 
     def _record(self, e: RemoteEntry, state: str, size: int | None, sha: str | None,
                 seq: int | None, detail: str | None = None) -> None:
@@ -611,6 +674,15 @@ class _Puller:
             return
         assert self.journal is not None
         self.journal.mark_remote_deleted("pull", self.remote, name)
+
+
+@dataclass
+class _Staged:
+    entry: RemoteEntry
+    path: str
+    size: int
+    sha: str
+    meta: Meta
 
 
 def _same_bytes(path: str, size: int, sha: str) -> bool | None:
