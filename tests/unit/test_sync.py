@@ -559,3 +559,36 @@ def test_cli_sync_options(remote: Path, aoq: Path) -> None:
                 "--wait-lock", "1", "--no-progress", "-o", "tmp_grace=5")
     assert r.returncode == 0, r.stderr
     assert len(local_jobs(aoq)) == 1 and remote_jobs(remote) == src
+
+
+# -- over the real remote servers (the conformance backends) ---------------------------
+@pytest.mark.parametrize("backend_name", ["s3", "sftp", "dropbox"])
+def test_push_then_pull_over_a_server(backend_name: str, request: pytest.FixtureRequest,
+                                      tmp_path: Path, queue: Path) -> None:
+    from fspl_gateway.push import PushOptions, push
+
+    try:
+        backend = request.getfixturevalue(f"backend_{backend_name}")
+    except pytest.FixtureLookupError:
+        pytest.skip(f"no {backend_name} backend fixture")
+    t = backend.make()
+    try:
+        outbox = tmp_path / "outbox"
+        q.queue_init(str(outbox), append_only=True)
+        src = job_set(6, size=3000)
+        for name, data in src.items():
+            (outbox / "jobs" / name).write_bytes(data)
+        backend.put(t, "README.txt", b"not a job")
+        pres = push(t, outbox, PushOptions(retry=FAST, progress=False, concurrency=3))
+        assert pres.pushed == 6 and pres.exit_code == 0 and local_jobs(outbox) == {}
+        assert sorted(n for n in backend.raw_names(t) if q.is_job_filename(n)) == sorted(src)
+        again = next(iter(src))
+        (outbox / "jobs" / again).write_bytes(src[again])  # pushed twice: same bytes
+        assert push(t, outbox, PushOptions(retry=FAST, progress=False)).skipped == 1
+        res = pull(t, queue, opts(concurrency=3))
+        assert (res.fetched, res.exit_code) == (6, 0)
+        assert local_jobs(queue) == src
+        assert [n for n in backend.raw_names(t) if q.is_job_filename(n)] == []
+        assert "README.txt" in backend.raw_names(t)
+    finally:
+        t.close()
