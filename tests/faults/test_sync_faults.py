@@ -26,8 +26,8 @@ from tests.unit.test_sync import job_set, make_remote, remote_jobs, run_cli
 
 KILLS = int(os.environ.get("FSPL_GW_FAULT_TRIALS", "20"))
 KILLS_PER_SETUP = 5
-N_JOBS = 100
-JOB_SIZE = 150_000
+N_JOBS = 200  # more than one commit batch (sync.BATCH)
+JOB_SIZE = 75_000
 
 
 def cli_cmd() -> list[str]:
@@ -46,12 +46,13 @@ def job_files(d: Path) -> dict[str, bytes]:
 def kill_midway(args: list[str], started: Path, rng: random.Random) -> int | None:
     """Start ``fspl-gw ARGS``; once ``started`` exists (the run has begun writing), wait a
     random moment and SIGKILL it.  Returns its exit code if it finished first."""
+    existed = started.exists()  # left by an earlier run: allow for interpreter start-up
     p = subprocess.Popen([*cli_cmd(), *args], stdout=subprocess.DEVNULL,
                          stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 10
     while not started.exists() and p.poll() is None and time.monotonic() < deadline:
         time.sleep(0.005)
-    time.sleep(rng.uniform(0, 0.25))
+    time.sleep(rng.uniform(0, 0.25) + (0.3 if existed else 0.0))
     rc = p.poll()
     if rc is None:
         p.send_signal(signal.SIGKILL)
@@ -82,7 +83,7 @@ def test_kill9_sync(tmp_path: Path) -> None:
                 assert src.get(name) == data, f"partial or foreign job {name} after kill"
             left = remote_jobs(remote)
             assert set(local) | set(left) == set(src), "a job was lost"
-            mid += rc is None and bool(local) and bool(left)
+            mid += rc is None and bool(left)  # killed before the run was over
             for name, data in left.items():
                 assert src[name] == data  # the remote copies are untouched
             if rc is not None:
@@ -94,7 +95,7 @@ def test_kill9_sync(tmp_path: Path) -> None:
         assert remote_jobs(remote) == {}
         assert os.listdir(qdir / ".fspl-gw" / "staging") == []
         shutil.rmtree(base)
-    assert mid >= KILLS // 4, f"only {mid} of {kills} kills landed mid-transfer"
+    assert mid >= KILLS // 2, f"only {mid} of {kills} kills landed mid-transfer"
 
 
 @pytest.mark.slow
@@ -124,7 +125,7 @@ def test_kill9_push(tmp_path: Path) -> None:
             for name, data in local.items():
                 assert src[name] == data
             assert set(local) | set(pushed) == set(src), "a job was lost"
-            mid += rc is None and bool(local) and bool(pushed)
+            mid += rc is None and bool(local)  # killed before the run was over
             if rc is not None:
                 break
         r = run_cli(*args)
@@ -132,7 +133,7 @@ def test_kill9_push(tmp_path: Path) -> None:
         assert remote_jobs(remote) == src  # exactly the source set; no temporaries left
         assert job_files(outbox / "jobs") == {}
         shutil.rmtree(base)
-    assert mid >= KILLS // 4, f"only {mid} of {kills} kills landed mid-transfer"
+    assert mid >= KILLS // 2, f"only {mid} of {kills} kills landed mid-transfer"
 
 
 def _disk_full_checks(remote: Path, qdir: Path, src: dict[str, bytes], big: str) -> None:
