@@ -535,7 +535,8 @@ class SFTPTransport(Transport):
         files = self.identity_files
         if not files:
             files = [os.path.expanduser(f"~/.ssh/id_{k}") for k in ("ed25519", "ecdsa", "rsa")]
-        passphrase = os.environ.get(self.passphrase_env) or None
+        pw = os.environ.get(self.passphrase_env) or None
+        passphrase = pw.encode() if pw else None  # bytes: paramiko 5 fails on str
         keys: list[tuple[str, paramiko.PKey]] = []
         for path in files:
             if not os.path.exists(path):
@@ -550,9 +551,14 @@ class SFTPTransport(Transport):
                     f"variable {self.passphrase_env}"
                 ) from None
             except (paramiko.SSHException, ValueError, TypeError) as e:
-                hint = (f" (wrong passphrase in {self.passphrase_env}?)" if passphrase else "")
-                raise AuthError(f"cannot load identity file {path}{hint}: "
-                                f"{type(e).__name__}") from None
+                # paramiko ≥ 5 reports a missing passphrase as TypeError (from cryptography)
+                if passphrase:
+                    hint = f"wrong passphrase in {self.passphrase_env}, or not a private key"
+                else:
+                    hint = (f"encrypted (put its passphrase in the environment variable "
+                            f"{self.passphrase_env}) or not a private key")
+                raise AuthError(f"cannot load identity file {path}: {hint} "
+                                f"({type(e).__name__})") from None
             except OSError as e:
                 raise AuthError(f"cannot read identity file {path}: {e.strerror}") from None
         return keys
