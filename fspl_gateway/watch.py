@@ -36,6 +36,7 @@ with an error is logged and the running configuration kept.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -324,8 +325,8 @@ class PipelineRunner:
         if res.locked_out:
             log.debug("pipeline %s: another sync/push holds %s; next time", p.name, p.queue)
             return
-        if res.fetched or res.exit_code:
-            (log.warning if res.exit_code else log.info)("pipeline %s: %s", p.name, res.summary())
+        level = logging.WARNING if res.exit_code else logging.INFO if res.fetched else logging.DEBUG
+        log.log(level, "pipeline %s: %s", p.name, res.summary())
         if res.fetched:
             self.dirty.set()
 
@@ -342,9 +343,9 @@ class PipelineRunner:
             res = push(t, p.queue, opts)
             if res.locked_out:
                 return
-            if res.pushed or res.exit_code:
-                (log.warning if res.exit_code else log.info)("pipeline %s: %s", p.name,
-                                                             res.summary())
+            level = (logging.WARNING if res.exit_code else logging.INFO if res.pushed
+                     else logging.DEBUG)
+            log.log(level, "pipeline %s: %s", p.name, res.summary())
             if res.pushed < batch or res.exit_code or p.after == "keep":
                 return
 
@@ -610,6 +611,7 @@ class _Watcher:
                 continue
             try:
                 self.watches[d] = self.observer.schedule(self.handler, d, recursive=False)
+                log.debug("watching %s", d)
             except OSError as e:
                 log.warning("cannot watch %s (%s); relying on rescans", d, e.strerror)
 
