@@ -316,6 +316,35 @@ def test_source_size_mismatch_writes_nothing(dropbox_remote: DropboxRemote, size
     assert os.listdir(dropbox_remote.jobs_dir) == []
 
 
+@pytest.mark.parametrize("size", [1000, 3 * MiB])
+def test_stored_bytes_differ_integrity_error_and_removed(dropbox_remote: DropboxRemote,
+                                                         size: int) -> None:
+    t = dropbox_remote.make(chunk_size=MiB)
+    dropbox_remote.standin.admin("corrupt_next_upload")
+    data = os.urandom(size)
+    with pytest.raises(IntegrityError, match="removed"):
+        t.write_new("fspl-rot.fspl", io.BytesIO(data), size)
+    assert os.listdir(dropbox_remote.jobs_dir) == [], "the bad copy must not stay"
+    t.write_new("fspl-rot.fspl", io.BytesIO(data), size)
+    assert (dropbox_remote.jobs_dir / "fspl-rot.fspl").read_bytes() == data
+
+
+def test_unicode_names(dropbox_remote: DropboxRemote) -> None:
+    t = dropbox_remote.make(chunk_size=MiB)
+    names = {"fspl-日本 é.fspl": os.urandom(10),
+             "fspl-😀.fspl": os.urandom(2 * MiB)}
+    for name, data in names.items():
+        t.write_new(name, io.BytesIO(data), len(data))
+    assert sorted(os.listdir(dropbox_remote.jobs_dir)) == sorted(names)
+    assert sorted(e.name for e in t.list()) == sorted(names)
+    for name, data in names.items():
+        buf = io.BytesIO()
+        t.fetch(name, buf)
+        assert buf.getvalue() == data
+        t.delete(name)
+    assert os.listdir(dropbox_remote.jobs_dir) == []
+
+
 # -- rate limits, 5xx, lost responses -------------------------------------------------
 def test_rate_limit_retried_then_succeeds(dropbox_remote: DropboxRemote) -> None:
     s = dropbox_remote.standin
