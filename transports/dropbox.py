@@ -38,6 +38,7 @@ import io
 import logging
 import os
 import random
+import re
 import time
 from collections.abc import Callable, Iterator, Mapping
 from datetime import UTC, datetime
@@ -381,8 +382,11 @@ class DropboxTransport(Transport):
                     raise TransportError(f"{what}: Dropbox answered HTTP {e.status_code}: "
                                          f"{_short(e.body)}") from None
             except requests.exceptions.SSLError as e:
-                raise TransportError(f"{what}: TLS failure talking to Dropbox "
-                                     f"({_short(e, 600)}); check ca_bundle") from None
+                m = (re.search(r"certificate verify failed[^'\"()]*", str(e))
+                     or re.search(r"\[SSL[^\]]*\]", str(e)))
+                reason = m.group(0).strip() if m else type(e).__name__
+                raise TransportError(f"{what}: TLS failure talking to Dropbox ({reason}); "
+                                     f"check ca_bundle") from None
             except _NETWORK_ERRORS as e:
                 err = TransientError(f"{what}: connection to Dropbox failed "
                                      f"({type(e).__name__}; {attempt} attempts)")
