@@ -665,7 +665,17 @@ class SFTPTransport(Transport):
             try:
                 return _Channel(conn)
             except (paramiko.SSHException, EOFError, OSError) as e:
-                if attempt == 2 or conn.transport.is_active():
+                if isinstance(e, paramiko.ChannelException):
+                    # the server refused a channel (e.g. MaxSessions): the link is fine
+                    raise TransientError(f"{self._host_entry} refused an SFTP channel: {e} "
+                                         "(lower the sftp option connections?)") from None
+                # the connection may be dead before paramiko's reader thread noticed:
+                # drop it and try once more on a fresh one
+                with self._connect_lock:
+                    if self._conn is conn:
+                        self._conn = None
+                conn.close()
+                if attempt == 2:
                     raise TransientError(f"cannot open an SFTP channel on {self._host_entry}: "
                                          f"{e or type(e).__name__}") from None
         raise AssertionError("unreachable")
