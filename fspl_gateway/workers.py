@@ -29,6 +29,7 @@ from fspl_gateway.parallel import (
     DisperseOpts,
     disperse,
     ensure_worker_queue,
+    pending,
     wait_interval,
 )
 from fspl_gateway.process import ProcessOpts, QueueProcessOpts, queue_process
@@ -175,14 +176,16 @@ def _child(opts: WorkersOpts, index: int, parent: int) -> None:
 
 
 def run_workers(opts: WorkersOpts) -> int:
-    """Start the workers and supervise them; return the exit code (0 all fine)."""
+    """Start the workers and supervise them; return the exit code (0 all fine).
+
+    Without ``--follow`` the pool runs in rounds: when every worker has exited cleanly
+    but a worker queue still holds a job (a hand-off completed by another worker's
+    recovery after its owner had already gone idle and exited), another round starts.
+    """
     for p in opts.paths():
         ensure_worker_queue(p)
-    ctx = multiprocessing.get_context("fork")
-    me = os.getpid()
-    procs = [ctx.Process(target=_child, args=(opts, i, me), name=f"fspl-gw-worker-{i + 1}")
-             for i in range(opts.n)]
     stopping = [False]
+    procs: list[multiprocessing.process.BaseProcess] = []
 
     def on_signal(_sig: int, _frame: object) -> None:
         if not stopping[0]:
@@ -195,24 +198,39 @@ def run_workers(opts: WorkersOpts) -> int:
     old_term = signal.signal(signal.SIGTERM, on_signal)
     old_int = signal.signal(signal.SIGINT, on_signal)
     try:
-        for p in procs:
-            p.start()
-        deadline: float | None = None
-        while any(p.is_alive() for p in procs):
-            if stopping[0] and deadline is None:
-                deadline = time.monotonic() + opts.grace
-            if deadline is not None and time.monotonic() > deadline:
-                for p in procs:
-                    if p.is_alive():
-                        log.warning("killing %s after the grace period", p.name)
-                        p.kill()
+        while True:
+            codes = _round(opts, procs, stopping)
+            if stopping[0] or any(c != 0 for c in codes):
                 break
-            for p in procs:
-                p.join(timeout=0.05)
-        for p in procs:
-            p.join()
+            if not any(pending(w) for w in opts.paths()):
+                break
+            log.debug("worker queues still hold jobs; starting another round")
     finally:
         signal.signal(signal.SIGTERM, old_term)
         signal.signal(signal.SIGINT, old_int)
-    codes = [p.exitcode for p in procs]
     return 0 if all(c == 0 for c in codes) else 1
+
+
+def _round(opts: WorkersOpts, procs: list[multiprocessing.process.BaseProcess],
+           stopping: list[bool]) -> list[int | None]:
+    ctx = multiprocessing.get_context("fork")
+    me = os.getpid()
+    procs[:] = [ctx.Process(target=_child, args=(opts, i, me), name=f"fspl-gw-worker-{i + 1}")
+                for i in range(opts.n)]
+    for p in procs:
+        p.start()
+    deadline: float | None = None
+    while any(p.is_alive() for p in procs):
+        if stopping[0] and deadline is None:
+            deadline = time.monotonic() + opts.grace
+        if deadline is not None and time.monotonic() > deadline:
+            for p in procs:
+                if p.is_alive():
+                    log.warning("killing %s after the grace period", p.name)
+                    p.kill()
+            break
+        for p in procs:
+            p.join(timeout=0.05)
+    for p in procs:
+        p.join()
+    return [p.exitcode for p in procs]

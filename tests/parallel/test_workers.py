@@ -171,3 +171,25 @@ def test_kill_9_trials_then_rerun(tmp_path: Path, mode: str) -> None:
     _check_exactly_once(log, work, range(1, total + 1))
     assert job_names(inc) == set()
     assert all(not job_names(w) for w in work.glob("worker-*"))
+
+
+def test_interrupted_handoff_left_by_a_crash_is_run_exactly_once(tmp_path: Path) -> None:
+    """A crash left job 1 staged in worker-2's hand-off area (and still in incoming):
+    the next run completes the hand-off and runs it once, whichever worker recovers it."""
+    inc = tmp_path / "in"
+    q.queue_init(str(inc))
+    names = add_jobs(inc, range(1, 7))
+    work = tmp_path / "in.workers"
+    work.mkdir()
+    for i in (1, 2):
+        q.queue_init(str(work / f"worker-{i}"))
+    hand = work / "worker-2" / ".fspl-gw" / "handoff"
+    hand.mkdir(parents=True)
+    os.link(inc / "jobs" / names[1], hand / names[1])
+    log = tmp_path / "log"
+    r = subprocess.run(_workers_cmd(inc, 2, "--allow-job-params"), env=_env(log, 0),
+                       capture_output=True, timeout=60)
+    assert r.returncode == 0, r.stderr.decode()
+    _check_exactly_once(log, work, range(1, 7))
+    assert collections.Counter(e[1] for e in _read_log(log) if e[0] == "end")["1"] == 1
+    assert not list(hand.iterdir())
