@@ -292,6 +292,7 @@ def write_metrics(path: str, statuses: list[QueueStatus]) -> None:
     """Write the metrics file atomically (a textfile collector never sees half of it)."""
     d, name = os.path.split(os.path.abspath(path))
     try:
+        os.makedirs(d, exist_ok=True)
         with atomic_write(d, name, clobber=True) as f:
             f.write(render_metrics(statuses).encode())
     except OSError as e:
