@@ -1,3 +1,3 @@
-from fspl_gateway.cli import main
+from fspl_gateway.entry import main
 
 main()
