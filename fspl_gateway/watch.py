@@ -77,9 +77,18 @@ def backoff(interval: float, failures: int) -> float:
     return min(cap, interval * 2 ** failures)
 
 
+_ensure_lock = threading.Lock()
+
+
 def ensure_queue(qdir: str, append_only: bool) -> None:
     """Make ``qdir`` a queue if it is missing or an empty directory (a fresh volume);
-    a non-empty directory without ``jobs/`` is an error."""
+    a non-empty directory without ``jobs/`` is an error.  (Pipelines and the media
+    watcher may share a queue: one thread at a time.)"""
+    with _ensure_lock:
+        _ensure_queue(qdir, append_only)
+
+
+def _ensure_queue(qdir: str, append_only: bool) -> None:
     if os.path.isdir(q.jobs_dir(qdir)):
         return
     if not os.path.exists(qdir):

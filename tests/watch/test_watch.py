@@ -69,8 +69,9 @@ queue = {toml_str(q)}
         wait_for(lambda: "seq=2 landed" in read(log), 2.0, "the new job to run")
         took = time.monotonic() - t0
         assert took < 2.0
-        assert job_names(q) == []
-        assert read_unlocked(str(q / "nextseq")) == 3
+        # the log line is written by the job; removal and nextseq follow it
+        wait_for(lambda: job_names(q) == [] and read_unlocked(str(q / "nextseq")) == 3, 2,
+                 "the job to be removed and nextseq advanced")
         line = 'fspl_gw_queue_next_seq{queue="' + str(q) + '"} 3'
         wait_for(lambda: line in read(metrics).splitlines(), 3,
                  "the metrics file with next seq 3")
@@ -98,7 +99,8 @@ interval = 1
         t0 = time.monotonic()
         name = put_job(remote / "jobs", 1, b"x" * 1000)
         took = wait_for(lambda: name in job_names(q), 1.0 + 0.8, "the job to be fetched")
-        assert not os.path.exists(remote / "jobs" / name)  # after = "delete"
+        wait_for(lambda: not os.path.exists(remote / "jobs" / name), 2,
+                 "the remote copy to be deleted (after = delete)")
         print(f"fetched {(time.monotonic() - t0) * 1000:.0f} ms after it appeared (interval 1 s)")
         assert took <= 1.8
     finally:
