@@ -357,3 +357,27 @@ interval = 0.3
         assert "retrying in" in w.log()
     finally:
         assert w.stop() == 0, w.log()
+
+
+def test_workers_pipeline_runs_jobs_and_stops_cleanly(tmp_path: Path) -> None:
+    q = tmp_path / "q"
+    queue_init(str(q))
+    log = tmp_path / "jobs.log"
+    for seq in (1, 2, 3):
+        put_job(q / "jobs", seq, b"w%d" % seq)
+    cfg = write_config(tmp_path / "c.toml", f"""
+[watch]
+grace = 5
+
+[pipelines.par]
+queue = {toml_str(q)}
+workers = 2
+command = ["sh", "-c", "echo \\"seq=$FSPL_SEQ $(cat)\\" >> {log}"]
+""")
+    w = Watch(cfg, tmp_path)
+    try:
+        wait_for(lambda: len(read(log).splitlines()) == 3, 10, "three jobs run by the workers")
+        assert sorted(read(log).splitlines()) == ["seq=1 w1", "seq=2 w2", "seq=3 w3"]
+    finally:
+        assert w.stop() == 0, w.log()
+    assert "workers exited" not in w.log()
