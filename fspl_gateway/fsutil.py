@@ -12,7 +12,6 @@ from __future__ import annotations
 import errno
 import io
 import os
-import secrets
 import stat
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -37,7 +36,7 @@ def fsync_dir(path: str | os.PathLike[str]) -> None:
 
 def tmp_name(hint: str = "") -> str:
     """A fresh temporary file name (no directory) that no reader will take for a job."""
-    return f"{TMP_PREFIX}{os.getpid()}-{secrets.token_hex(6)}-{hint}"
+    return f"{TMP_PREFIX}{os.getpid()}-{os.urandom(6).hex()}-{hint}"
 
 
 def _renameat2_noreplace(src: str, dst: str) -> None:

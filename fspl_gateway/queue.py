@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -37,6 +36,8 @@ def is_job_filename(name: str) -> bool:
 
 
 def new_job_filename() -> str:
+    import uuid  # only writers need it: keep it off the start-up path of readers
+
     return f"fspl-{uuid.uuid4()}.fspl"
 
 
