@@ -63,7 +63,7 @@ def queue_write(qdir: str, src_fd: int) -> str:
         raise QueueError(f"{qdir} is not a queue directory (no jobs/ in it)")
     name = new_job_filename()
     with AtomicWriter(jdir, name) as w:
-        n = copy_fd(src_fd, w.fileno())
+        n = copy_fd(src_fd, w.fileno(), flush_behind=True)
     log.debug("wrote %d bytes to %s", n, os.path.join(jdir, name))
     return name
 
