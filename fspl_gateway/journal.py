@@ -14,8 +14,9 @@
 File names are stored as UTF-8 bytes with surrogate escapes (BLOB), so any name that the
 file system or a remote gives survives the round trip.
 
-Commits are per row with ``synchronous=NORMAL``: a killed process loses nothing it
-committed; a power cut may lose the last rows, which only costs a re-download that the
+Commits are per row, or per batch (:meth:`Journal.record_many`,
+:meth:`Journal.mark_remote_deleted_many`: one transaction), with ``synchronous=NORMAL``:
+a killed process loses nothing it committed; a power cut may lose the last rows, which only costs a re-download that the
 engines recognise (same bytes already in ``jobs/``, or seq already processed).
 """
 
@@ -25,6 +26,7 @@ import os
 import sqlite3
 import threading
 import time
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from fspl_gateway.errors import QueueError
@@ -160,6 +162,39 @@ class Journal:
                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 0, ?)",
                    (direction, remote, _key(name), size, tag, sha256, seq, time.time(), state,
                     detail))
+
+    def _exec_many(self, sql: str, rows: Sequence[tuple[object, ...]]) -> None:
+        """``sql`` for each of ``rows`` in one transaction (all or nothing)."""
+        if not rows:
+            return
+        with self._lock:
+            try:
+                self._db.execute("BEGIN IMMEDIATE")
+                try:
+                    self._db.executemany(sql, rows)
+                except BaseException:
+                    self._db.execute("ROLLBACK")
+                    raise
+                self._db.execute("COMMIT")
+            except sqlite3.Error as e:
+                raise QueueError(f"journal {self.path}: {e}") from None
+
+    def record_many(self, direction: str, remote: str,
+                    rows: Iterable[tuple[str, str, int | None, str | None, str | None,
+                                         int | None, str | None]]) -> None:
+        """Several :meth:`record` calls in one transaction; each row is (name, state,
+        size, tag, sha256, seq, detail)."""
+        now = time.time()
+        self._exec_many("INSERT OR REPLACE INTO files (direction, remote, name, size, tag,"
+                        " sha256, seq, time, state, remote_deleted, detail)"
+                        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 0, ?)",
+                        [(direction, remote, _key(n), size, tag, sha, seq, now, state, detail)
+                         for n, state, size, tag, sha, seq, detail in rows])
+
+    def mark_remote_deleted_many(self, direction: str, remote: str,
+                                 names: Iterable[str]) -> None:
+        self._exec_many("UPDATE files SET remote_deleted=1 WHERE direction=? AND remote=?"
+                        " AND name=?", [(direction, remote, _key(n)) for n in names])
 
     def mark_remote_deleted(self, direction: str, remote: str, name: str) -> None:
         self._exec("UPDATE files SET remote_deleted=1 WHERE direction=? AND remote=? AND name=?",

@@ -8,14 +8,23 @@ characters are refused with a warning and never fetched; other names are ignored
 2. if it is big and the queue has a ``nextseq``, read just its header first: a seq below
    ``nextseq`` was already processed, so it is not downloaded at all;
 3. download it to ``<queue>/.fspl-gw/staging/`` (same file system as ``jobs/``),
-   retrying transient errors with exponential backoff and jitter, then fsync it;
+   retrying transient errors with exponential backoff and jitter (a local remote on the
+   same file system is hard-linked there instead, with ``after_fetch="delete"``);
 4. validate the header (through ``--decoder`` if given): a bad one is fetched once more,
    then set aside in ``<queue>/.fspl-gw/quarantine/`` with a ``.reason`` file, the remote
    left alone (exit 3);
 5. seq below ``nextseq`` → already processed: dropped, remote cleaned up per policy;
-6. link it into ``jobs/`` without clobbering and fsync ``jobs/``.  A name already there:
-   same bytes → skipped (remote cleaned up), different bytes → quarantined (exit 3);
+6. make it durable (fsync), then link it into ``jobs/`` without clobbering and fsync
+   ``jobs/``.  A name already there: same bytes → skipped (remote cleaned up), different
+   bytes → quarantined (exit 3);
 7. record it in the journal, then apply the remote clean-up policy (delete or keep).
+
+Steps 1–5 run in parallel (``concurrency`` threads); steps 6–7 run for a batch of files
+at once (:data:`BATCH`): their writeback is started together and each is fsynced before
+any of them is linked into ``jobs/``, ``jobs/`` is fsynced once, the batch is journaled
+in one transaction, and only then are the remote copies removed
+(:meth:`Transport.delete_many`).  So a job appears in ``jobs/`` whole or not at all, and
+a remote copy is removed only once the local one is durable and journaled.
 
 One sync or push per directory at a time: ``<queue>/.fspl-gw/lock``.  A busy lock makes
 :func:`pull` return a result with ``locked_out`` set (the CLI prints one info line and
@@ -58,9 +67,12 @@ from fspl_gateway.errors import (
 from fspl_gateway.fsutil import atomic_write, fsync_dir, move_noclobber, tmp_name
 from fspl_gateway.journal import Journal, gw_dir, open_existing
 from fspl_gateway.log import TRACE, log
-from fspl_gateway.packet import Meta, read_header_file, read_header_path
+from fspl_gateway.packet import Meta, read_header, read_header_file
 from fspl_gateway.queue import OpenJob, jobs_dir, seqfile_path
 from fspl_gateway.transports.base import RemoteEntry, Transport, is_job_name, is_safe_name
+
+#: A journal row for Journal.record_many: (name, state, size, tag, sha256, seq, detail).
+_Row = tuple[str, str, "int | None", "str | None", "str | None", "int | None", "str | None"]
 
 T = TypeVar("T")
 
@@ -421,17 +433,31 @@ class _Puller:
             else:
                 self.res.known += 1
         progress = Progress(self.opts.progress, len(todo), f"sync {self.remote}")
-        pool = (ThreadPoolExecutor(self.opts.concurrency, thread_name_prefix="fspl-gw")
-                if self.opts.concurrency > 1 else None)
+        threads = max(1, min(self.opts.concurrency,
+                             self.t.set_concurrency(self.opts.concurrency)))
+        if threads < self.opts.concurrency:
+            log.debug("%s: %d thread(s) (the transport gains nothing from more)",
+                      self.remote, threads)
+        pool = (ThreadPoolExecutor(threads, thread_name_prefix="fspl-gw")
+                if threads > 1 else None)
         try:
             if done and self.opts.after_fetch == "delete" and self.can_delete:
-                self._map(pool, self._cleanup_remote, [e.name for e, r in done
-                                                       if r.state != "quarantined"])
-            # Batches: download (parallel) → link them all, one fsync of jobs/ → journal →
-            # delete the remote copies (parallel).
+                for i in range(0, len(done), BATCH * 8):
+                    self._cleanup_remote_many([e.name for e, r in done[i:i + BATCH * 8]
+                                               if r.state != "quarantined"])
+            # Batches: download (parallel) → fsync them all, link them into jobs/, one
+            # fsync of jobs/ → journal (one transaction) → delete the remote copies.
             for i in range(0, len(todo), BATCH):
                 staged = self._map(pool, self._one, todo[i:i + BATCH], progress)
-                self._map(pool, self._cleanup_remote, self._commit(staged))
+                try:
+                    clean = self._commit(staged)
+                except BaseException as e:
+                    with self.mutex:
+                        if self.error is None:
+                            self.error = e
+                    self.stop.set()
+                    break
+                self._cleanup_remote_many(clean)
                 if self.stop.is_set():
                     break
         finally:
@@ -497,53 +523,89 @@ class _Puller:
             seq = self._peek_seq(e.name)
             if seq is not None and seq < self.nextseq:
                 self._already_processed(e, seq, None)
-                self._cleanup_remote(e.name)
+                self._cleanup_remote_many([e.name])
                 return None
         for attempt in (1, 2):
-            path, size, sha = self._stage(e)
+            path, size = self._stage(e)
             try:
-                return _Staged(e, path, size, sha, self._validate(path))
+                sha, meta = self._inspect(path)
             except PacketError as perr:
+                sha = sha256_path(path)
                 if attempt == 1:
                     log.debug("%s: %s; fetching it again", e.name, perr)
                     os.unlink(path)
                     continue
                 self._quarantine(path, e, sha, f"the header does not validate: {perr}")
+                return None
+            except OSError as err:
+                self._unlink_quiet(path)
+                raise QueueError(f"cannot read {path}: {err.strerror}") from None
+            return _Staged(e, path, size, sha, meta)
         return None
 
     def _commit(self, batch: list[_Staged | None]) -> list[str]:
-        """Link a batch of staged files into jobs/ (one fsync of jobs/), journal them;
-        return the names whose remote copy may now be cleaned up."""
-        fetched: list[_Staged] = []
+        """Make a batch of staged files durable, link them into jobs/ (one fsync of
+        jobs/), journal them (one transaction); return the names whose remote copy may
+        now be cleaned up."""
+        rows: list[_Row] = []
         clean: list[str] = []
+        keep: list[_Staged] = []
         for st in batch:
             if st is None:
                 continue
             if self.nextseq is not None and st.meta.seq < self.nextseq:
                 os.unlink(st.path)
-                self._already_processed(st.entry, st.meta.seq, st.sha)
+                log.debug("%s has seq %d < nextseq %s: already processed, not fetched",
+                          st.entry.name, st.meta.seq, self.nextseq)
+                rows.append(self._row(st.entry, "already-processed", st.entry.size, st.sha,
+                                      st.meta.seq))
+                self._count("skipped")
                 clean.append(st.entry.name)
                 continue
-            if self._link(st):
+            keep.append(st)
+        try:
+            _flush_files([st.path for st in keep])
+        except OSError as err:
+            for st in keep:
+                self._unlink_quiet(st.path)
+            raise QueueError(f"cannot make the fetched files durable in {self.staging}: "
+                             f"{err.strerror}; nothing was changed remotely") from None
+        fetched: list[_Staged] = []
+        for i, st in enumerate(keep):
+            how = self._link(st)
+            if how == "linked":
                 fetched.append(st)
+            elif how == "skipped":
+                rows.append(self._row(st.entry, "already-local", st.size, st.sha,
+                                      st.meta.seq))
+                clean.append(st.entry.name)
             elif self.stop.is_set():
+                for rest in keep[i + 1:]:
+                    self._unlink_quiet(rest.path)
                 break
         if fetched:
             fsync_dir(self.jdir)
         for st in fetched:
-            self._record(st.entry, "fetched", st.size, st.sha, st.meta.seq)
+            rows.append(self._row(st.entry, "fetched", st.size, st.sha, st.meta.seq))
             log.debug("fetched %s (%d bytes, seq %d) from %s", st.entry.name, st.size,
                       st.meta.seq, self.remote)
             self.res.fetched += 1
             self.res.bytes += st.size
             self.res.names.append(st.entry.name)
             clean.append(st.entry.name)
+        assert self.journal is not None
+        self.journal.record_many("pull", self.remote, rows)
         return clean
 
-    def _link(self, st: _Staged) -> bool:
-        """Move a staged file to jobs/ without clobbering: True if it was linked.  An
-        existing name with the same bytes is skipped (and its remote copy cleaned up),
-        one with different bytes quarantined."""
+    def _row(self, e: RemoteEntry, state: str, size: int | None, sha: str | None,
+             seq: int | None) -> _Row:
+        return (e.name, state, size, e.tag, sha, seq, None)
+
+    def _link(self, st: _Staged) -> str | None:
+        """Move a durable staged file to jobs/ without clobbering: "linked", "skipped"
+        (the same bytes are already there: the caller journals it and cleans up the
+        remote copy) or None (quarantined because different bytes are there, or a local
+        error that stops the run)."""
         name, path = st.entry.name, st.path
         dst = os.path.join(self.jdir, name)
         try:
@@ -557,20 +619,18 @@ class _Puller:
             if _same_bytes(dst, st.size, st.sha):
                 os.unlink(path)
                 log.debug("%s is already in %s with the same bytes; skipped", name, self.jdir)
-                self._record(st.entry, "already-local", st.size, st.sha, st.meta.seq)
                 self._count("skipped")
-                self._cleanup_remote(name)
-            else:
-                self._quarantine(path, st.entry, st.sha,
-                                 f"a different file named {name} is already in {self.jdir}")
-            return False
+                return "skipped"
+            self._quarantine(path, st.entry, st.sha,
+                             f"a different file named {name} is already in {self.jdir}")
+            return None
         except OSError as err:
             self._unlink_quiet(path)
             if self.error is None:
                 self.error = QueueError(f"cannot link {name} into {self.jdir}: {err.strerror}")
             self.stop.set()
-            return False
-        return True
+            return None
+        return "linked"
 
     def _already_processed(self, e: RemoteEntry, seq: int, sha: str | None) -> None:
         log.debug("%s has seq %d < nextseq %s: already processed, not fetched", e.name, seq,
@@ -591,27 +651,17 @@ class _Puller:
         except OSError:
             pass
 
-    def _stage(self, e: RemoteEntry) -> tuple[str, int, str]:
-        """Download ``e`` into the staging directory, fsynced; (path, size, sha256)."""
+    def _stage(self, e: RemoteEntry) -> tuple[str, int]:
+        """Download ``e`` into the staging directory (not yet fsynced: :meth:`_commit`
+        does that for a whole batch); (path, size)."""
         path = os.path.join(self.staging, tmp_name(e.name[:64]))
-        try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
-        except OSError as err:
-            raise QueueError(f"cannot create a file in {self.staging}: {err.strerror}") from None
-        f = os.fdopen(fd, "wb", buffering=0)
+        link = self.opts.after_fetch == "delete" and self.can_delete
 
         def fetch() -> int:
-            f.seek(0)
-            f.truncate(0)
-            return self.t.fetch(e.name, f, e)  # type: ignore[arg-type]
+            return self.t.fetch_to_path(e.name, path, e, link=link)
 
         try:
-            try:
-                n = with_retries(fetch, f"fetching {e.name}", self.opts.retry, self.stop)
-                os.fsync(fd)
-            finally:
-                f.close()
-            sha = sha256_path(path)
+            n = with_retries(fetch, f"fetching {e.name}", self.opts.retry, self.stop)
         except BaseException as exc:
             self._unlink_quiet(path)
             disk = is_local_disk_error(exc)
@@ -623,13 +673,49 @@ class _Puller:
                 raise QueueError(f"cannot write {e.name} into {self.staging}: "
                                  f"{exc.strerror}") from None
             raise
-        return path, n, sha
+        return path, n
 
-    def _validate(self, path: str) -> Meta:
-        if self.opts.decoder is None:
-            return read_header_path(path)
-        with OpenJob(path, self.opts.decoder) as j:
-            return j.meta
+    def _inspect(self, path: str) -> tuple[str, Meta]:
+        """(sha256, header) of a staged file, read once; PacketError for a bad header."""
+        if self.opts.decoder is not None:
+            sha = sha256_path(path)
+            with OpenJob(path, self.opts.decoder) as j:
+                return sha, j.meta
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            h = hashlib.sha256()
+            first = b""
+            while True:
+                b = os.read(fd, 1 << 20)
+                if not b:
+                    break
+                if not first:
+                    first = b
+                h.update(b)
+            pos = 0
+
+            def rd(n: int) -> bytes:  # the header, from the first chunk (or the file)
+                nonlocal pos
+                if pos + n <= len(first):
+                    out = first[pos:pos + n]
+                else:
+                    parts = []
+                    want, off = n, pos
+                    while want > 0:
+                        piece = os.pread(fd, want, off)
+                        if not piece:
+                            break
+                        parts.append(piece)
+                        want -= len(piece)
+                        off += len(piece)
+                    out = b"".join(parts)
+                pos += len(out)
+                return out
+
+            meta, _ = read_header(rd)
+            return h.hexdigest(), meta
+        finally:
+            os.close(fd)
 
     def _quarantine(self, path: str, e: RemoteEntry, sha: str, reason: str) -> None:
         target = e.name
@@ -654,26 +740,102 @@ class _Puller:
                   e.name, self.remote, reason, os.path.join(self.qdir_q, target))
         self._count("quarantined")
 
-    def _cleanup_remote(self, name: str) -> None:
-        if self.opts.after_fetch != "delete" or not self.can_delete:
+    def _cleanup_remote_many(self, names: list[str]) -> None:
+        """Apply the remote clean-up policy to ``names`` (all journaled already): one
+        :meth:`Transport.delete_many` call, retrying the names that failed transiently
+        with backoff; the ones removed are marked in the journal (one transaction).  A
+        name that cannot be removed stays: the next run removes it."""
+        if not names or self.opts.after_fetch != "delete" or not self.can_delete:
             return
+        pending = list(names)
+        deleted: list[str] = []
+        policy = self.opts.retry
+        attempt = 1
         try:
-            with_retries(lambda: self.t.delete(name), f"deleting {name}", self.opts.retry,
-                         self.stop)
-        except RemoteNotFoundError:
-            pass
-        except NotSupportedError:
-            self.can_delete = False
-            return
-        except (AuthError, HostKeyError):
-            raise
-        except TransportError as err:
-            # The job is safe locally and in the journal: the next run deletes it.
-            log.warning("fetched %s but could not delete it from %s: %s", name, self.remote,
-                        err)
-            return
-        assert self.journal is not None
-        self.journal.mark_remote_deleted("pull", self.remote, name)
+            while pending:
+                try:
+                    errors = self.t.delete_many(pending)
+                except NotSupportedError:
+                    self.can_delete = False
+                    return
+                except (AuthError, HostKeyError):
+                    raise
+                except TransportError as err:
+                    errors = {n: err for n in pending}
+                deleted += [n for n in pending if n not in errors
+                            or isinstance(errors[n], RemoteNotFoundError)]
+                retry: list[str] = []
+                for n, err in errors.items():
+                    if isinstance(err, RemoteNotFoundError):
+                        continue
+                    if isinstance(err, AuthError | HostKeyError):
+                        raise err
+                    if isinstance(err, NotSupportedError):
+                        self.can_delete = False
+                        return
+                    if err.transient and attempt < policy.attempts and not self.stop.is_set():
+                        retry.append(n)
+                    else:
+                        # The job is safe locally and in the journal: the next run deletes it.
+                        log.warning("fetched %s but could not delete it from %s: %s", n,
+                                    self.remote, err)
+                if retry:
+                    delay = min(policy.backoff_max, policy.backoff * 2 ** (attempt - 1))
+                    delay *= random.uniform(0.5, 1.0)
+                    log.debug("deleting %d file(s) from %s: %s; retrying in %.2f s "
+                              "(attempt %d of %d)", len(retry), self.remote,
+                              errors[retry[0]], delay, attempt + 1, policy.attempts)
+                    time.sleep(delay)
+                    attempt += 1
+                pending = retry
+        finally:
+            if deleted:
+                assert self.journal is not None
+                self.journal.mark_remote_deleted_many("pull", self.remote, deleted)
+
+
+def _flush_files(paths: list[str]) -> None:
+    """Make each file's bytes durable: start the writeback of all of them first
+    (sync_file_range where there is one), so that the syncs mostly wait for I/O already
+    under way and share one journal commit instead of paying for one each.
+
+    fdatasync: the data and what is needed to read it back (size, blocks); the new
+    directory entry in jobs/ is made durable by the fsync of jobs/ after the links."""
+    fds: list[int] = []
+    try:
+        for p in paths:
+            fds.append(os.open(p, os.O_RDONLY | os.O_CLOEXEC))
+        if len(fds) > 1:
+            _start_writeback(fds)
+        for fd in fds:
+            os.fdatasync(fd)
+    finally:
+        for fd in fds:
+            os.close(fd)
+
+
+_sfr: Any = None
+
+
+def _start_writeback(fds: list[int]) -> None:
+    """Ask the kernel to start writing these files back now (no waiting, no durability
+    by itself: the fsync after it gives that).  Quietly nothing where unavailable."""
+    global _sfr
+    if _sfr is None:
+        _sfr = False
+        if sys.platform.startswith("linux"):
+            try:
+                import ctypes
+
+                fn = ctypes.CDLL(None, use_errno=True).sync_file_range
+                fn.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+                fn.restype = ctypes.c_int
+                _sfr = fn
+            except (OSError, AttributeError):
+                pass
+    if _sfr:
+        for fd in fds:
+            _sfr(fd, 0, 0, 2)  # SYNC_FILE_RANGE_WRITE; errors show up in the fsync
 
 
 @dataclass

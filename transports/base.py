@@ -12,6 +12,16 @@ nothing else (retries, journal, validation and policy live once, in sync/push):
   and never over an existing name (:class:`~fspl_gateway.errors.RemoteExistsError`);
 * :meth:`Transport.delete` — remove one.
 
+Optional fast paths (each has a default built on the five above, so a transport only
+overrides what its remote does better):
+
+* :meth:`Transport.fetch_to_path` — copy one into a new local file (the local transport
+  hard-links it when the remote is on the same file system and the caller allows it);
+* :meth:`Transport.delete_many` — remove several (one directory fsync, one DeleteObjects
+  request, pipelined SFTP requests …);
+* :meth:`Transport.set_concurrency` — the caller will use this many threads at once
+  (size a connection pool to it).
+
 :attr:`Transport.capabilities` says what it cannot do (a CD image cannot write or delete).
 
 Errors: raise the classes of :mod:`fspl_gateway.errors` — ``TransientError`` for what a
@@ -28,7 +38,9 @@ commands.
 from __future__ import annotations
 
 import abc
-from collections.abc import Iterator, Mapping
+import os
+import re
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, BinaryIO, ClassVar
 
@@ -112,6 +124,53 @@ class Transport(abc.ABC):
         """Remove ``name``. A missing file raises RemoteNotFoundError where the remote
         tells so cheaply; stores whose delete is idempotent (S3) may return quietly."""
 
+    # -- optional fast paths -----------------------------------------------------------
+    def fetch_to_path(self, name: str, path: str, entry: RemoteEntry | None = None, *,
+                      link: bool = False) -> int:
+        """Copy one remote file into a new local file ``path`` (created here, never over
+        an existing file); return the byte count.  The file is *not* fsynced: the caller
+        makes it durable.  On any error ``path`` is removed again, so a retry can call
+        this once more.
+
+        ``link=True`` allows a transport whose remote lives on the same local file system
+        to hard-link the remote file to ``path`` instead of copying it; the caller allows
+        that only when it removes the remote name soon after (``after_fetch=delete``),
+        so that the two names do not share one inode for long.  Default: :meth:`fetch`.
+        """
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+        try:
+            with os.fdopen(fd, "wb", buffering=0) as f:
+                return self.fetch(name, f, entry)  # type: ignore[arg-type]
+        except BaseException:
+            try:
+                os.unlink(path)
+            except OSError:
+                pass
+            raise
+
+    def delete_many(self, names: Sequence[str]) -> dict[str, TransportError]:
+        """Remove several files; return the error of each name that could not be removed
+        (RemoteNotFoundError for a missing one, where :meth:`delete` would raise it).  An
+        error of the whole call (authentication, connection lost before anything was
+        done) may be raised instead; a caller then treats every name as not removed.
+        Default: :meth:`delete` for each name."""
+        errors: dict[str, TransportError] = {}
+        for name in names:
+            try:
+                self.delete(name)
+            except NotSupportedError:
+                raise
+            except TransportError as e:
+                errors[name] = e
+        return errors
+
+    def set_concurrency(self, n: int) -> int:
+        """The caller means to use this transport from up to ``n`` threads at once; the
+        answer is how many it should use (at most ``n``).  A transport may size its
+        connection pool to that, or answer fewer where threads do not help (a directory
+        on a local disk).  Default: ``n``."""
+        return n
+
     def cleanup_temporaries(self) -> int:
         """Remove leftovers of our own interrupted writes; return how many. Optional."""
         return 0
@@ -143,12 +202,13 @@ class Transport(abc.ABC):
         self.close()
 
 
+_UNSAFE_CHARS = re.compile(r"[\x00-\x1f\x7f/\\]")
+
+
 def is_safe_name(name: str) -> bool:
     """True for one plain file name: no ``/``, not ``.``/``..``, no NUL or control
     characters, not empty, at most 255 bytes."""
-    if not name or name in (".", "..") or "/" in name or "\\" in name:
-        return False
-    if any(ord(c) < 32 or ord(c) == 127 for c in name):
+    if not name or name in (".", "..") or _UNSAFE_CHARS.search(name):
         return False
     try:
         return len(name.encode("utf-8", "surrogateescape")) <= 255

@@ -15,6 +15,21 @@ mount, a Syncthing folder, an rclone mount, or just another directory.
   (temporary name → fsync → link/rename without clobbering → fsync the directory), so
   the file appears whole or not at all and never over an existing name.
 * ``delete`` — unlink + fsync of ``jobs/``.  A missing file raises RemoteNotFoundError.
+* ``delete_many`` — unlink each, then one fsync of ``jobs/`` for all of them.
+* ``fetch_to_path(link=True)`` — when the remote file is on the same file system as the
+  destination, owned by us and has no other name, the very inode that was opened and
+  checked is hard-linked to the destination (``/proc/self/fd``) instead of copied; the
+  size is checked as for a copy.  Otherwise (another file system, another owner, …) a
+  kernel copy as ``fetch`` does (also for a file bigger than this process's
+  RLIMIT_FSIZE: a link must not get round that limit).
+
+Concurrency: on a local-disk file system (ext4, xfs, btrfs, tmpfs, …, per
+``/proc/self/mountinfo``) each file costs a few short system calls, and more threads
+only add contention: ``set_concurrency`` then answers 1.  Network and FUSE file systems
+(NFS, SMB, sshfs, rclone mount) keep the caller's number, since there each call waits.
+
+A subclass that overrides ``fetch`` or ``delete`` keeps them: the fast paths step aside
+and the generic defaults (built on those two) are used.
 
 Temporaries (``cleanup_temporaries``): our writers name temporaries
 ``fsutil.TMP_PREFIX + "<pid>-<random>-<final name>"``.  A leftover is removed when it is
@@ -37,9 +52,10 @@ import errno
 import fcntl
 import logging
 import os
+import resource
 import stat
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, BinaryIO
 
 from fspl_gateway.transports.base import RemoteEntry, Transport
@@ -56,6 +72,34 @@ log = logging.getLogger(__name__)
 
 DEFAULT_TMP_MAX_AGE_MIN = 60
 DEFAULT_TMP_GRACE_S = 60
+#: File systems on a local disk (or in memory): one thread is fastest there.
+LOCAL_DISK_FS = frozenset({
+    "ext2", "ext3", "ext4", "xfs", "btrfs", "f2fs", "jfs", "reiserfs", "zfs", "bcachefs",
+    "tmpfs", "ramfs", "vfat", "exfat", "ntfs3", "hfsplus", "overlay", "squashfs",
+    "iso9660", "udf",
+})
+
+
+def fs_type(path: str) -> str | None:
+    """The file system type of the mount holding ``path`` (from /proc/self/mountinfo),
+    or None where that cannot be told."""
+    try:
+        real = os.path.realpath(path)
+        with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return None
+    best, kind = "", None
+    for line in lines:
+        left, sep, right = line.partition(" - ")
+        fields = left.split()
+        if not sep or len(fields) < 5 or not right:
+            continue
+        mnt = fields[4].replace("\\040", " ").replace("\\011", "\t").replace("\\134", "\\")
+        inside = real == mnt or real.startswith(mnt.rstrip("/") + "/")
+        if inside and len(mnt) >= len(best):
+            best, kind = mnt, right.split()[0]
+    return kind
 
 
 def _os_error(what: str, e: OSError) -> TransportError:
@@ -162,6 +206,7 @@ class LocalTransport(Transport):
         self.jobs_dir = os.path.join(self.root, "jobs")
         self.tmp_max_age_min = float(self.options.get("tmp_max_age", DEFAULT_TMP_MAX_AGE_MIN))
         self.tmp_grace_s = float(self.options.get("tmp_grace", DEFAULT_TMP_GRACE_S))
+        self._same_dev: dict[str, bool] = {}
 
     # -- helpers -------------------------------------------------------------------
     def _require_jobs_dir(self) -> None:
@@ -220,6 +265,62 @@ class LocalTransport(Transport):
                                  f"(listed {listed}); it changed while being read")
         return n
 
+    def set_concurrency(self, n: int) -> int:
+        kind = fs_type(self.root)
+        return 1 if kind in LOCAL_DISK_FS else n
+
+    def fetch_to_path(self, name: str, path: str, entry: RemoteEntry | None = None, *,
+                      link: bool = False) -> int:
+        if link and type(self).fetch is LocalTransport.fetch and self._same_fs(path):
+            n = self._link_to(name, path, entry)
+            if n is not None:
+                return n
+        return super().fetch_to_path(name, path, entry)
+
+    def _same_fs(self, path: str) -> bool:
+        """Whether ``path``'s directory is on the remote's file system (remembered)."""
+        d = os.path.dirname(path)
+        same = self._same_dev.get(d)
+        if same is None:
+            try:
+                same = os.stat(d).st_dev == os.stat(self.jobs_dir).st_dev
+            except OSError:
+                same = False
+            self._same_dev[d] = same
+        return same
+
+    def _link_to(self, name: str, path: str, entry: RemoteEntry | None) -> int | None:
+        """Hard-link the remote file to ``path``; None where that cannot be done (the
+        caller copies instead)."""
+        with self.open(name) as src:
+            st = os.fstat(src.fileno())
+            if st.st_uid != os.geteuid() or st.st_nlink != 1:
+                return None  # another owner's file, or another name shares the inode
+            limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+            if limit != resource.RLIM_INFINITY and st.st_size > limit:
+                return None  # this process may not make such a file: no way round it
+            if entry is not None and entry.size is not None and entry.size != st.st_size:
+                raise IntegrityError(f"{name}: the file has {st.st_size} bytes, listed "
+                                     f"{entry.size}; it changed since the listing")
+            try:
+                # The inode that was opened and checked, not whatever the name is now:
+                # linkat(AT_SYMLINK_FOLLOW) on /proc/self/fd/N (os.link uses linkat with
+                # that flag only when given a dir_fd; plain link() would not follow).
+                proc = os.open("/proc/self/fd", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+                try:
+                    os.link(str(src.fileno()), path, src_dir_fd=proc, follow_symlinks=True)
+                finally:
+                    os.close(proc)
+            except FileExistsError:
+                raise
+            except OSError as e:
+                if e.errno in (errno.EXDEV, errno.EPERM, errno.EACCES, errno.EMLINK,
+                               errno.ENOENT, errno.EOPNOTSUPP, errno.ENOSYS, errno.EROFS):
+                    log.debug("cannot hard-link %s (%s); copying it", name, e.strerror)
+                    return None
+                raise
+        return st.st_size
+
     def write_new(self, name: str, src: BinaryIO, size: int) -> RemoteEntry:
         path = self._path(name)
         self._require_jobs_dir()
@@ -256,6 +357,32 @@ class LocalTransport(Transport):
         except OSError as e:
             raise _os_error(f"deleting {path}", e) from None
         fsync_dir(self.jobs_dir)
+
+    def delete_many(self, names: Sequence[str]) -> dict[str, TransportError]:
+        if type(self).delete is not LocalTransport.delete:
+            return super().delete_many(names)
+        errors: dict[str, TransportError] = {}
+        if not names:
+            return errors
+        self._require_jobs_dir()
+        removed = 0
+        for name in names:
+            try:
+                path = self._path(name)
+                os.unlink(path)
+                removed += 1
+            except TransportError as e:
+                errors[name] = e
+            except FileNotFoundError:
+                errors[name] = RemoteNotFoundError(f"{self.jobs_dir}/{name}: no such file")
+            except OSError as e:
+                errors[name] = _os_error(f"deleting {self.jobs_dir}/{name}", e)
+        if removed:
+            try:
+                fsync_dir(self.jobs_dir)
+            except OSError as e:
+                raise _os_error(f"syncing {self.jobs_dir}", e) from None
+        return errors
 
     def cleanup_temporaries(self) -> int:
         self._require_jobs_dir()

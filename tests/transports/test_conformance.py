@@ -10,7 +10,8 @@ A backend is described by :class:`tests.transports.backends.Backend`.  Optional
 * ``put_stream(t, name, src, size)`` — place a big file from a stream (read-only
   backends: the big-file test needs it, else it is skipped);
 * ``delete_missing_raises`` — True if ``delete`` of a missing name must raise
-  RemoteNotFoundError (else it may also return quietly, as S3 does).
+  RemoteNotFoundError (else it may also return quietly, as S3 does); the same holds for
+  that name's entry in the answer of ``delete_many``.
 """
 
 from __future__ import annotations
@@ -243,6 +244,57 @@ def test_delete(backend: Backend, remote: Transport) -> None:
     assert set(_listing(remote)) == {"fspl-keep.fspl"}
 
 
+def test_delete_many(backend: Backend, remote: Transport) -> None:
+    """One call removes several; a missing name is reported (or quietly ignored where
+    the store's delete is idempotent); the others stay; an empty call does nothing."""
+    _writable(backend)
+    names = [f"fspl-many-{i:03d}.fspl" for i in range(5)]
+    for n in names:
+        backend.put(remote, n, n.encode())
+    backend.put(remote, "fspl-keep.fspl", b"stay")
+    assert remote.delete_many([]) == {}
+    errors = remote.delete_many([*names, "fspl-missing.fspl"])
+    assert set(errors) <= {"fspl-missing.fspl"}, errors
+    if backend.extra.get("delete_missing_raises"):
+        assert isinstance(errors.get("fspl-missing.fspl"), RemoteNotFoundError)
+    else:
+        assert all(isinstance(e, RemoteNotFoundError) for e in errors.values())
+    assert set(_listing(remote)) == {"fspl-keep.fspl"}
+    assert backend.raw_names(remote) == ["fspl-keep.fspl"]
+    assert _read(remote, "fspl-keep.fspl") == b"stay"
+    # a hostile name is refused without touching anything else
+    errors = remote.delete_many(["../fspl-keep.fspl", "fspl-keep.fspl"])
+    assert set(errors) == {"../fspl-keep.fspl"}
+    assert isinstance(errors["../fspl-keep.fspl"], TransportError)
+    assert backend.raw_names(remote) == []
+
+
+def test_fetch_to_path(backend: Backend, remote: Transport, tmp_path: Path) -> None:
+    """A new local file with the remote bytes, with or without ``link``; a missing name
+    leaves no file behind; an existing destination is never overwritten."""
+    data = os.urandom(300_000)
+    backend.put(remote, "fspl-ftp.fspl", data)
+    entry = _listing(remote)["fspl-ftp.fspl"]
+    for i, link in enumerate((False, True)):
+        dst = tmp_path / f"got{i}"
+        assert remote.fetch_to_path("fspl-ftp.fspl", str(dst), entry, link=link) == len(data)
+        assert dst.read_bytes() == data
+    assert _read(remote, "fspl-ftp.fspl") == data  # the remote copy is still there
+    with pytest.raises(RemoteNotFoundError):
+        remote.fetch_to_path("fspl-nope.fspl", str(tmp_path / "missing"))
+    assert not (tmp_path / "missing").exists()
+    (tmp_path / "taken").write_bytes(b"mine")
+    with pytest.raises(FileExistsError):
+        remote.fetch_to_path("fspl-ftp.fspl", str(tmp_path / "taken"), entry, link=True)
+    assert (tmp_path / "taken").read_bytes() == b"mine"
+
+
+def test_set_concurrency(remote: Transport) -> None:
+    for n in (1, 4, 16):
+        got = remote.set_concurrency(n)
+        assert isinstance(got, int) and 1 <= got <= n
+
+
 # -- hostile names -------------------------------------------------------------------
 @pytest.mark.parametrize("op", ["write_new", "open", "delete"])
 def test_hostile_names_refused(backend: Backend, remote: Transport, op: str) -> None:
@@ -318,6 +370,8 @@ def test_read_only_refuses(backend: Backend, remote: Transport) -> None:
         remote.write_new("fspl-ro.fspl", io.BytesIO(b"x"), 1)
     with pytest.raises(NotSupportedError):
         remote.delete("fspl-ro.fspl")
+    with pytest.raises(NotSupportedError):
+        remote.delete_many(["fspl-ro.fspl"])
     assert backend.raw_names(remote) == ["fspl-ro.fspl"]
     assert _read(remote, "fspl-ro.fspl") == b"read only"
     assert remote.cleanup_temporaries() == 0
