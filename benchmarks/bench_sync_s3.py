@@ -52,10 +52,10 @@ def upload(client: Any, bucket: str, prefix: str, jobs: list[tuple[str, bytes]])
 
 
 def gw_sync(server: S3Server, bucket: str, prefix: str, qdir: str, concurrency: int,
-            ) -> list[str]:
+            after: str = "delete") -> list[str]:
     return [*gw_cmd(), "-l", "warn", "sync", "-t", "s3", "-r", f"{bucket}/{prefix}",
             "-q", qdir, "-o", f"endpoint_url={server.endpoint}", "-o", "path_style=true",
-            "--concurrency", str(concurrency), "--no-progress"]
+            "--concurrency", str(concurrency), "--no-progress", "--after-fetch", after]
 
 
 def count_objects(client: Any, bucket: str, prefix: str) -> int:
@@ -83,9 +83,13 @@ def main() -> None:
     client = server.client()
     rows: list[Row] = []
     rc_row = Row("rclone copy", f"--transfers {a.rclone_transfers}", [])
-    gw_rows = {c: Row("fspl-gw sync", f"--concurrency {c}", [],
-                      baseline=f"rclone copy --transfers {a.rclone_transfers}", target=1.0)
-               for c in a.concurrency}
+    base = f"rclone copy --transfers {a.rclone_transfers}"
+    runs = [(c, "delete") for c in a.concurrency] + [(a.concurrency[0], "keep")]
+    gw_rows = {(c, after): Row("fspl-gw sync", f"--concurrency {c} --after-fetch {after}"
+                               + (" (moves: deletes the remote copies)" if after == "delete"
+                                  else " (copies, like rclone copy)"),
+                               [], baseline=base, target=1.0)
+               for c, after in runs}
     big_note = ""
     try:
         with tempfile.TemporaryDirectory(prefix="bench-s3-") as tmp:
@@ -93,14 +97,16 @@ def main() -> None:
                 bucket = f"bench-{uuid.uuid4().hex[:12]}"
                 client.create_bucket(Bucket=bucket)
                 jobs = make_jobs(a.jobs, a.size)
-                for c in a.concurrency:
-                    upload(client, bucket, f"gw{c}", jobs)
-                    qdir = os.path.join(tmp, f"q{r}-{c}")
+                for c, after in runs:
+                    prefix = f"gw{c}{after}"
+                    upload(client, bucket, prefix, jobs)
+                    qdir = os.path.join(tmp, f"q{r}-{prefix}")
                     q.queue_init(qdir)
-                    gw_rows[c].times.append(timed(gw_sync(server, bucket, f"gw{c}", qdir, c),
-                                                  env=env))
+                    gw_rows[c, after].times.append(timed(
+                        gw_sync(server, bucket, prefix, qdir, c, after), env=env))
                     assert len(os.listdir(os.path.join(qdir, "jobs"))) == a.jobs
-                    assert count_objects(client, bucket, f"gw{c}/") == 0
+                    assert count_objects(client, bucket, f"{prefix}/") == (
+                        0 if after == "delete" else a.jobs)
                 if rclone:
                     upload(client, bucket, "rc", jobs)
                     dst = os.path.join(tmp, f"rc{r}")

@@ -22,7 +22,13 @@ Options (strings from a config file or ``-o key=value`` are accepted):
 ``conditional_writes``      bool, default true: create with ``If-None-Match: *`` so an
                             existing job is never overwritten.  false = for stores that
                             lack it: a racy HEAD-then-PUT (``atomic_noclobber`` false)
+``max_pool_connections``    HTTP connections kept open (shared by all threads of one
+                            transport: one boto3 client serves them all); default 10,
+                            raised to the caller's concurrency by ``set_concurrency``
 ==========================  =========================================================
+
+``delete_many`` removes up to 1,000 objects per DeleteObjects request (quiet mode: only
+failures come back, each mapped like a single delete's error).
 
 Integrity: uploads carry a SHA-256 checksum (whole object for a single PutObject, per
 part for multipart, which S3 checks on receipt).  Downloads ask for the stored checksum
@@ -44,7 +50,7 @@ import logging
 import re
 import time
 import zlib
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, BinaryIO, NoReturn
 from urllib.parse import urlsplit, urlunsplit
@@ -71,6 +77,8 @@ MIB = 1024 * KIB
 GIB = 1024 * MIB
 MIN_PART = 5 * MIB
 MAX_PARTS = 10_000
+#: Keys per DeleteObjects request (the S3 limit).
+DELETE_BATCH = 1000
 READ_CHUNK = 1 * MIB
 #: cleanup_temporaries leaves younger multipart uploads alone (another writer's).
 STALE_UPLOAD_SECONDS = 24 * 3600.0
@@ -172,6 +180,7 @@ class S3Options:
     connect_timeout: float = 10.0
     read_timeout: float = 60.0
     conditional_writes: bool = True
+    max_pool_connections: int = 10
 
 
 def parse_options(options: Mapping[str, Any]) -> S3Options:
@@ -197,8 +206,9 @@ def parse_options(options: Mapping[str, Any]) -> S3Options:
     for key in ("multipart_threshold", "multipart_chunksize"):
         if key in options:
             kw[key] = parse_size(options[key], f"s3 option {key}")
-    if "max_attempts" in options:
-        kw["max_attempts"] = _parse_number(options["max_attempts"], "s3 option max_attempts", int)
+    for key in ("max_attempts", "max_pool_connections"):
+        if key in options:
+            kw[key] = _parse_number(options[key], f"s3 option {key}", int)
     for key in ("connect_timeout", "read_timeout"):
         if key in options:
             kw[key] = _parse_number(options[key], f"s3 option {key}", float)
@@ -394,20 +404,43 @@ class S3Transport(Transport):
         self.opts = parse_options(self.options)
         if not self.opts.conditional_writes:
             self.capabilities = Capabilities(atomic_noclobber=False)  # type: ignore[misc]
+        self._pool_size = 0
+        self._session: Any = None
+        self._client = self._make_client(self.opts.max_pool_connections)
+
+    def _make_client(self, pool: int) -> Any:
+        """One boto3 client (thread-safe; sessions are not, so it is made here, once)
+        with an HTTP pool of ``pool`` connections."""
         config = Config(
             retries={"mode": "standard", "total_max_attempts": self.opts.max_attempts},
             connect_timeout=self.opts.connect_timeout,
             read_timeout=self.opts.read_timeout,
             s3={"addressing_style": "path" if self.opts.path_style else "auto"},
+            max_pool_connections=pool,
         )
         try:
-            session = boto3.session.Session(profile_name=self.opts.profile,
-                                            region_name=self.opts.region)
-            self._client = session.client("s3", endpoint_url=self.opts.endpoint_url, config=config)
+            if self._session is None:  # one session: its loader keeps the parsed model
+                self._session = boto3.session.Session(profile_name=self.opts.profile,
+                                                      region_name=self.opts.region)
+            client = self._session.client("s3", endpoint_url=self.opts.endpoint_url,
+                                          config=config)
         except bce.ProfileNotFound:
             raise ConfigError(f"s3: AWS profile {self.opts.profile!r} not found") from None
         except (bce.BotoCoreError, ValueError) as e:
             raise ConfigError(f"s3: cannot set up the client: {_one_line(e)}") from None
+        self._pool_size = pool
+        return client
+
+    def set_concurrency(self, n: int) -> int:
+        """Grow the HTTP pool to ``n`` connections (a new client, before any thread
+        uses this one) so that no thread waits for a connection."""
+        if n > self._pool_size:
+            old, self._client = self._client, self._make_client(n)
+            try:
+                old.close()
+            except Exception:  # noqa: BLE001 - closing is best effort
+                pass
+        return n
 
     # -- helpers ---------------------------------------------------------------------
     def _key(self, name: str) -> str:
@@ -625,6 +658,45 @@ class S3Transport(Transport):
             self._client.delete_object(Bucket=self.bucket, Key=self._key(name))
         except (bce.BotoCoreError, bce.ClientError) as e:
             self._raise(e, self._where(name))
+
+    def delete_many(self, names: Sequence[str]) -> dict[str, TransportError]:
+        errors: dict[str, TransportError] = {}
+        keys: dict[str, str] = {}
+        for name in names:
+            try:
+                self.check_name(name)
+            except TransportError as e:
+                errors[name] = e
+                continue
+            keys[self._key(name)] = name
+        todo = list(keys)
+        for i in range(0, len(todo), DELETE_BATCH):
+            chunk = todo[i:i + DELETE_BATCH]
+            try:
+                resp = self._client.delete_objects(
+                    Bucket=self.bucket,
+                    Delete={"Objects": [{"Key": k} for k in chunk], "Quiet": True})
+            except (bce.BotoCoreError, bce.ClientError) as e:
+                try:
+                    self._raise(e, self._where())
+                except (AuthError, ConfigError):
+                    raise
+                except TransportError as err:
+                    for k in chunk:
+                        errors[keys[k]] = err
+                    continue
+            for err in resp.get("Errors", []) or []:
+                name = keys.get(str(err.get("Key")))
+                if name is None:
+                    continue
+                fake = bce.ClientError({"Error": {"Code": err.get("Code"),
+                                                  "Message": err.get("Message")}},
+                                       "DeleteObjects")
+                try:
+                    self._raise(fake, self._where(name))
+                except TransportError as mapped:
+                    errors[name] = mapped
+        return errors
 
     def cleanup_temporaries(self, older_than: float = STALE_UPLOAD_SECONDS) -> int:
         """Abort multipart uploads under ``jobs/`` started more than ``older_than``
