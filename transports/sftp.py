@@ -44,8 +44,9 @@ Temporaries
 
 Connections
     One SSH connection for the life of the object, carrying a pool of up to
-    ``connections`` SFTP channels (default 1; each call takes one channel, so the
-    transport is thread-safe); :meth:`open` streams use their own extra channel.  A
+    ``connections`` SFTP channels (default 1, or the caller's concurrency up to
+    :data:`MAX_AUTO_CHANNELS` when it calls ``set_concurrency`` and the option is not
+    set; each call takes one channel, so the transport is thread-safe); :meth:`open` streams use their own extra channel.  A
     dropped connection raises TransientError for the call in progress; the next call
     reconnects, trying ``connect_retries`` times with exponential backoff before a
     TransientError.
@@ -68,7 +69,7 @@ import stat
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, BinaryIO
 
@@ -120,6 +121,11 @@ DEFAULT_CHUNK = 32768
 MAX_CHUNK = 256 * 1024
 #: Requests kept in flight per transfer (pipelining).
 PIPELINE_DEPTH = 16
+#: Channels opened for ``set_concurrency`` when the option ``connections`` is not set
+#: (OpenSSH allows 10 sessions per connection by default: MaxSessions).
+MAX_AUTO_CHANNELS = 8
+#: REMOVE requests kept in flight by ``delete_many``.
+DELETE_PIPELINE = 64
 _SFTP_VERSION = 3
 
 
@@ -1027,6 +1033,54 @@ class SFTPTransport(Transport):
         finally:
             with contextlib.suppress(OSError, SFTPError, EOFError):
                 self._close_handle(ch, handle)
+
+    def set_concurrency(self, n: int) -> int:
+        if "connections" not in self.options:
+            with self._lock:
+                self.max_channels = max(self.max_channels, min(n, MAX_AUTO_CHANNELS))
+        return n
+
+    def delete_many(self, names: Sequence[str]) -> dict[str, TransportError]:
+        """REMOVE requests pipelined on one channel (OpenSSH answers in order)."""
+        self.require("can_delete")
+        errors: dict[str, TransportError] = {}
+        todo: list[tuple[str, str]] = []
+        for name in names:
+            try:
+                self.check_name(name)
+            except TransportError as e:
+                errors[name] = e
+                continue
+            todo.append((name, self._path(name)))
+        if not todo:
+            return errors
+        with self._use() as ch:
+            sftp = ch.sftp
+            outstanding: deque[tuple[int, str, str]] = deque()
+
+            def collect() -> None:
+                num, name, path = outstanding.popleft()
+                try:
+                    with self._remote(ch, path, "delete"):
+                        sftp._read_response(num)
+                except (RemoteNotFoundError, RemoteExistsError) as e:
+                    errors[name] = e
+                except TransportError as e:
+                    if e.transient:
+                        raise  # the link is gone: the caller retries what is left
+                    errors[name] = e
+
+            # A transient error (connection lost) propagates: the caller retries every
+            # name, and those already removed then answer "no such file".
+            for name, path in todo:
+                with self._remote(ch, path, "delete"):
+                    num = sftp._async_request(type(None), CMD_REMOVE, path)
+                outstanding.append((num, name, path))
+                while len(outstanding) >= DELETE_PIPELINE:
+                    collect()
+            while outstanding:
+                collect()
+        return errors
 
     def delete(self, name: str) -> None:
         self.require("can_delete")

@@ -3,9 +3,14 @@ and SFTP (pipelined REMOVE requests), against the real test servers."""
 
 from __future__ import annotations
 
-from fspl_gateway.transports.s3 import S3Transport
+import os
 
+from fspl_gateway.transports.s3 import S3Transport
+from fspl_gateway.transports.sftp import MAX_AUTO_CHANNELS, SFTPTransport
+
+from fspl_gateway.errors import RemoteNotFoundError
 from tests.fixtures.s3server import S3Bucket, seed_objects
+from tests.fixtures.sshd import SFTPQueue
 
 
 def test_s3_delete_many_more_than_one_request(s3_bucket: S3Bucket) -> None:
@@ -36,3 +41,32 @@ def test_s3_set_concurrency_grows_the_pool(s3_bucket: S3Bucket) -> None:
     t.close()
 
 
+
+
+def test_sftp_delete_many_pipelined(sftp_queue: SFTPQueue) -> None:
+    names = [f"fspl-{i:04d}.fspl" for i in range(150)]
+    for n in names:
+        (sftp_queue.jobs / n).write_bytes(b"x")
+    (sftp_queue.jobs / "fspl-keep.fspl").write_bytes(b"k")
+    t = SFTPTransport(sftp_queue.location, sftp_queue.options)
+    try:
+        errors = t.delete_many([*names[:100], "fspl-gone.fspl", *names[100:], "a/b"])
+        assert set(errors) == {"fspl-gone.fspl", "a/b"}
+        assert isinstance(errors["fspl-gone.fspl"], RemoteNotFoundError)
+        assert sorted(os.listdir(sftp_queue.jobs)) == ["fspl-keep.fspl"]
+        assert t.stats["connects"] == 1
+        assert [e.name for e in t.list()] == ["fspl-keep.fspl"]  # the channel is in sync
+    finally:
+        t.close()
+
+
+def test_sftp_set_concurrency_sizes_the_channel_pool(sftp_queue: SFTPQueue) -> None:
+    t = SFTPTransport(sftp_queue.location, sftp_queue.options)
+    assert t.max_channels == 1
+    assert t.set_concurrency(4) == 4 and t.max_channels == 4
+    assert t.set_concurrency(100) == 100 and t.max_channels == MAX_AUTO_CHANNELS
+    t.close()
+    explicit = SFTPTransport(sftp_queue.location, {**sftp_queue.options, "connections": 2})
+    explicit.set_concurrency(8)
+    assert explicit.max_channels == 2  # an explicit setting wins
+    explicit.close()
