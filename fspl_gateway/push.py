@@ -12,8 +12,10 @@ The mirror image of :mod:`fspl_gateway.sync`.  For each ``fspl-*.fspl`` in
    the local job is kept (exit 3);
 4. it is verified: the size the remote reports, and its checksum where the tag is a
    plain MD5 or SHA-256 of the content;
-5. it is recorded in the journal, then removed from the outbox (``after_push="delete"``,
-   unlink + fsync of ``jobs/``) or kept.
+5. it is recorded in the journal, then removed from the outbox (``after_push="delete"``)
+   or kept.  Removals are batched (:data:`~fspl_gateway.sync.BATCH` unlinks, then one
+   fsync of ``jobs/``): a job is only removed once it is pushed and journaled, and one
+   whose removal a crash undid is removed by the next run (the journal knows it).
 
 Locking, dry run, concurrency, retries and exit codes as for sync.
 """
@@ -47,6 +49,7 @@ from fspl_gateway.log import TRACE, log
 from fspl_gateway.packet import read_header_fd
 from fspl_gateway.queue import OpenJob, is_job_filename, jobs_dir
 from fspl_gateway.sync import (
+    BATCH,
     QUARANTINE,
     Progress,
     RetryPolicy,
@@ -162,6 +165,8 @@ class _Pusher:
         self.stop = threading.Event()
         self.mutex = threading.Lock()
         self.listing: dict[str, RemoteEntry] = {}
+        #: Pushed (journaled) jobs still to be removed from the outbox.
+        self._remove: list[str] = []
 
     def _count(self, what: str, n: int = 1) -> None:
         with self.mutex:
@@ -239,10 +244,13 @@ class _Pusher:
             self.listing = {e.name: e for e in with_retries(
                 lambda: list(self.t.list()), f"listing {self.remote}", self.opts.retry)}
         progress = Progress(self.opts.progress, len(todo), f"push {self.remote}")
+        threads = max(1, min(self.opts.concurrency,
+                             self.t.set_concurrency(self.opts.concurrency)))
         try:
-            run_parallel(todo, self._one, self.opts.concurrency, self.stop, progress)
+            run_parallel(todo, self._one, threads, self.stop, progress)
         finally:
             progress.close()
+            self._remove_pushed(force=True)
 
     def _one(self, name: str) -> None:
         try:
@@ -341,16 +349,32 @@ class _Pusher:
         self._cleanup_local(os.path.join(self.jdir, name))
 
     def _cleanup_local(self, path: str) -> None:
+        """Queue a pushed, journaled job for removal (see :meth:`_remove_pushed`)."""
         if self.opts.after_push != "delete":
             return
-        try:
-            os.unlink(path)
-        except FileNotFoundError:
-            return
-        except OSError as e:
-            log.warning("pushed %s but could not remove it: %s", path, e.strerror)
-            return
-        fsync_dir(self.jdir)
+        with self.mutex:
+            self._remove.append(path)
+            full = len(self._remove) >= BATCH
+        if full:
+            self._remove_pushed()
+
+    def _remove_pushed(self, force: bool = False) -> None:
+        """Unlink the queued jobs, then one fsync of jobs/ for all of them."""
+        with self.mutex:
+            if not self._remove or (not force and len(self._remove) < BATCH):
+                return
+            paths, self._remove = self._remove, []
+        removed = 0
+        for path in paths:
+            try:
+                os.unlink(path)
+                removed += 1
+            except FileNotFoundError:
+                pass
+            except OSError as e:
+                log.warning("pushed %s but could not remove it: %s", path, e.strerror)
+        if removed:
+            fsync_dir(self.jdir)
 
     def _quarantine(self, name: str, reason: str) -> None:
         os.makedirs(self.quarantine_dir, exist_ok=True)
