@@ -15,6 +15,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -52,7 +53,7 @@ def kill_midway(args: list[str], started: Path, rng: random.Random) -> int | Non
     deadline = time.monotonic() + 10
     while not started.exists() and p.poll() is None and time.monotonic() < deadline:
         time.sleep(0.005)
-    time.sleep(rng.uniform(0, 0.25) + (0.3 if existed else 0.0))
+    time.sleep(rng.uniform(0, 0.12) + (0.15 if existed else 0.0))
     rc = p.poll()
     if rc is None:
         p.send_signal(signal.SIGKILL)
@@ -66,11 +67,18 @@ def test_kill9_sync(tmp_path: Path) -> None:
     rng = random.Random(os.environ.get("FSPL_GW_FAULT_SEED", "sync"))
     kills = mid = 0
     setup = 0
+    shm = Path("/dev/shm")
     while kills < KILLS:
         setup += 1
         base = tmp_path / f"s{setup}"
         src = job_set(N_JOBS, size=JOB_SIZE)
-        remote = make_remote(base / "remote", src)
+        # every other setup: the remote on another file system (copy path) instead of
+        # the same one (hard-link path), so both are killed mid-way
+        rbase = base
+        if setup % 2 == 0 and shm.is_dir() and os.access(shm, os.W_OK):
+            rbase = Path(tempfile.mkdtemp(dir=shm, prefix="fspl-gw-fault-"))
+        remote = make_remote(rbase / "remote", src)
+        base.mkdir(exist_ok=True)
         qdir = base / "queue"
         q.queue_init(str(qdir))
         args = ["sync", "-t", "local", "-r", str(remote), "-q", str(qdir), "--concurrency",
@@ -95,6 +103,8 @@ def test_kill9_sync(tmp_path: Path) -> None:
         assert remote_jobs(remote) == {}
         assert os.listdir(qdir / ".fspl-gw" / "staging") == []
         shutil.rmtree(base)
+        if rbase != base:
+            shutil.rmtree(rbase)
     assert mid >= KILLS // 2, f"only {mid} of {kills} kills landed mid-transfer"
 
 
