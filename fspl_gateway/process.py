@@ -195,6 +195,10 @@ def _run_queued(opts: QueueProcessOpts, job: q.Job) -> JobResult:
         out_path = os.path.join(q.jobs_dir(opts.queuedir), job.filename + ".out")
         out_fd = os.open(out_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
     try:
+        if job.meta.cmd in ("NOP", "Fail"):
+            # Nothing to run and no payload to hand over: the header read by the scan is
+            # all there is (job files never change once named fspl-*.fspl).
+            return run_job(opts.proc, job.meta, None)
         with q.open_job(opts.queuedir, job.filename, opts.decoder) as oj:
             return run_job(opts.proc, oj.meta, oj.fd, filename=job.filename,
                            queuedir=opts.queuedir, output_fd=out_fd)
