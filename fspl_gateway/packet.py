@@ -260,10 +260,25 @@ def read_header_file(f: BinaryIO) -> tuple[Meta, int]:
     return read_header(rd)
 
 
+_FIRST_READ = 64 << 10
+
+
 def read_header_path(path: str | os.PathLike[str]) -> Meta:
+    """The header of a job file (for scans): one read covers the usual small header."""
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:
-        return read_header_fd(fd)[0]
+        head = os.read(fd, _FIRST_READ)
+        pos = 0
+
+        def rd(n: int) -> bytes:
+            nonlocal pos
+            out = head[pos:pos + n]
+            pos += len(out)
+            if len(out) < n and len(head) == _FIRST_READ:  # a big header: read the rest
+                out += read_exact(fd, n - len(out))
+            return out
+
+        return read_header(rd)[0]
     finally:
         os.close(fd)
 

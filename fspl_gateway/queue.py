@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from fspl_gateway.errors import PacketError, QueueError
 from fspl_gateway.fsutil import AtomicWriter, copy_fd
 from fspl_gateway.log import TRACE, log
-from fspl_gateway.packet import Meta, read_header_fd
+from fspl_gateway.packet import Meta, read_header_fd, read_header_path
 
 
 def seqfile_path(qdir: str) -> str:
@@ -152,6 +152,8 @@ def _list_names(qdir: str) -> list[str]:
 
 
 def read_meta(qdir: str, filename: str, decoder: str | None = None) -> Meta:
+    if decoder is None:
+        return read_header_path(os.path.join(jobs_dir(qdir), filename))
     with open_job(qdir, filename, decoder) as j:
         return j.meta
 

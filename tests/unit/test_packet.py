@@ -294,3 +294,25 @@ def test_property_corruption_only_packet_error(data: bytes) -> None:
     assert again == meta
     # re-encoding what we decoded gives a header that decodes to the same meta
     assert read_header(io.BytesIO(encode_header(meta)).read)[0] == meta
+
+
+def test_read_header_path_handles_headers_past_the_first_read(tmp_path) -> None:
+    """Scans read a header with one 64 KiB read; a bigger header (many params) must still
+    decode, and a truncated one must still fail."""
+    import pytest as _pytest
+
+    from fspl_gateway.errors import PacketError as _PacketError
+    from fspl_gateway.packet import Meta as _Meta
+    from fspl_gateway.packet import encode_header as _enc
+    from fspl_gateway.packet import make_command as _mk
+    from fspl_gateway.packet import read_header_path as _rhp
+
+    meta = _Meta(seq=7, ctime=(1, 2), cmd=_mk([b"p" * 1000] * 200))
+    data = _enc(meta)
+    assert len(data) > 64 << 10
+    p = tmp_path / "fspl-big.fspl"
+    p.write_bytes(data + b"payload")
+    assert _rhp(p) == meta
+    p.write_bytes(data[:-1])
+    with _pytest.raises(_PacketError):
+        _rhp(p)
