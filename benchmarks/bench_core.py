@@ -32,11 +32,14 @@ def ensure_venv(path: Path) -> Path:
     exe = path / "bin" / "fspl-gw"
     if not exe.exists():
         subprocess.run([sys.executable, "-m", "venv", str(path)], check=True)
-        # a current pip, as scripts/bootstrap uses: its console-script template does not
-        # import re (the bundled pip 23's does, ~10 ms of every start-up)
-        subprocess.run([str(path / "bin" / "pip"), "install", "-q", "--upgrade", "pip"],
-                       check=True)
-        subprocess.run([str(path / "bin" / "pip"), "install", "-q", str(ROOT)], check=True)
+    # a current pip, as scripts/bootstrap uses: its console-script template does not
+    # import re (the bundled pip 23's does, ~10 ms of every start-up)
+    subprocess.run([str(path / "bin" / "pip"), "install", "-q", "--upgrade", "pip"],
+                   check=True)
+    # always the current tree (a venv kept from an earlier run would measure old code)
+    subprocess.run([str(path / "bin" / "pip"), "install", "-q", "--force-reinstall",
+                    "--no-deps", str(ROOT)], check=True)
+    subprocess.run([str(path / "bin" / "pip"), "install", "-q", str(ROOT)], check=True)
     return exe
 
 
