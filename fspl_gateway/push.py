@@ -33,7 +33,6 @@ from fspl_gateway.errors import (
     EXIT_OK,
     EXIT_PARTIAL,
     AuthError,
-    FsplError,
     HostKeyError,
     IntegrityError,
     NotSupportedError,
@@ -55,9 +54,9 @@ from fspl_gateway.sync import (
     RetryPolicy,
     _check_options,
     fmt_seconds,
+    run_engine,
     run_parallel,
     sha256_path,
-    take_run_lock,
     with_retries,
 )
 from fspl_gateway.transports.base import RemoteEntry, Transport, is_safe_name
@@ -122,33 +121,9 @@ def push(transport: Transport, outbox_dir: str | os.PathLike[str],
     if not os.path.isdir(jobs_dir(qdir)):
         raise QueueError(f"{qdir} is not a queue directory (no jobs/ in it)")
     res = PushResult(remote=transport.describe(), dry_run=opts.dry_run)
-    t0 = time.monotonic()
-    if opts.dry_run:
-        _Pusher(transport, qdir, opts, None, res).dry_run()
-        res.seconds = time.monotonic() - t0
-        return res
-    transport.require("can_write")
-    lock_fd = take_run_lock(qdir, opts.wait_lock, "another fspl-gw sync or push")
-    if lock_fd is None:
-        res.locked_out = True
-        return res
-    journal: Journal | None = None
-    started = time.time()
-    try:
-        journal = Journal(qdir)
-        try:
-            _Pusher(transport, qdir, opts, journal, res).run()
-        except FsplError as e:
-            res.seconds = time.monotonic() - t0
-            journal.record_run("push", res.remote, started, False, f"error: {e}")
-            raise
-        res.seconds = time.monotonic() - t0
-        journal.record_run("push", res.remote, started, res.exit_code == 0, res.summary())
-    finally:
-        if journal is not None:
-            journal.close()
-        os.close(lock_fd)
-    return res
+    if not opts.dry_run:
+        transport.require("can_write")
+    return run_engine("push", _Pusher, transport, qdir, opts, res)
 
 
 class _Pusher:

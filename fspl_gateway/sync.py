@@ -304,9 +304,17 @@ def pull(transport: Transport, queue_dir: str | os.PathLike[str],
     if not os.path.isdir(jobs_dir(qdir)):
         raise QueueError(f"{qdir} is not a queue directory (no jobs/ in it)")
     res = SyncResult(remote=transport.describe(), dry_run=opts.dry_run)
+    return run_engine("pull", _Puller, transport, qdir, opts, res)
+
+
+def run_engine(direction: str, engine: Any, transport: Transport, qdir: str, opts: Any,
+               res: Any) -> Any:
+    """The frame shared by pull and push: dry run without lock or journal; otherwise
+    the per-queue run lock (busy → ``res.locked_out``), the journal, the engine's
+    ``run()``, and the run's outcome recorded in the journal (also when it fails)."""
     t0 = time.monotonic()
     if opts.dry_run:
-        _Puller(transport, qdir, opts, None, res).dry_run()
+        engine(transport, qdir, opts, None, res).dry_run()
         res.seconds = time.monotonic() - t0
         return res
     lock_fd = take_run_lock(qdir, opts.wait_lock, "another fspl-gw sync or push")
@@ -318,13 +326,13 @@ def pull(transport: Transport, queue_dir: str | os.PathLike[str],
     try:
         journal = Journal(qdir)
         try:
-            _Puller(transport, qdir, opts, journal, res).run()
+            engine(transport, qdir, opts, journal, res).run()
         except FsplError as e:
             res.seconds = time.monotonic() - t0
-            journal.record_run("pull", res.remote, started, False, f"error: {e}")
+            journal.record_run(direction, res.remote, started, False, f"error: {e}")
             raise
         res.seconds = time.monotonic() - t0
-        journal.record_run("pull", res.remote, started, res.exit_code == 0, res.summary())
+        journal.record_run(direction, res.remote, started, res.exit_code == 0, res.summary())
     finally:
         if journal is not None:
             journal.close()
