@@ -75,6 +75,7 @@ from typing import Any, BinaryIO
 
 import paramiko
 from fspl_gateway.transports.base import Capabilities, RemoteEntry, Transport
+from fspl_gateway.transports.local import pid_alive
 from paramiko.message import Message
 from paramiko.sftp import (
     CMD_CLOSE,
@@ -165,16 +166,6 @@ def _tmp_name(final: str) -> str:
     if len(b) > 255:
         name = b[:255].decode("utf-8", "ignore")
     return name
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 # -- options and location -------------------------------------------------------------
@@ -1104,7 +1095,7 @@ class SFTPTransport(Transport):
                         with _INFLIGHT_LOCK:
                             stale = name not in _INFLIGHT
                     elif pid != os.getpid():
-                        stale = not _pid_alive(pid)
+                        stale = not pid_alive(pid)
                 if not stale:
                     continue
                 try:
