@@ -379,7 +379,9 @@ class _Puller:
                 continue
             rec = known.get(e.name)
             if rec is not None and _same_remote_file(rec.size, rec.tag, e):
-                if rec.state == "quarantined" and not os.path.exists(
+                if rec.state == "retry":
+                    todo.append(e)  # a killed run staged it but never linked it
+                elif rec.state == "quarantined" and not os.path.exists(
                         os.path.join(self.qdir_q, rec.detail or "")):
                     todo.append(e)  # the operator cleared the quarantine: try again
                 else:
@@ -420,7 +422,31 @@ class _Puller:
         if n:
             log.debug("removed %d stale staging file(s) from %s", n, self.staging)
 
+    def _recover_linking(self) -> None:
+        """Settle the files a killed run was linking into jobs/ (journal state
+        "linking", detail = the staged path): in jobs/ with our bytes, or gone from both
+        jobs/ and staging (linked, then processed and removed) → fetched; still staged
+        only → not linked: fetch it again."""
+        assert self.journal is not None
+        rows: list[_Row] = []
+        for name, rec in self.journal.known("pull", self.remote).items():
+            if rec.state != "linking":
+                continue
+            staged = rec.detail or ""
+            in_jobs = os.path.exists(os.path.join(self.jdir, name))
+            if in_jobs and _same_bytes(os.path.join(self.jdir, name), rec.size or 0,
+                                       rec.sha256 or ""):
+                state = "fetched"
+            elif not in_jobs and not (staged and os.path.exists(staged)):
+                state = "fetched"  # linked, then run and removed by the queue's processor
+            else:
+                state = "retry"
+            log.debug("interrupted link of %s: %s", name, state)
+            rows.append((name, state, rec.size, rec.tag, rec.sha256, rec.seq, None))
+        self.journal.record_many("pull", self.remote, rows)
+
     def run(self) -> None:
+        self._recover_linking()
         self._clean_staging()
         try:
             n = with_retries(self.t.cleanup_temporaries, "cleaning up remote temporaries",
@@ -578,6 +604,13 @@ class _Puller:
                 self._unlink_quiet(st.path)
             raise QueueError(f"cannot make the fetched files durable in {self.staging}: "
                              f"{err.strerror}; nothing was changed remotely") from None
+        # Intent first: should we die between linking a file into jobs/ and journaling
+        # it, the next run must know it was linked (and perhaps already processed and
+        # removed by the queue's processor), so that it is never fetched twice.
+        assert self.journal is not None
+        self.journal.record_many("pull", self.remote, [
+            (st.entry.name, "linking", st.size, st.entry.tag, st.sha, st.meta.seq, st.path)
+            for st in keep])
         fetched: list[_Staged] = []
         for i, st in enumerate(keep):
             how = self._link(st)
@@ -588,8 +621,11 @@ class _Puller:
                                       st.meta.seq))
                 clean.append(st.entry.name)
             elif self.stop.is_set():
+                # a local error stopped the run: what was not linked is fetched next time
+                rows.append(self._row(st.entry, "retry", None, None, None))
                 for rest in keep[i + 1:]:
                     self._unlink_quiet(rest.path)
+                    rows.append(self._row(rest.entry, "retry", None, None, None))
                 break
         if fetched:
             fsync_dir(self.jdir)
