@@ -22,6 +22,11 @@ overrides what its remote does better):
 * :meth:`Transport.set_concurrency` — the caller will use this many threads at once
   (size a connection pool to it).
 
+Optional notification (no default built on the five; the caller polls instead):
+
+* :meth:`Transport.wait_for_change` — block until the remote's ``jobs/`` may have
+  changed or a timeout passes (Dropbox's longpoll); ``None`` means "not supported".
+
 :attr:`Transport.capabilities` says what it cannot do (a CD image cannot write or delete).
 
 Errors: raise the classes of :mod:`fspl_gateway.errors` — ``TransientError`` for what a
@@ -170,6 +175,14 @@ class Transport(abc.ABC):
         connection pool to that, or answer fewer where threads do not help (a directory
         on a local disk).  Default: ``n``."""
         return n
+
+    def wait_for_change(self, timeout: float) -> bool | None:
+        """Block up to about ``timeout`` seconds until the remote ``jobs/`` may have
+        changed: True then (also when the transport cannot tell, e.g. on its first call
+        or after its change cursor was reset: the caller lists once more), False when the
+        time ran out without a change.  A transport may round ``timeout`` to its remote's
+        bounds.  Default: None, "not supported" — the caller polls at its interval."""
+        return None
 
     def cleanup_temporaries(self) -> int:
         """Remove leftovers of our own interrupted writes; return how many. Optional."""

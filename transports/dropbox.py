@@ -18,7 +18,15 @@ files up to this size go in one ``files/upload`` call, bigger ones through an up
 session; default 8 MiB, at most 128 MiB), ``retries`` (attempts per API call on
 throttling, 5xx and connection errors; default 5), ``max_retry_sleep`` (cap in seconds
 of one wait between attempts, Retry-After included; default 60), ``timeout`` (seconds
-of socket inactivity; default 100).
+of socket inactivity; default 100), ``longpoll_timeout`` (the longest one
+:meth:`~DropboxTransport.wait_for_change` longpoll waits, in seconds; default 120;
+Dropbox accepts 30–480 and may add up to 90 s of jitter).
+
+Change notification: :meth:`~DropboxTransport.wait_for_change` takes a cursor of
+``jobs/`` once (``list_folder/get_latest_cursor``), then waits on
+``list_folder/longpoll`` (the notify host; no access token is sent there) and takes a
+fresh cursor after each change; a ``backoff`` in the answer delays the next longpoll
+(at most 5 minutes); a ``reset`` cursor is replaced and reported as a change.
 
 Integrity: Dropbox's ``content_hash`` (SHA-256 of the concatenated SHA-256 digests of
 each 4 MiB block) is computed while streaming, in both directions, and compared with the
@@ -68,6 +76,11 @@ HASH_BLOCK = 4 * 1024 * 1024
 DEFAULT_CHUNK = 8 * 1024 * 1024
 MAX_CHUNK = 128 * 1024 * 1024
 READ_CHUNK = 1 << 20
+#: The bounds of list_folder/longpoll's ``timeout`` in the API.
+LONGPOLL_MIN = 30
+LONGPOLL_MAX = 480
+#: At most this long a ``backoff`` from longpoll delays the next one.
+LONGPOLL_BACKOFF_MAX = 300.0
 
 ENV_REFRESH_TOKEN = "FSPL_GW_DROPBOX_REFRESH_TOKEN"
 ENV_APP_KEY = "FSPL_GW_DROPBOX_APP_KEY"
@@ -251,6 +264,10 @@ class DropboxTransport(Transport):
         self.retries = self._int_opt("retries", 5, 1, 100)
         self.max_retry_sleep = self._float_opt("max_retry_sleep", 60.0)
         self.timeout = self._float_opt("timeout", 100.0)
+        self.longpoll_timeout = self._int_opt("longpoll_timeout", 120, LONGPOLL_MIN,
+                                              LONGPOLL_MAX)
+        self._cursor: str | None = None
+        self._longpoll_not_before = 0.0
 
         access = self._secret("access_token", ENV_ACCESS_TOKEN)
         refresh = self._secret("refresh_token", ENV_REFRESH_TOKEN)
@@ -401,6 +418,21 @@ class DropboxTransport(Transport):
             time.sleep(wait)
 
     # -- the interface ----------------------------------------------------------------
+    def _folder_error(self, what: str, e: dbx_exc.ApiError) -> TransportError:
+        """Map a ListFolderError (list_folder, …/continue, …/get_latest_cursor)."""
+        err = e.error
+        if err.is_path():
+            look = err.get_path()
+            if look.is_not_found():
+                return RemoteNotFoundError(f"{self.describe()}: the Dropbox folder "
+                                           f"{self.jobs_path} does not exist")
+            if look.is_not_folder():
+                return TransportError(f"{self.describe()}: {self.jobs_path} is a file, "
+                                      f"not a folder")
+        if getattr(err, "is_reset", lambda: False)():
+            return TransientError(f"{what}: Dropbox reset the listing cursor; list again")
+        return TransportError(f"{what}: {_short(e.error)}")
+
     def list(self) -> Iterator[RemoteEntry]:
         what = f"{self.describe()}: list"
         try:
@@ -414,20 +446,58 @@ class DropboxTransport(Transport):
                     return
                 res = self._call(what, self.dbx.files_list_folder_continue, res.cursor)
         except dbx_exc.ApiError as e:
-            err = e.error
-            if err.is_path():
-                look = err.get_path()
-                if look.is_not_found():
-                    raise RemoteNotFoundError(
-                        f"{self.describe()}: the Dropbox folder {self.jobs_path} does not "
-                        f"exist") from None
-                if look.is_not_folder():
-                    raise TransportError(f"{self.describe()}: {self.jobs_path} is a file, "
-                                         f"not a folder") from None
-            if getattr(err, "is_reset", lambda: False)():
-                raise TransientError(f"{what}: Dropbox reset the listing cursor; "
-                                     f"list again") from None
+            raise self._folder_error(what, e) from None
+
+    # -- change notification ----------------------------------------------------------
+    def _latest_cursor(self) -> str:
+        what = f"{self.describe()}: get_latest_cursor"
+        try:
+            res = self._call(what, self.dbx.files_list_folder_get_latest_cursor, self.jobs_path)
+        except dbx_exc.ApiError as e:
+            raise self._folder_error(what, e) from None
+        return str(res.cursor)
+
+    def wait_for_change(self, timeout: float) -> bool | None:
+        """Longpoll ``jobs/`` for up to ``timeout`` seconds, rounded into
+        [30, ``longpoll_timeout``] (Dropbox may answer up to 90 s later still).  The first
+        call only takes the cursor and returns True at once (a change before it cannot be
+        seen), as does a call after a ``reset`` cursor.  One thread at a time."""
+        pause = self._longpoll_not_before - time.monotonic()
+        if pause > 0:  # the server asked us to back off
+            time.sleep(min(pause, max(0.0, timeout)))
+            if self._longpoll_not_before > time.monotonic():
+                return False
+        if self._cursor is None:
+            self._cursor = self._latest_cursor()
+            return True
+        try:
+            want = int(min(float(timeout), float(self.longpoll_timeout)))
+        except (OverflowError, ValueError):  # inf, nan
+            want = self.longpoll_timeout
+        secs = max(LONGPOLL_MIN, min(LONGPOLL_MAX, want))
+        what = f"{self.describe()}: longpoll"
+        try:
+            res = self._call(what, self.dbx.files_list_folder_longpoll, self._cursor,
+                             timeout=secs)
+        except dbx_exc.ApiError as e:
+            if getattr(e.error, "is_reset", lambda: False)():
+                log.info("%s: Dropbox reset the longpoll cursor; taking a new one",
+                         self.describe())
+                self._cursor = None
+                self._cursor = self._latest_cursor()
+                return True
             raise TransportError(f"{what}: {_short(e.error)}") from None
+        if res.backoff:
+            self._longpoll_not_before = time.monotonic() + min(float(res.backoff),
+                                                               LONGPOLL_BACKOFF_MAX)
+        if not res.changes:
+            return False
+        # A fresh cursor before the caller lists: a change after this point shows up at
+        # the next longpoll.  If taking it fails, the next call takes one (and says True).
+        self._cursor = None
+        with contextlib.suppress(TransportError):
+            self._cursor = self._latest_cursor()
+        return True
 
     def _download(self, name: str) -> _Download:
         path = self._path(name)

@@ -449,3 +449,121 @@ def test_download_dying_mid_stream(dropbox_remote: DropboxRemote) -> None:
         _read_all(f)
     buf = io.BytesIO()
     assert t.fetch("fspl-d.fspl", buf) == len(data) and buf.getvalue() == data
+
+
+# -- longpoll (wait_for_change) -------------------------------------------------------
+def _longpolls(remote: DropboxRemote) -> int:
+    return _counts(remote).get("files/list_folder/longpoll", 0)
+
+
+def _wait_in_thread(t: Any, timeout: float) -> tuple[Any, list[Any]]:
+    import threading
+
+    out: list[Any] = []
+
+    def run() -> None:
+        try:
+            out.append(t.wait_for_change(timeout))
+        except Exception as e:  # noqa: BLE001 - handed to the test
+            out.append(e)
+        out.append(time.monotonic())
+
+    th = threading.Thread(target=run, daemon=True)
+    th.start()
+    return th, out
+
+
+def test_longpoll_sees_another_clients_upload_and_delete(dropbox_remote: DropboxRemote) -> None:
+    s = dropbox_remote.standin
+    t = dropbox_remote.make()
+    other = dropbox_remote.make()
+    start = time.monotonic()
+    assert t.wait_for_change(60) is True, "the first call only takes the cursor"
+    assert time.monotonic() - start < 2 and _longpolls(dropbox_remote) == 0
+    latencies = []
+    for action in ("upload", "delete"):
+        before = _longpolls(dropbox_remote)
+        th, out = _wait_in_thread(t, 60)
+        time.sleep(0.5)
+        assert not out, f"longpoll returned before the {action}: {out}"
+        if action == "upload":
+            other.write_new("fspl-lp.fspl", io.BytesIO(b"job"), 3)
+        else:
+            other.delete("fspl-lp.fspl")
+        done = time.monotonic()
+        th.join(10)
+        assert out and out[0] is True, out
+        latencies.append(out[1] - done)
+        assert _longpolls(dropbox_remote) == before + 1
+    print(f"longpoll latency after upload/delete: "
+          f"{', '.join(f'{x * 1000:.0f} ms' for x in latencies)}")
+    assert max(latencies) < 2.0
+    # The cursor was renewed after each change: nothing new now → False at the cap.
+    s.admin("longpoll_cap", seconds=0.5)
+    assert t.wait_for_change(60) is False
+
+
+def test_longpoll_times_out_without_changes(dropbox_remote: DropboxRemote) -> None:
+    s = dropbox_remote.standin
+    (dropbox_remote.jobs_dir / "fspl-old.fspl").write_bytes(b"old")
+    t = dropbox_remote.make(longpoll_timeout=30)
+    assert t.wait_for_change(1) is True
+    s.admin("longpoll_cap", seconds=0.5)
+    for timeout in (1, 10**9, float("inf")):  # rounded into [30, longpoll_timeout]
+        start = time.monotonic()
+        assert t.wait_for_change(timeout) is False
+        assert 0.45 <= time.monotonic() - start < 5
+    # a file written straight into the folder (not through the API) counts too
+    th, out = _wait_in_thread(t, 60)
+    (dropbox_remote.jobs_dir / "fspl-new.fspl").write_bytes(b"new")
+    th.join(5)
+    assert out and out[0] is True
+    with pytest.raises(ConfigError, match="longpoll_timeout"):
+        dropbox_remote.make(longpoll_timeout=10)
+
+
+def test_longpoll_cursor_reset(dropbox_remote: DropboxRemote) -> None:
+    s = dropbox_remote.standin
+    t = dropbox_remote.make()
+    assert t.wait_for_change(30) is True
+    s.admin("longpoll_cap", seconds=0.3)
+    assert t.wait_for_change(30) is False
+    s.admin("reset_cursors")
+    start = time.monotonic()
+    assert t.wait_for_change(30) is True, "a reset cursor may have missed changes"
+    assert time.monotonic() - start < 2
+    assert t.wait_for_change(30) is False, "the new cursor is valid"
+
+
+def test_longpoll_backoff_is_honoured(dropbox_remote: DropboxRemote) -> None:
+    s = dropbox_remote.standin
+    t = dropbox_remote.make()
+    assert t.wait_for_change(30) is True
+    s.admin("longpoll_cap", seconds=0.2)
+    s.admin("longpoll_backoff", seconds=2)
+    assert t.wait_for_change(30) is False
+    first = time.monotonic()
+    n = _longpolls(dropbox_remote)
+    assert t.wait_for_change(0.3) is False, "still backing off"
+    assert _longpolls(dropbox_remote) == n, "no request during the backoff"
+    s.admin("longpoll_backoff", seconds=None)
+    assert t.wait_for_change(30) is False
+    assert time.monotonic() - first >= 1.9, "the next longpoll waited for the backoff"
+    assert _longpolls(dropbox_remote) == n + 1
+
+
+def test_longpoll_errors(dropbox_remote: DropboxRemote) -> None:
+    s = dropbox_remote.standin
+    t = dropbox_remote.make(retries=2)
+    assert t.wait_for_change(30) is True
+    s.admin("server_error", count=5, route="longpoll")
+    with pytest.raises(TransientError, match="longpoll: Dropbox server error 500"):
+        t.wait_for_change(30)
+    s.admin("reset")
+    gone = DropboxRemote(s, dropbox_remote.location + "-missing", dropbox_remote.access_token,
+                         dropbox_remote.options)
+    with pytest.raises(RemoteNotFoundError, match="does not exist"):
+        gone.make().wait_for_change(30)
+    s.admin("revoke_token", token=dropbox_remote.access_token)
+    with pytest.raises(AuthError):
+        dropbox_remote.make().wait_for_change(30)
