@@ -3,7 +3,10 @@
 
 One thread per pipeline:
 
-* a **pull** pipeline polls its remote every ``interval`` seconds (:func:`sync.pull`);
+* a **pull** pipeline polls its remote every ``interval`` seconds (:func:`sync.pull`),
+  and where the transport can wait for changes (:meth:`Transport.wait_for_change`:
+  Dropbox's longpoll) a second thread waits on the remote and pulls as soon as it
+  changes (that thread is a daemon, never joined: it cannot delay shutdown);
   a **push** pipeline pushes its outbox every ``interval`` seconds and as soon as a job
   lands in the outbox's ``jobs/``;
 * a pipeline with ``process`` runs its queue's jobs (:func:`process.queue_process`, one
@@ -35,6 +38,7 @@ with an error is logged and the running configuration kept.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -68,6 +72,20 @@ BACKOFF_MAX = 600.0
 #: A failing job is retried after this many seconds, doubling up to BACKOFF_MAX.
 JOB_RETRY_FIRST = 5.0
 MEDIA_SEEN = "media-seen.json"
+#: After a change notification, the next wait starts at least this much later.
+LONGPOLL_GAP = 0.1
+
+
+def offers_longpoll(transport_name: str) -> bool:
+    """True if the transport overrides :meth:`Transport.wait_for_change` (decided from
+    the class, without connecting)."""
+    from fspl_gateway.transports.base import load
+
+    try:
+        cls = load(transport_name)
+    except FsplError:
+        return False  # the pull reports it
+    return getattr(cls, "wait_for_change", None) is not Transport.wait_for_change
 
 
 def backoff(interval: float, failures: int) -> float:
@@ -166,6 +184,9 @@ class PipelineRunner:
         self.wake = threading.Event()
         #: Set by the file watcher when a job lands in the (outbox) queue's jobs/.
         self.dirty = threading.Event()
+        #: Set by the longpoll thread when the remote may have changed.
+        self.remote_changed = threading.Event()
+        self.longpoll_thread: threading.Thread | None = None
         self.thread = threading.Thread(target=self._main, name=f"pipeline-{pipe.name}",
                                        daemon=True)
         self.transport: Transport | None = None
@@ -209,14 +230,21 @@ class PipelineRunner:
             log.error("pipeline %s: %s; not started", p.name, e)
             return
         log.info("pipeline %s: %s", p.name, self.describe())
+        if self.spec is not None and p.direction == "pull" and \
+                offers_longpoll(self.spec.transport):
+            self.longpoll_thread = threading.Thread(
+                target=self._longpoll_main, name=f"longpoll-{p.name}", daemon=True)
+            self.longpoll_thread.start()
         try:
             while not self.stop.is_set():
                 self.wake.clear()
                 now = time.monotonic()
                 dirty = self.dirty.is_set()
                 self.dirty.clear()
-                if self.spec is not None and (now >= self.next_poll or
+                changed = self.remote_changed.is_set() and self.remote_failures == 0
+                if self.spec is not None and (now >= self.next_poll or changed or
                                               (dirty and p.direction == "push")):
+                    self.remote_changed.clear()
                     self._poll_remote()
                 if self.stop.is_set():
                     break
@@ -302,6 +330,54 @@ class PipelineRunner:
             log.info("pipeline %s: remote %s is back", p.name, p.remote)
         self.remote_failures = 0
         self.next_poll = time.monotonic() + p.interval
+
+    def _longpoll_main(self) -> None:
+        """Wait on the remote (its own transport instance) and wake the pipeline when it
+        may have changed; errors back off like polls do, and the interval polls go on."""
+        from fspl_gateway.transports.base import create
+
+        p = self.pipe
+        assert self.spec is not None
+        t: Transport | None = None
+        failures = 0
+        announced = False
+        try:
+            while not self.stop.is_set():
+                try:
+                    if t is None:
+                        t = create(self.spec.transport, self.spec.location, self.spec.options)
+                    changed = t.wait_for_change(max(p.interval, 1.0))
+                except Exception as e:  # noqa: BLE001 - FsplError or an unmapped SDK error
+                    failures += 1
+                    delay = backoff(p.interval, failures)
+                    log.log(logging.WARNING if failures == 1 else logging.DEBUG,
+                            "pipeline %s: waiting for changes on remote %s failed: %s; "
+                            "trying again in %.0f s (polling every %g s meanwhile)",
+                            p.name, p.remote, e, delay, p.interval)
+                    if t is not None:
+                        with contextlib.suppress(Exception):
+                            t.close()
+                        t = None
+                    self.stop.wait(delay)
+                    continue
+                if changed is None:
+                    return
+                if not announced:
+                    log.info("pipeline %s: remote %s reports changes (longpoll): pulling "
+                             "as soon as a job lands there, and every %g s", p.name,
+                             p.remote, p.interval)
+                    announced = True
+                failures = 0
+                if changed and not self.stop.is_set():
+                    log.debug("pipeline %s: remote %s may have changed (longpoll)",
+                              p.name, p.remote)
+                    self.remote_changed.set()
+                    self.wake.set()
+                    self.stop.wait(LONGPOLL_GAP)
+        finally:
+            if t is not None:
+                with contextlib.suppress(Exception):
+                    t.close()
 
     def _drop_transport(self) -> None:
         if self.transport is not None:
