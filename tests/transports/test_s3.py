@@ -399,7 +399,9 @@ def test_server_dies_mid_download(s3_bucket: S3Bucket, proxy: TcpProxy) -> None:
     with pytest.raises(TransientError, match="fspl-1.fspl") as ei:
         t.fetch("fspl-1.fspl", dst)
     assert "\n" not in str(ei.value)
-    assert 0 < len(dst.getvalue()) < len(data)  # garbage the caller discards
+    # partial garbage the caller discards (possibly nothing: the proxy's cut is a TCP
+    # reset, which makes the kernel drop bytes the client had not read yet)
+    assert len(dst.getvalue()) < len(data)
 
     proxy.refuse()  # the server is "down"
     with pytest.raises(TransientError, match="connection"):
