@@ -52,6 +52,7 @@ from fspl_gateway.sync import (
     QUARANTINE,
     Progress,
     RetryPolicy,
+    RunResult,
     _check_options,
     fmt_seconds,
     run_engine,
@@ -76,23 +77,13 @@ class PushOptions:
 
 
 @dataclass
-class PushResult:
-    remote: str
+class PushResult(RunResult):
+    """``skipped``: already on the remote with the same bytes; ``known``: kept jobs the
+    journal already knew as pushed."""
+
     pushed: int = 0
-    #: Already on the remote with the same bytes.
-    skipped: int = 0
     #: Already on the remote with different bytes (local job kept).
     conflicts: int = 0
-    quarantined: int = 0
-    failed: int = 0
-    refused: int = 0
-    #: Kept jobs the journal already knew as pushed.
-    known: int = 0
-    bytes: int = 0
-    seconds: float = 0.0
-    dry_run: bool = False
-    locked_out: bool = False
-    names: list[str] = field(default_factory=list)
 
     @property
     def exit_code(self) -> int:

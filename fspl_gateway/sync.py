@@ -243,21 +243,27 @@ class SyncOptions:
 
 
 @dataclass
-class SyncResult:
+class RunResult:
+    """What one pull or push run did (the counters both engines share)."""
+
     remote: str
-    fetched: int = 0
     skipped: int = 0
     quarantined: int = 0
     failed: int = 0
     refused: int = 0
-    #: Jobs the journal already knew (kept remotely; nothing done).
+    #: Files the journal already knew (nothing done).
     known: int = 0
     bytes: int = 0
     seconds: float = 0.0
     dry_run: bool = False
     locked_out: bool = False
-    #: Names linked into jobs/ (or, in a dry run, that would be fetched).
+    #: Names moved (or, in a dry run, that would be).
     names: list[str] = field(default_factory=list)
+
+
+@dataclass
+class SyncResult(RunResult):
+    fetched: int = 0
 
     @property
     def exit_code(self) -> int:
