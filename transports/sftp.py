@@ -560,33 +560,30 @@ class SFTPTransport(Transport):
                 raise AuthError(f"cannot read identity file {path}: {e.strerror}") from None
         return keys
 
+    def _try_key(self, t: paramiko.Transport, key: paramiko.PKey) -> bool:
+        """Offer one public key; True once authenticated."""
+        try:
+            t.auth_publickey(self.user, key)
+            return bool(t.is_authenticated())
+        except paramiko.BadAuthenticationType as e:
+            raise AuthError(f"{self._host_entry} does not accept public keys for "
+                            f"{self.user} (it allows: {', '.join(e.allowed_types)})") from None
+        except paramiko.AuthenticationException:
+            return False
+
     def _authenticate(self, t: paramiko.Transport) -> None:
         tried: list[str] = []
         for path, key in self._identity_keys():
             tried.append(path)
-            try:
-                t.auth_publickey(self.user, key)
-                if t.is_authenticated():
-                    return
-            except paramiko.BadAuthenticationType as e:
-                raise AuthError(f"{self._host_entry} does not accept public keys for "
-                                f"{self.user} (it allows: {', '.join(e.allowed_types)})") from None
-            except paramiko.AuthenticationException:
-                continue
+            if self._try_key(t, key):
+                return
         if self.allow_agent:
             agent = paramiko.Agent()
             try:
                 for key in agent.get_keys():
                     tried.append(f"agent key {fingerprint(key)}")
-                    try:
-                        t.auth_publickey(self.user, key)
-                        if t.is_authenticated():
-                            return
-                    except paramiko.BadAuthenticationType as e:
-                        raise AuthError(f"{self._host_entry} does not accept public keys "
-                                        f"(it allows: {', '.join(e.allowed_types)})") from None
-                    except paramiko.AuthenticationException:
-                        continue
+                    if self._try_key(t, key):
+                        return
             finally:
                 agent.close()
         what = ", ".join(tried) if tried else "no identity file and no ssh-agent key"
