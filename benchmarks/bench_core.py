@@ -56,7 +56,7 @@ def main() -> None:
     ap.add_argument("--skip-big", action="store_true", help="skip the 1 GiB tasks")
     args = ap.parse_args()
 
-    from fspl_gateway.packet import Command, Meta, encode_header
+    from fspl_gateway.core.packet import Command, Meta, encode_header
 
     fspl = shutil.which("fspl")
     assert fspl, "the real fspl is not installed"
@@ -162,7 +162,7 @@ def main() -> None:
         t_g = startup([gw, "gen-uuid"])
         t_e = startup([str(ROOT / ".venv" / "bin" / "fspl-gw"), "gen-uuid"])
         imp = subprocess.run([str(Path(gw).parent / "python"), "-X", "importtime", "-c",
-                              "from fspl_gateway.cli import main; main(['gen-uuid'])"],
+                              "from fspl_gateway.cli.main import main; main(['gen-uuid'])"],
                              capture_output=True, env=env, check=False)
         mods = {line.split("|")[-1].strip().split(".")[0] for line in
                 imp.stderr.decode().splitlines() if line.startswith("import time:")}

@@ -19,7 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from fspl_gateway import queue as q  # noqa: E402
+from fspl_gateway.core import queue as q  # noqa: E402
 from tests.parallel.util import add_jobs  # noqa: E402
 
 

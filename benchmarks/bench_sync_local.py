@@ -36,8 +36,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
-from fspl_gateway import queue as q  # noqa: E402
-from fspl_gateway.packet import Meta, encode_header  # noqa: E402
+from fspl_gateway.core import queue as q  # noqa: E402
+from fspl_gateway.core.packet import Meta, encode_header  # noqa: E402
 
 
 # -- shared helpers ------------------------------------------------------------------

@@ -30,7 +30,7 @@ from bench_sync_local import ROOT, Row, gw_cmd, header, make_jobs, table, timed 
 
 sys.path.insert(0, ROOT)
 from benchmarks.common import peak_rss  # noqa: E402
-from fspl_gateway import queue as q  # noqa: E402
+from fspl_gateway.core import queue as q  # noqa: E402
 from tests.fixtures.s3server import REGION, S3Server, start_moto  # noqa: E402
 
 
@@ -145,7 +145,7 @@ def _ver(dist: str) -> str:
 def big_job(server: S3Server, client: Any, env: dict[str, str], tmp: str, mib: int) -> str:
     """Upload one job of ``mib`` MiB (multipart, streamed), pull it, return a line with
     the peak RSS of the fspl-gw process."""
-    from fspl_gateway.packet import Meta, encode_header
+    from fspl_gateway.core.packet import Meta, encode_header
 
     bucket = f"bench-big-{uuid.uuid4().hex[:8]}"
     client.create_bucket(Bucket=bucket)
@@ -169,7 +169,7 @@ def big_job(server: S3Server, client: Any, env: dict[str, str], tmp: str, mib: i
                    stderr=subprocess.DEVNULL)
     got = os.path.getsize(os.path.join(qdir, "jobs", name))
     assert got == size, (got, size)
-    baseline = peak_rss([sys.executable, "-c", "import fspl_gateway.cli, boto3"], env=env)
+    baseline = peak_rss([sys.executable, "-c", "import fspl_gateway.cli.main, boto3"], env=env)
     return (f"One {mib} MiB job pulled over S3 (multipart object): peak RSS of the "
             f"fspl-gw process {rss / (1 << 20):.0f} MiB (the same interpreter only "
             f"importing fspl-gw and boto3: {baseline / (1 << 20):.0f} MiB).")

@@ -25,7 +25,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bench_sync_local import ROOT, Row, gw_cmd, header, make_jobs, table, timed, write_jobs  # noqa: E402
 
 sys.path.insert(0, ROOT)
-from fspl_gateway import queue as q  # noqa: E402
+from fspl_gateway.core import queue as q  # noqa: E402
 from tests.fixtures.sshd import SSHD, make_sshd  # noqa: E402
 
 

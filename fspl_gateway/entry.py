@@ -2,7 +2,7 @@
 
 The two commands that scripts call in tight loops and that need nothing but a random
 UUID (``gen-uuid``, ``gen-filename``) are answered without importing click; everything
-else goes to :func:`fspl_gateway.cli.main`.
+else goes to :func:`fspl_gateway.cli.main.main`.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ def main() -> None:
         u = str(uuid.uuid4())
         sys.stdout.write((u if args[0] == "gen-uuid" else f"fspl-{u}.fspl") + "\n")
         return
-    from fspl_gateway.cli import main as cli_main
+    from fspl_gateway.cli.main import main as cli_main
 
     cli_main()
 

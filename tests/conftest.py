@@ -42,7 +42,7 @@ def fspl_bin() -> str:
 @pytest.fixture
 def queue(tmp_path: Path) -> Path:
     """A fresh, initialized (non-append-only) queue directory."""
-    from fspl_gateway import queue as q
+    from fspl_gateway.core import queue as q
 
     path = tmp_path / "queue"
     q.queue_init(str(path))

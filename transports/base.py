@@ -9,7 +9,7 @@ nothing else (retries, journal, validation and policy live once, in sync/push):
 * :meth:`Transport.fetch` — copy one into a local file object (default: via ``open``),
   verifying the remote's checksum where it has one;
 * :meth:`Transport.write_new` — write a new one so that it appears whole or not at all,
-  and never over an existing name (:class:`~fspl_gateway.errors.RemoteExistsError`);
+  and never over an existing name (:class:`~fspl_gateway.core.errors.RemoteExistsError`);
 * :meth:`Transport.delete` — remove one.
 
 Optional fast paths (each has a default built on the five above, so a transport only
@@ -29,7 +29,7 @@ Optional notification (no default built on the five; the caller polls instead):
 
 :attr:`Transport.capabilities` says what it cannot do (a CD image cannot write or delete).
 
-Errors: raise the classes of :mod:`fspl_gateway.errors` — ``TransientError`` for what a
+Errors: raise the classes of :mod:`fspl_gateway.core.errors` — ``TransientError`` for what a
 retry may fix (connection dropped, 5xx, throttling), ``RemoteNotFoundError``,
 ``RemoteExistsError``, ``IntegrityError``, ``AuthError``, ``HostKeyError``,
 ``NotSupportedError``, and ``TransportError`` for the rest.  Never log secrets.
@@ -49,7 +49,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, BinaryIO, ClassVar
 
-from fspl_gateway.errors import ConfigError, NotSupportedError, TransportError
+from fspl_gateway.core.errors import ConfigError, NotSupportedError, TransportError
 
 ENTRY_POINT_GROUP = "fspl_gateway.transports"
 
@@ -113,7 +113,7 @@ class Transport(abc.ABC):
                 dst.write(buf)
                 n += len(buf)
         if entry is not None and entry.size is not None and entry.size != n:
-            from fspl_gateway.errors import IntegrityError
+            from fspl_gateway.core.errors import IntegrityError
 
             raise IntegrityError(f"{name}: read {n} bytes, remote said {entry.size}")
         return n

@@ -59,7 +59,7 @@ from dropbox import exceptions as dbx_exc
 from dropbox import files as dbx_files
 from fspl_gateway.transports.base import Capabilities, RemoteEntry, Transport
 
-from fspl_gateway.errors import (
+from fspl_gateway.core.errors import (
     AuthError,
     ConfigError,
     IntegrityError,

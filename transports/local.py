@@ -7,11 +7,11 @@ mount, a Syncthing folder, an rclone mount, or just another directory.
   (a symlink, directory, FIFO or device is not listed); size and mtime from ``lstat``.
 * ``open`` — a raw unbuffered file (``O_NOFOLLOW``, ``O_NONBLOCK`` so that a FIFO cannot
   hang us, then checked to be a regular file).
-* ``fetch`` — a kernel copy (:func:`fspl_gateway.fsutil.copy_fd` through
-  :func:`~fspl_gateway.fsutil.copy_stream`), then the byte count is checked against the
+* ``fetch`` — a kernel copy (:func:`fspl_gateway.core.fsutil.copy_fd` through
+  :func:`~fspl_gateway.core.fsutil.copy_stream`), then the byte count is checked against the
   file's size when opened (and the listed size, if given): a mismatch is an
-  :class:`~fspl_gateway.errors.IntegrityError`.
-* ``write_new`` — :class:`fspl_gateway.fsutil.AtomicWriter` inside the remote ``jobs/``
+  :class:`~fspl_gateway.core.errors.IntegrityError`.
+* ``write_new`` — :class:`fspl_gateway.core.fsutil.AtomicWriter` inside the remote ``jobs/``
   (temporary name → fsync → link/rename without clobbering → fsync the directory), so
   the file appears whole or not at all and never over an existing name.
 * ``delete`` — unlink + fsync of ``jobs/``.  A missing file raises RemoteNotFoundError.
@@ -60,13 +60,13 @@ from typing import Any, BinaryIO
 
 from fspl_gateway.transports.base import RemoteEntry, Transport
 
-from fspl_gateway.errors import (
+from fspl_gateway.core.errors import (
     IntegrityError,
     RemoteExistsError,
     RemoteNotFoundError,
     TransportError,
 )
-from fspl_gateway.fsutil import TMP_PREFIX, AtomicWriter, copy_stream, fsync_dir
+from fspl_gateway.core.fsutil import TMP_PREFIX, AtomicWriter, copy_stream, fsync_dir
 
 log = logging.getLogger(__name__)
 

@@ -12,7 +12,7 @@
   and ``write_new``/``delete`` raise NotSupportedError.  The image is re-read whenever
   the file changes (device, inode, size or mtime), checked on every ``list``.
 
-Media layout (what :mod:`fspl_gateway.media` export writes)::
+Media layout (what :mod:`fspl_gateway.gateway.media` export writes)::
 
     <root>/jobs/fspl-*.fspl     the job files, byte-identical to the outbox
     <root>/MANIFEST.sha256      sha256sum format: "<64 hex>  jobs/<name>" per job,
@@ -45,7 +45,7 @@ from typing import Any, BinaryIO
 from fspl_gateway.transports.base import Capabilities, RemoteEntry, Transport, is_job_name
 from fspl_gateway.transports.local import LocalTransport, open_regular_nofollow
 
-from fspl_gateway.errors import (
+from fspl_gateway.core.errors import (
     IntegrityError,
     NotSupportedError,
     RemoteNotFoundError,

@@ -60,7 +60,7 @@ import botocore.exceptions as bce
 from botocore.config import Config
 from fspl_gateway.transports.base import Capabilities, RemoteEntry, Transport
 
-from fspl_gateway.errors import (
+from fspl_gateway.core.errors import (
     AuthError,
     ConfigError,
     IntegrityError,

@@ -101,7 +101,7 @@ from paramiko.sftp_attr import SFTPAttributes
 from paramiko.sftp_client import SFTPClient
 from paramiko.sftp_client import int64 as _INT64  # the marker type for 64-bit fields
 
-from fspl_gateway.errors import (
+from fspl_gateway.core.errors import (
     AuthError,
     ConfigError,
     HostKeyError,
@@ -111,7 +111,7 @@ from fspl_gateway.errors import (
     TransientError,
     TransportError,
 )
-from fspl_gateway.fsutil import TMP_PREFIX
+from fspl_gateway.core.fsutil import TMP_PREFIX
 
 log = logging.getLogger(__name__)
 

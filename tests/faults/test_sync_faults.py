@@ -21,8 +21,8 @@ from pathlib import Path
 
 import pytest
 
-from fspl_gateway import queue as q
-from fspl_gateway.fsutil import TMP_PREFIX
+from fspl_gateway.core import queue as q
+from fspl_gateway.core.fsutil import TMP_PREFIX
 from tests.unit.test_sync import job_set, make_remote, remote_jobs, run_cli
 
 KILLS = int(os.environ.get("FSPL_GW_FAULT_TRIALS", "20"))
@@ -33,11 +33,11 @@ JOB_SIZE = 75_000
 
 def cli_cmd() -> list[str]:
     try:
-        import fspl_gateway.cli  # noqa: F401
+        import fspl_gateway.cli.main  # noqa: F401
 
         return [sys.executable, "-m", "fspl_gateway"]
     except ImportError:
-        return [sys.executable, "-m", "fspl_gateway.cli_sync"]
+        return [sys.executable, "-m", "fspl_gateway.cli.sync"]
 
 
 def job_files(d: Path) -> dict[str, bytes]:
@@ -167,7 +167,7 @@ def test_file_size_limit_is_a_clean_error(tmp_path: Path) -> None:
         "import resource, signal, sys\n"
         "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
         "resource.setrlimit(resource.RLIMIT_FSIZE, (500_000, 500_000))\n"
-        "from fspl_gateway.cli_sync import main\n"
+        "from fspl_gateway.cli.sync import main\n"
         "sys.exit(main(sys.argv[1:]))\n")
     r = subprocess.run([sys.executable, "-c", code, "sync", "-t", "local", "-r", str(remote),
                         "-q", str(qdir), "--concurrency", "1"],

@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 from fspl_gateway.transports.local import LocalTransport
 
-from fspl_gateway import queue as q
-from fspl_gateway.journal import Journal
-from fspl_gateway.sync import SyncOptions, pull
+from fspl_gateway.core import queue as q
+from fspl_gateway.gateway.journal import Journal
+from fspl_gateway.gateway.pull import SyncOptions, pull
 from tests.unit.test_sync import job_set, local_jobs, make_remote, remote_jobs
 
 
@@ -60,7 +60,7 @@ def test_death_after_linking_then_processing_does_not_fetch_again(
     """The real engine dies right after linking a batch into jobs/ (before journaling
     it); the processor then runs and removes those jobs; the next sync must not bring
     them back."""
-    import fspl_gateway.sync as sync_mod
+    import fspl_gateway.gateway.pull as sync_mod
 
     src = job_set(5)
     remote = make_remote(tmp_path / "remote", src)

@@ -13,7 +13,7 @@ from pathlib import Path
 import msgpack
 import pytest
 
-from fspl_gateway.packet import Command, encode_header, read_header
+from fspl_gateway.core.packet import Command, encode_header, read_header
 
 from .util import TOOLS, ok, run
 

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from fspl_gateway import queue as q
-from fspl_gateway.errors import JobFailedError, LockBusyError
-from fspl_gateway.parallel import DisperseOpts, disperse, handoff_dir, pending
-from fspl_gateway.seqfile import SeqFile, read_unlocked
+from fspl_gateway.core import queue as q
+from fspl_gateway.core.errors import JobFailedError, LockBusyError
+from fspl_gateway.core.seqfile import SeqFile, read_unlocked
+from fspl_gateway.gateway.disperse import DisperseOpts, disperse, handoff_dir, pending
 from tests.helpers import run_gw
 from tests.parallel.util import add_jobs, job_names
 

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from fspl_gateway.multihost import claim_name, parse_claim
-from fspl_gateway.packet import Meta, encode_header, make_command
+from fspl_gateway.core.packet import Meta, encode_header, make_command
+from fspl_gateway.gateway.multihost import claim_name, parse_claim
 
 JOB = r'''
 echo "start $FSPL_PARAM_1 $FSPL_GW_HOST_ID $(date +%s.%N)" >> "$LOG"
@@ -76,7 +76,7 @@ def test_claim_names_round_trip() -> None:
 
 def test_two_hosts_share_a_queue_one_dies_mid_lease(remote: Remote, tmp_path: Path) -> None:
     total = 16
-    from fspl_gateway.queue import new_job_filename
+    from fspl_gateway.core.queue import new_job_filename
 
     for s in range(1, total + 1):
         remote.put(new_job_filename(), _packet(s))

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from fspl_gateway import queue as q
+from fspl_gateway.core import queue as q
 from tests.parallel.util import add_jobs, job_names
 
 # Each job logs "start <seq> <queuedir> <file> <t>" and "end <seq> <queuedir> <file> <t>".

@@ -5,9 +5,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from fspl_gateway import queue as q
-from fspl_gateway.fsutil import atomic_write
-from fspl_gateway.packet import Meta, encode_header, make_command
+from fspl_gateway.core import queue as q
+from fspl_gateway.core.fsutil import atomic_write
+from fspl_gateway.core.packet import Meta, encode_header, make_command
 
 
 def add_jobs(qdir: Path, seqs: range | list[int], *, env: dict[int, dict[bytes, bytes]] | None = None,

@@ -26,7 +26,7 @@ from pathlib import Path
 import pytest
 from fspl_gateway.transports.base import RemoteEntry, Transport, is_job_name
 
-from fspl_gateway.errors import (
+from fspl_gateway.core.errors import (
     NotSupportedError,
     RemoteExistsError,
     RemoteNotFoundError,

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from fspl_gateway.errors import (
+from fspl_gateway.core.errors import (
     AuthError,
     ConfigError,
     IntegrityError,
@@ -93,7 +93,7 @@ def test_content_hash_known_values() -> None:
 # -- module hygiene -------------------------------------------------------------------
 def test_sdk_is_loaded_only_by_the_transport() -> None:
     code = ("import sys, fspl_gateway, fspl_gateway.transports, fspl_gateway.transports.base, "
-            "fspl_gateway.errors; assert 'dropbox' not in sys.modules, 'sdk loaded'; "
+            "fspl_gateway.core.errors; assert 'dropbox' not in sys.modules, 'sdk loaded'; "
             "from fspl_gateway.transports.base import load; cls = load('dropbox'); "
             "import dropbox; assert hasattr(dropbox, 'Dropbox'), dropbox; "
             "assert cls.__module__ == 'fspl_gateway.transports.dropbox'; print(cls.name)")

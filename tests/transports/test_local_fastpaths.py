@@ -12,9 +12,9 @@ from fspl_gateway.transports import local as local_mod
 from fspl_gateway.transports.base import RemoteEntry
 from fspl_gateway.transports.local import LocalTransport, fs_type
 
-from fspl_gateway import queue as q
-from fspl_gateway.errors import IntegrityError
-from fspl_gateway.sync import RetryPolicy, SyncOptions, pull
+from fspl_gateway.core import queue as q
+from fspl_gateway.core.errors import IntegrityError
+from fspl_gateway.gateway.pull import RetryPolicy, SyncOptions, pull
 from tests.unit.test_sync import job_set, local_jobs, make_remote, remote_jobs
 
 
@@ -120,7 +120,7 @@ def test_pull_links_and_leaves_one_name(remote: Path, tmp_path: Path) -> None:
         st = (qdir / "jobs" / n).stat()
         assert st.st_ino == ino and st.st_nlink == 1  # linked, not copied
     assert os.listdir(qdir / ".fspl-gw" / "staging") == []
-    from fspl_gateway import journal as jr
+    from fspl_gateway.gateway import journal as jr
 
     with jr.Journal(str(qdir)) as j:
         recs = j.known("pull", f"local:{remote}")

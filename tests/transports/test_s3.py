@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from fspl_gateway.errors import (
+from fspl_gateway.core.errors import (
     AuthError,
     ConfigError,
     IntegrityError,

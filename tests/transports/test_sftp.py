@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 
-from fspl_gateway.errors import (
+from fspl_gateway.core.errors import (
     AuthError,
     ConfigError,
     HostKeyError,
@@ -32,7 +32,7 @@ from fspl_gateway.errors import (
     TransientError,
     TransportError,
 )
-from fspl_gateway.fsutil import TMP_PREFIX
+from fspl_gateway.core.fsutil import TMP_PREFIX
 from tests.fixtures.sshd import SSHD, SFTPQueue, make_sshd
 from tests.helpers import PatternReader
 

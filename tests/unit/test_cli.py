@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from fspl_gateway.packet import Command, Meta, encode_header, read_header
+from fspl_gateway.core.packet import Command, Meta, encode_header, read_header
 from tests.helpers import FSPL_GW, run_gw
 
 

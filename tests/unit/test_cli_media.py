@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from fspl_gateway import queue as q
+from fspl_gateway.core import queue as q
 from tests.helpers import run_gw
 
 

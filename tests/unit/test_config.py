@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from fspl_gateway import config
-from fspl_gateway.errors import ConfigError
+from fspl_gateway.core.errors import ConfigError
+from fspl_gateway.gateway import config
 from tests.unit.test_sync import job_set, local_jobs, make_remote, run_cli
 
 SECRET = "s3cr3t-value-never-shown"

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from fspl_gateway.fsutil import (
+from fspl_gateway.core.fsutil import (
     TMP_PREFIX,
     AtomicWriter,
     atomic_write,
@@ -151,7 +151,7 @@ def test_copy_fd_flush_behind_copies_every_byte(tmp_path) -> None:
     import os
     import threading
 
-    from fspl_gateway.fsutil import FLUSH_BEHIND, copy_fd
+    from fspl_gateway.core.fsutil import FLUSH_BEHIND, copy_fd
 
     data = os.urandom(1 << 20) * (FLUSH_BEHIND // (1 << 20) * 2 + 3)  # > 2 windows
     src = tmp_path / "src"

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from fspl_gateway import journal as jr
-from fspl_gateway.errors import QueueError
+from fspl_gateway.core.errors import QueueError
+from fspl_gateway.gateway import journal as jr
 
 
 def test_record_lookup_and_persistence(tmp_path: Path) -> None:

@@ -1,4 +1,4 @@
-"""Media export/verify (fspl_gateway.media), the media transport's reading rules, and the
+"""Media export/verify (fspl_gateway.gateway.media), the media transport's reading rules, and the
 local transport's specifics (missing remote, temporaries clean-up)."""
 
 from __future__ import annotations
@@ -16,15 +16,15 @@ import pytest
 from fspl_gateway.transports.local import LocalTransport
 from fspl_gateway.transports.media import MediaTransport
 
-from fspl_gateway import packet
-from fspl_gateway.errors import (
+from fspl_gateway.core import packet
+from fspl_gateway.core.errors import (
     NotSupportedError,
     RemoteExistsError,
     RemoteNotFoundError,
     TransportError,
 )
-from fspl_gateway.fsutil import TMP_PREFIX
-from fspl_gateway.media import export_dir, export_iso, verify_manifest
+from fspl_gateway.core.fsutil import TMP_PREFIX
+from fspl_gateway.gateway.media import export_dir, export_iso, verify_manifest
 from tests.helpers import run_fspl, sha256_file
 
 MiB = 1 << 20
@@ -455,8 +455,8 @@ def test_export_dir_file_size_limit_keeps_outbox(tmp_path: Path) -> None:
         import resource, signal, sys
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
         resource.setrlimit(resource.RLIMIT_FSIZE, ({MiB}, {MiB}))
-        from fspl_gateway.errors import TransportError
-        from fspl_gateway.media import export_dir
+        from fspl_gateway.core.errors import TransportError
+        from fspl_gateway.gateway.media import export_dir
         try:
             export_dir({str(ob)!r}, {str(stick)!r})
         except TransportError as e:
@@ -552,7 +552,7 @@ def ro_view(tmp_path: Path) -> Iterator[object]:
 
 def test_import_dir_round_trip_never_writes(tmp_path: Path, queue: Path, fspl_bin: str,
                                             ro_view: object) -> None:
-    from fspl_gateway.media import import_media
+    from fspl_gateway.gateway.media import import_media
 
     names = job_names(3)
     ob = make_outbox(tmp_path, {n: os.urandom(30_000) for n in names})
@@ -576,7 +576,7 @@ def test_import_dir_round_trip_never_writes(tmp_path: Path, queue: Path, fspl_bi
 
 
 def test_import_iso(tmp_path: Path, queue: Path) -> None:
-    from fspl_gateway.media import import_media
+    from fspl_gateway.gateway.media import import_media
 
     names = job_names(3)
     ob = make_outbox(tmp_path, {n: os.urandom(2 * MiB + i) for i, n in enumerate(names)})
@@ -591,7 +591,7 @@ def test_import_iso(tmp_path: Path, queue: Path) -> None:
 
 
 def test_import_refuses_rotten_media_unless_good_only(tmp_path: Path, queue: Path) -> None:
-    from fspl_gateway.media import MediaCheckError, import_media
+    from fspl_gateway.gateway.media import MediaCheckError, import_media
 
     names = job_names(3)
     ob = make_outbox(tmp_path, {n: os.urandom(10_000) for n in names})
@@ -616,7 +616,7 @@ def test_import_refuses_rotten_media_unless_good_only(tmp_path: Path, queue: Pat
 
 
 def test_import_without_manifest(tmp_path: Path, queue: Path) -> None:
-    from fspl_gateway.media import MediaCheckError, import_media
+    from fspl_gateway.gateway.media import MediaCheckError, import_media
 
     stick = tmp_path / "stick"
     (stick / "jobs").mkdir(parents=True)
@@ -634,8 +634,8 @@ def test_import_rechecks_while_fetching(tmp_path: Path) -> None:
     """Bytes that change between the manifest check and the copy are caught."""
     import io
 
-    from fspl_gateway.errors import IntegrityError
-    from fspl_gateway.media import _CheckedMedia
+    from fspl_gateway.core.errors import IntegrityError
+    from fspl_gateway.gateway.media import _CheckedMedia
 
     stick = tmp_path / "stick"
     (stick / "jobs").mkdir(parents=True)

@@ -12,8 +12,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from fspl_gateway.errors import PacketError
-from fspl_gateway.packet import (
+from fspl_gateway.core.errors import PacketError
+from fspl_gateway.core.packet import (
     MAGIC,
     MAX_META_LEN,
     PREFIX_LEN,
@@ -301,11 +301,11 @@ def test_read_header_path_handles_headers_past_the_first_read(tmp_path) -> None:
     decode, and a truncated one must still fail."""
     import pytest as _pytest
 
-    from fspl_gateway.errors import PacketError as _PacketError
-    from fspl_gateway.packet import Meta as _Meta
-    from fspl_gateway.packet import encode_header as _enc
-    from fspl_gateway.packet import make_command as _mk
-    from fspl_gateway.packet import read_header_path as _rhp
+    from fspl_gateway.core.errors import PacketError as _PacketError
+    from fspl_gateway.core.packet import Meta as _Meta
+    from fspl_gateway.core.packet import encode_header as _enc
+    from fspl_gateway.core.packet import make_command as _mk
+    from fspl_gateway.core.packet import read_header_path as _rhp
 
     meta = _Meta(seq=7, ctime=(1, 2), cmd=_mk([b"p" * 1000] * 200))
     data = _enc(meta)

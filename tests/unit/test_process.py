@@ -10,11 +10,17 @@ from pathlib import Path
 
 import pytest
 
-from fspl_gateway import queue as q
-from fspl_gateway.errors import JobFailedError, LockBusyError, QueueError, SeqFileError
-from fspl_gateway.packet import Command, Meta, encode_header
-from fspl_gateway.process import ProcessOpts, QueueProcessOpts, build_env, queue_process, run_job
-from fspl_gateway.seqfile import SeqFile, read_unlocked
+from fspl_gateway.core import queue as q
+from fspl_gateway.core.errors import JobFailedError, LockBusyError, QueueError, SeqFileError
+from fspl_gateway.core.packet import Command, Meta, encode_header
+from fspl_gateway.core.process import (
+    ProcessOpts,
+    QueueProcessOpts,
+    build_env,
+    queue_process,
+    run_job,
+)
+from fspl_gateway.core.seqfile import SeqFile, read_unlocked
 
 from .test_queue import put_job
 

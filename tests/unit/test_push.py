@@ -1,4 +1,4 @@
-"""The push engine (fspl_gateway.push) against the real LocalTransport."""
+"""The push engine (fspl_gateway.gateway.push) against the real LocalTransport."""
 
 from __future__ import annotations
 
@@ -12,11 +12,11 @@ import pytest
 from fspl_gateway.transports.base import Capabilities, RemoteEntry
 from fspl_gateway.transports.local import LocalTransport
 
-from fspl_gateway import journal as jr
-from fspl_gateway import queue as q
-from fspl_gateway.errors import AuthError, NotSupportedError, TransientError
-from fspl_gateway.push import PushOptions, push
-from fspl_gateway.sync import take_run_lock
+from fspl_gateway.core import queue as q
+from fspl_gateway.core.errors import AuthError, NotSupportedError, TransientError
+from fspl_gateway.gateway import journal as jr
+from fspl_gateway.gateway.pull import take_run_lock
+from fspl_gateway.gateway.push import PushOptions, push
 from tests.unit.test_sync import (
     FAST,
     CountingTransport,
@@ -210,7 +210,7 @@ def test_push_dry_run_max_jobs_lock(outbox: Path, remote: Path) -> None:
 
 
 def test_push_then_pull_roundtrip(outbox: Path, remote: Path, queue: Path) -> None:
-    from fspl_gateway.sync import SyncOptions, pull
+    from fspl_gateway.gateway.pull import SyncOptions, pull
 
     src = job_set(10, size=5000)
     fill(outbox, src)

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from fspl_gateway import queue as q
-from fspl_gateway.errors import QueueError, SeqFileError
-from fspl_gateway.packet import Meta, encode_header
-from fspl_gateway.seqfile import SeqFile
+from fspl_gateway.core import queue as q
+from fspl_gateway.core.errors import QueueError, SeqFileError
+from fspl_gateway.core.packet import Meta, encode_header
+from fspl_gateway.core.seqfile import SeqFile
 
 
 def put_job(qdir: Path, seq: int, payload: bytes = b"", name: str | None = None,

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from fspl_gateway.errors import LockBusyError, SeqFileError
-from fspl_gateway.seqfile import SeqFile, acquire_lock, read_unlocked
+from fspl_gateway.core.errors import LockBusyError, SeqFileError
+from fspl_gateway.core.seqfile import SeqFile, acquire_lock, read_unlocked
 
 
 def test_create_starts_at_one(tmp_path: Path) -> None:

@@ -1,4 +1,4 @@
-"""The pull engine (fspl_gateway.sync) against the real LocalTransport."""
+"""The pull engine (fspl_gateway.gateway.pull) against the real LocalTransport."""
 
 from __future__ import annotations
 
@@ -17,9 +17,8 @@ import pytest
 from fspl_gateway.transports.base import RemoteEntry
 from fspl_gateway.transports.local import LocalTransport
 
-from fspl_gateway import journal as jr
-from fspl_gateway import queue as q
-from fspl_gateway.errors import (
+from fspl_gateway.core import queue as q
+from fspl_gateway.core.errors import (
     AuthError,
     IntegrityError,
     LockBusyError,
@@ -27,10 +26,11 @@ from fspl_gateway.errors import (
     TransientError,
     UsageError,
 )
-from fspl_gateway.fsutil import TMP_PREFIX
-from fspl_gateway.packet import Meta, encode_header
-from fspl_gateway.seqfile import SeqFile
-from fspl_gateway.sync import RetryPolicy, SyncOptions, pull, take_run_lock
+from fspl_gateway.core.fsutil import TMP_PREFIX
+from fspl_gateway.core.packet import Meta, encode_header
+from fspl_gateway.core.seqfile import SeqFile
+from fspl_gateway.gateway import journal as jr
+from fspl_gateway.gateway.pull import RetryPolicy, SyncOptions, pull, take_run_lock
 
 FAST = RetryPolicy(attempts=5, backoff=0.001, backoff_max=0.01)
 
@@ -445,7 +445,7 @@ def test_auth_error_aborts(remote: Path, queue: Path) -> None:
 
 
 def test_remote_missing_is_an_error(tmp_path: Path, queue: Path) -> None:
-    from fspl_gateway.errors import RemoteNotFoundError
+    from fspl_gateway.core.errors import RemoteNotFoundError
 
     with pytest.raises(RemoteNotFoundError):
         pull(LocalTransport(str(tmp_path / "absent")), queue, opts())
@@ -495,11 +495,11 @@ def test_stale_temporaries_are_cleaned(remote: Path, queue: Path) -> None:
 def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     """``fspl-gw ARGS``: the main CLI when it exists, else cli_sync's stand-alone entry."""
     try:
-        import fspl_gateway.cli  # noqa: F401
+        import fspl_gateway.cli.main  # noqa: F401
 
         cmd = [sys.executable, "-m", "fspl_gateway"]
     except ImportError:
-        cmd = [sys.executable, "-m", "fspl_gateway.cli_sync"]
+        cmd = [sys.executable, "-m", "fspl_gateway.cli.sync"]
     full_env = {**os.environ, "XDG_CONFIG_HOME": "/nonexistent-fspl-gw-test", **(env or {})}
     return subprocess.run([*cmd, *args], capture_output=True, text=True, env=full_env,
                           timeout=60)
@@ -565,7 +565,7 @@ def test_cli_sync_options(remote: Path, aoq: Path) -> None:
 @pytest.mark.parametrize("backend_name", ["s3", "sftp", "dropbox"])
 def test_push_then_pull_over_a_server(backend_name: str, request: pytest.FixtureRequest,
                                       tmp_path: Path, queue: Path) -> None:
-    from fspl_gateway.push import PushOptions, push
+    from fspl_gateway.gateway.push import PushOptions, push
 
     try:
         backend = request.getfixturevalue(f"backend_{backend_name}")

@@ -15,8 +15,8 @@ import click
 import pytest
 import yaml
 
-from fspl_gateway import pipelines
-from fspl_gateway.cli import cli
+from fspl_gateway.cli.main import cli
+from fspl_gateway.gateway.watch import pipelines
 from tests.watch.util import ROOT
 
 SHELL_OPS = {"&&", "||", ";", "|", "&"}

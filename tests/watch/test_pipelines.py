@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from fspl_gateway import pipelines
-from fspl_gateway.errors import ConfigError
+from fspl_gateway.core.errors import ConfigError
+from fspl_gateway.gateway.watch import pipelines
 from tests.watch.util import write_config
 
 REMOTE = '[remotes.r]\ntransport = "local"\nlocation = "/srv/r"\n'

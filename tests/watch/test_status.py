@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 from fspl_gateway.transports.local import LocalTransport
 
-from fspl_gateway.journal import last_runs
-from fspl_gateway.queue import queue_init
-from fspl_gateway.seqfile import SeqFile
-from fspl_gateway.sync import SyncOptions, pull
+from fspl_gateway.core.queue import queue_init
+from fspl_gateway.core.seqfile import SeqFile
+from fspl_gateway.gateway.journal import last_runs
+from fspl_gateway.gateway.pull import SyncOptions, pull
 from tests.helpers import run_gw
 from tests.watch.util import put_job, toml_str, write_config
 
@@ -157,7 +157,7 @@ def test_status_imports_no_sdk(gapped: dict[str, object]) -> None:
     import subprocess
     import sys
 
-    code = ("import sys\nfrom fspl_gateway.cli import main\n"
+    code = ("import sys\nfrom fspl_gateway.cli.main import main\n"
             "try:\n    main(['status', '-q', sys.argv[1], '--json'])\nexcept SystemExit:\n    pass\n"
             "bad = [m for m in ('boto3', 'botocore', 'paramiko', 'dropbox', 'watchdog', 'rich')"
             " if m in sys.modules]\nprint('LOADED', bad, file=sys.stderr)\n")

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from fspl_gateway.media import export_dir
-from fspl_gateway.queue import queue_init
-from fspl_gateway.seqfile import read_unlocked
+from fspl_gateway.core.queue import queue_init
+from fspl_gateway.core.seqfile import read_unlocked
+from fspl_gateway.gateway.media import export_dir
 from tests.helpers import PatternReader, run_gw, sha256_file
 from tests.watch.util import (
     Watch,

@@ -11,9 +11,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from fspl_gateway.fsutil import AtomicWriter
-from fspl_gateway.packet import Meta, encode_header, make_command
-from fspl_gateway.queue import new_job_filename
+from fspl_gateway.core.fsutil import AtomicWriter
+from fspl_gateway.core.packet import Meta, encode_header, make_command
+from fspl_gateway.core.queue import new_job_filename
 
 ROOT = Path(__file__).resolve().parents[2]
 

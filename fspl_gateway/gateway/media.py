@@ -12,7 +12,7 @@ names are generated (``/JOBS/J0000001.FSP;1``, ``/MANIFEST.SHA;1``).  A name tha
 cannot hold (over 64 characters, or ``*/:;?\\``) is in Rock Ridge only.
 
 Functions (the CLI's ``fspl-gw export`` / ``import`` call these; every failure is an
-:class:`~fspl_gateway.errors.FsplError` with a one-line message):
+:class:`~fspl_gateway.core.errors.FsplError` with a one-line message):
 
 * :func:`export_dir` ``(outbox_queue_dir, dest_dir, *, keep=False) -> ExportResult``
 * :func:`export_iso` ``(outbox_queue_dir, iso_path, *, keep=False, overwrite=False,
@@ -43,7 +43,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO
 
-from fspl_gateway.errors import (
+from fspl_gateway.core.errors import (
     IntegrityError,
     NotSupportedError,
     PacketError,
@@ -52,8 +52,8 @@ from fspl_gateway.errors import (
     RemoteNotFoundError,
     TransportError,
 )
-from fspl_gateway.fsutil import TMP_PREFIX, AtomicWriter, fsync_dir, write_all
-from fspl_gateway.packet import read_header_path
+from fspl_gateway.core.fsutil import TMP_PREFIX, AtomicWriter, fsync_dir, write_all
+from fspl_gateway.core.packet import read_header_path
 from fspl_gateway.transports.base import Capabilities, RemoteEntry, Transport, is_job_name
 from fspl_gateway.transports.media import (
     JOBS_DIR,
@@ -591,13 +591,13 @@ def import_media(source: str, queue_dir: str, *, good_only: bool = False,
     :attr:`ImportResult.rejected`.  Without a manifest and with
     ``require_manifest=False`` every job is imported unchecked.
 
-    The jobs are then pulled by :func:`fspl_gateway.sync.pull` (``opts``: a
-    :class:`~fspl_gateway.sync.SyncOptions`; its ``after_fetch`` is forced to ``keep``),
+    The jobs are then pulled by :func:`fspl_gateway.gateway.pull.pull` (``opts``: a
+    :class:`~fspl_gateway.gateway.pull.SyncOptions`; its ``after_fetch`` is forced to ``keep``),
     each job's sha256 being checked again as it is copied.
     """
     import dataclasses
 
-    from fspl_gateway import sync
+    from fspl_gateway.gateway import pull as sync
 
     media = MediaTransport(source, {"read_only": True})
     try:

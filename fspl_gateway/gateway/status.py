@@ -7,7 +7,7 @@ landed in ``jobs/``), the quarantined files and the last sync/push of each remot
 the journal).
 
 Read-only and lock-free: ``nextseq`` is read without its lock
-(:func:`fspl_gateway.seqfile.read_unlocked`), job headers are read as ``queue-ls`` does,
+(:func:`fspl_gateway.core.seqfile.read_unlocked`), job headers are read as ``queue-ls`` does,
 the journal is opened only if it exists.  No transport (and so no SDK) is imported.
 """
 
@@ -19,11 +19,11 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from fspl_gateway import queue as q
-from fspl_gateway import seqfile
-from fspl_gateway.errors import FsplError, PacketError, QueueError
-from fspl_gateway.fsutil import atomic_write
-from fspl_gateway.journal import gw_dir, last_runs
+from fspl_gateway.core import queue as q
+from fspl_gateway.core import seqfile
+from fspl_gateway.core.errors import FsplError, PacketError, QueueError
+from fspl_gateway.core.fsutil import atomic_write
+from fspl_gateway.gateway.journal import gw_dir, last_runs
 
 QUARANTINE = "quarantine"
 

@@ -13,18 +13,18 @@ from typing import Any, NoReturn
 import click
 
 from fspl_gateway import FSPL_COMPAT_VERSION, __version__
-from fspl_gateway.errors import EXIT_ERROR, FsplError
+from fspl_gateway.core.errors import EXIT_ERROR, FsplError
 
 #: Gateway commands: name → "module:attribute" of a click.Command, imported on use.
 LAZY_COMMANDS = {
-    "sync": ("fspl_gateway.cli_sync:sync_cmd", "Pull jobs from a remote queue into a local queue"),
-    "push": ("fspl_gateway.cli_sync:push_cmd", "Push an outbox's jobs to a remote queue"),
-    "export": ("fspl_gateway.cli_media:export_cmd", "Export an outbox to a USB directory or an ISO image"),
-    "import": ("fspl_gateway.cli_media:import_cmd", "Import jobs from a USB directory or an ISO image"),
-    "disperse": ("fspl_gateway.cli_parallel:disperse_cmd", "Hand jobs from one queue to worker queues"),
-    "workers": ("fspl_gateway.cli_parallel:workers_cmd", "Process one queue with N parallel workers"),
-    "watch": ("fspl_gateway.cli_watch:watch_cmd", "Run the gateway's pipelines continuously"),
-    "status": ("fspl_gateway.cli_watch:status_cmd", "Show queue and remote status"),
+    "sync": ("fspl_gateway.cli.sync:sync_cmd", "Pull jobs from a remote queue into a local queue"),
+    "push": ("fspl_gateway.cli.sync:push_cmd", "Push an outbox's jobs to a remote queue"),
+    "export": ("fspl_gateway.cli.media:export_cmd", "Export an outbox to a USB directory or an ISO image"),
+    "import": ("fspl_gateway.cli.media:import_cmd", "Import jobs from a USB directory or an ISO image"),
+    "disperse": ("fspl_gateway.cli.parallel:disperse_cmd", "Hand jobs from one queue to worker queues"),
+    "workers": ("fspl_gateway.cli.parallel:workers_cmd", "Process one queue with N parallel workers"),
+    "watch": ("fspl_gateway.cli.watch:watch_cmd", "Run the gateway's pipelines continuously"),
+    "status": ("fspl_gateway.cli.watch:status_cmd", "Show queue and remote status"),
 }
 
 LICENSE_TEXT = """fspl-gateway {v}
@@ -73,7 +73,7 @@ def _version(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
 
 
 def _level(_ctx: click.Context, _param: click.Parameter, value: str) -> int:
-    from fspl_gateway.log import parse_level
+    from fspl_gateway.core.log import parse_level
 
     try:
         return parse_level(value)
@@ -92,7 +92,7 @@ CONTEXT = {"help_option_names": ["-h", "--help"]}
 def cli(level: int) -> None:
     """fspl-gw: a Filespooler-compatible job queue, and a gateway that moves job files
     over S3, SFTP, Dropbox, local directories, USB sticks and CDs."""
-    from fspl_gateway.log import setup
+    from fspl_gateway.core.log import setup
 
     setup(level)
 
@@ -142,14 +142,14 @@ def _out() -> Any:
 def _next_seq(seqfile: str, wait: float) -> int:
     if seqfile == "-":
         return 1
-    from fspl_gateway.seqfile import SeqFile
+    from fspl_gateway.core.seqfile import SeqFile
 
     with SeqFile(seqfile, wait=wait) as sf:
         return sf.increment()
 
 
 def _emit_header(meta: Any) -> None:
-    from fspl_gateway.packet import encode_header
+    from fspl_gateway.core.packet import encode_header
 
     out = _out()
     out.write(encode_header(meta))
@@ -163,8 +163,8 @@ def _emit_header(meta: Any) -> None:
 @click.argument("params", nargs=-1, metavar="[-- PARAMS]...")
 def prepare_cmd(seqfile: str, input_: str | None, wait_lock: float, params: tuple[str, ...]) -> None:
     """Write a job packet to stdout (FSPL_SET_* variables are carried along)."""
-    from fspl_gateway.fsutil import copy_fd
-    from fspl_gateway.packet import Meta, env_from_environ, make_command
+    from fspl_gateway.core.fsutil import copy_fd
+    from fspl_gateway.core.packet import Meta, env_from_environ, make_command
 
     src = None
     if input_ is not None and input_ != "-":
@@ -184,7 +184,7 @@ def prepare_cmd(seqfile: str, input_: str | None, wait_lock: float, params: tupl
 @wait_lock_opt
 def prepare_nop_cmd(seqfile: str, wait_lock: float) -> None:
     """Write a NOP packet (always succeeds) to stdout."""
-    from fspl_gateway.packet import Meta
+    from fspl_gateway.core.packet import Meta
 
     _emit_header(Meta(seq=_next_seq(seqfile, wait_lock), cmd="NOP"))
 
@@ -194,7 +194,7 @@ def prepare_nop_cmd(seqfile: str, wait_lock: float) -> None:
 @wait_lock_opt
 def prepare_fail_cmd(seqfile: str, wait_lock: float) -> None:
     """Write a Fail packet (always fails) to stdout."""
-    from fspl_gateway.packet import Meta
+    from fspl_gateway.core.packet import Meta
 
     _emit_header(Meta(seq=_next_seq(seqfile, wait_lock), cmd="Fail"))
 
@@ -204,7 +204,7 @@ def prepare_fail_cmd(seqfile: str, wait_lock: float) -> None:
 @wait_lock_opt
 def prepare_get_next_cmd(seqfile: str, wait_lock: float) -> None:
     """Print the next sequence number prepare will use."""
-    from fspl_gateway.seqfile import SeqFile
+    from fspl_gateway.core.seqfile import SeqFile
 
     with SeqFile(seqfile, wait=wait_lock) as sf:
         click.echo(sf.next)
@@ -216,7 +216,7 @@ def prepare_get_next_cmd(seqfile: str, wait_lock: float) -> None:
 @click.argument("nextid", type=click.IntRange(0, 2**64 - 1), metavar="ID")
 def prepare_set_next_cmd(seqfile: str, wait_lock: float, nextid: int) -> None:
     """Set the next sequence number prepare will use."""
-    from fspl_gateway.seqfile import SeqFile
+    from fspl_gateway.core.seqfile import SeqFile
 
     with SeqFile(seqfile, wait=wait_lock) as sf:
         sf.set(nextid)
@@ -228,7 +228,7 @@ def prepare_set_next_cmd(seqfile: str, wait_lock: float, nextid: int) -> None:
 @click.option("--append-only", is_flag=True, help="No sequence file: a queue only written to.")
 def queue_init_cmd(queuedir: str, append_only: bool) -> None:
     """Create a queue directory."""
-    from fspl_gateway.queue import queue_init
+    from fspl_gateway.core.queue import queue_init
 
     queue_init(queuedir, append_only)
 
@@ -237,7 +237,7 @@ def queue_init_cmd(queuedir: str, append_only: bool) -> None:
 @queuedir_opt
 def queue_write_cmd(queuedir: str) -> None:
     """Save a packet from stdin into the queue (appears whole or not at all)."""
-    from fspl_gateway.queue import queue_write
+    from fspl_gateway.core.queue import queue_write
 
     queue_write(queuedir, 0)
 
@@ -247,7 +247,7 @@ def queue_write_cmd(queuedir: str) -> None:
 @decoder_opt
 def queue_ls_cmd(queuedir: str, decoder: str | None) -> None:
     """List the jobs in a queue, by sequence number."""
-    from fspl_gateway.queue import scan
+    from fspl_gateway.core.queue import scan
 
     jobs = sorted(scan(queuedir, decoder), key=lambda j: j.meta.seq)
     out = _out()
@@ -265,7 +265,7 @@ def queue_ls_cmd(queuedir: str, decoder: str | None) -> None:
 @job_opt
 def queue_info_cmd(queuedir: str, decoder: str | None, job: int) -> None:
     """Show the metadata of one job as shell-style variables."""
-    from fspl_gateway.queue import find_job
+    from fspl_gateway.core.queue import find_job
 
     j = find_job(queuedir, job, decoder)
     out = _out()
@@ -279,8 +279,8 @@ def queue_info_cmd(queuedir: str, decoder: str | None, job: int) -> None:
 @job_opt
 def queue_payload_cmd(queuedir: str, decoder: str | None, job: int) -> None:
     """Write one job's payload to stdout."""
-    from fspl_gateway.fsutil import copy_fd
-    from fspl_gateway.queue import find_job, open_job
+    from fspl_gateway.core.fsutil import copy_fd
+    from fspl_gateway.core.queue import find_job, open_job
 
     j = find_job(queuedir, job, decoder)
     sys.stdout.flush()
@@ -293,8 +293,8 @@ def queue_payload_cmd(queuedir: str, decoder: str | None, job: int) -> None:
 @wait_lock_opt
 def queue_get_next_cmd(queuedir: str, wait_lock: float) -> None:
     """Print the queue's next sequence number."""
-    from fspl_gateway.queue import seqfile_path
-    from fspl_gateway.seqfile import SeqFile
+    from fspl_gateway.core.queue import seqfile_path
+    from fspl_gateway.core.seqfile import SeqFile
 
     with SeqFile(seqfile_path(queuedir), create_lock=False, wait=wait_lock) as sf:
         click.echo(sf.next)
@@ -306,8 +306,8 @@ def queue_get_next_cmd(queuedir: str, wait_lock: float) -> None:
 @click.argument("nextid", type=click.IntRange(0, 2**64 - 1), metavar="ID")
 def queue_set_next_cmd(queuedir: str, wait_lock: float, nextid: int) -> None:
     """Set the queue's next sequence number."""
-    from fspl_gateway.queue import seqfile_path
-    from fspl_gateway.seqfile import SeqFile
+    from fspl_gateway.core.queue import seqfile_path
+    from fspl_gateway.core.seqfile import SeqFile
 
     with SeqFile(seqfile_path(queuedir), create_lock=False, wait=wait_lock) as sf:
         sf.set(nextid)
@@ -332,7 +332,7 @@ def queue_process_cmd(queuedir: str, decoder: str | None, on_error: str, order_b
                       allow_job_params: bool, ignore_payload: bool, timeout: int | None,
                       command: str, params: tuple[str, ...]) -> None:
     """Run the queue's jobs through COMMAND."""
-    from fspl_gateway.process import ProcessOpts, QueueProcessOpts, queue_process
+    from fspl_gateway.core.process import ProcessOpts, QueueProcessOpts, queue_process
 
     proc = ProcessOpts(command, list(params), allow_job_params, ignore_payload, timeout)
     queue_process(QueueProcessOpts(queuedir, proc, decoder, on_error.lower(), order_by.lower(),
@@ -343,7 +343,7 @@ def queue_process_cmd(queuedir: str, decoder: str | None, on_error: str, order_b
 @cli.command("stdin-info", context_settings=CONTEXT)
 def stdin_info_cmd() -> None:
     """Show the metadata of the packet on stdin."""
-    from fspl_gateway.packet import read_header_fd
+    from fspl_gateway.core.packet import read_header_fd
 
     meta, _ = read_header_fd(0)
     out = _out()
@@ -354,8 +354,8 @@ def stdin_info_cmd() -> None:
 @cli.command("stdin-payload", context_settings=CONTEXT)
 def stdin_payload_cmd() -> None:
     """Write the payload of the packet on stdin to stdout."""
-    from fspl_gateway.fsutil import copy_fd
-    from fspl_gateway.packet import read_header_fd
+    from fspl_gateway.core.fsutil import copy_fd
+    from fspl_gateway.core.packet import read_header_fd
 
     read_header_fd(0)
     copy_fd(0, 1)
@@ -366,7 +366,7 @@ def stdin_payload_cmd() -> None:
 def stdin_process_cmd(allow_job_params: bool, ignore_payload: bool, timeout: int | None,
                       command: str, params: tuple[str, ...]) -> None:
     """Run the packet on stdin through COMMAND (payload on its stdin)."""
-    from fspl_gateway.process import ProcessOpts, stdin_process
+    from fspl_gateway.core.process import ProcessOpts, stdin_process
 
     stdin_process(ProcessOpts(command, list(params), allow_job_params, ignore_payload, timeout))
 
@@ -383,7 +383,7 @@ def gen_uuid_cmd() -> None:
 @cli.command("gen-filename", context_settings=CONTEXT)
 def gen_filename_cmd() -> None:
     """Print a fresh fspl-*.fspl file name."""
-    from fspl_gateway.queue import new_job_filename
+    from fspl_gateway.core.queue import new_job_filename
 
     click.echo(new_job_filename())
 

@@ -29,7 +29,7 @@ a remote copy is removed only once the local one is durable and journaled.
 One sync or push per directory at a time: ``<queue>/.fspl-gw/lock``.  A busy lock makes
 :func:`pull` return a result with ``locked_out`` set (the CLI prints one info line and
 exits 0); ``wait_lock`` waits up to that many seconds first and then raises
-:class:`~fspl_gateway.errors.LockBusyError`.
+:class:`~fspl_gateway.core.errors.LockBusyError`.
 
 A local write error (disk full, file size limit, read-only) aborts the run with a
 QueueError: the staged file is removed, the remote untouched.  AuthError and
@@ -51,8 +51,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from fspl_gateway import seqfile
-from fspl_gateway.errors import (
+from fspl_gateway.core import seqfile
+from fspl_gateway.core.errors import (
     AuthError,
     FsplError,
     HostKeyError,
@@ -64,11 +64,11 @@ from fspl_gateway.errors import (
     TransportError,
     UsageError,
 )
-from fspl_gateway.fsutil import atomic_write, fsync_dir, move_noclobber, tmp_name
-from fspl_gateway.journal import Journal, gw_dir, open_existing
-from fspl_gateway.log import TRACE, log
-from fspl_gateway.packet import Meta, read_header, read_header_file
-from fspl_gateway.queue import OpenJob, jobs_dir, seqfile_path
+from fspl_gateway.core.fsutil import atomic_write, fsync_dir, move_noclobber, tmp_name
+from fspl_gateway.core.log import TRACE, log
+from fspl_gateway.core.packet import Meta, read_header, read_header_file
+from fspl_gateway.core.queue import OpenJob, jobs_dir, seqfile_path
+from fspl_gateway.gateway.journal import Journal, gw_dir, open_existing
 from fspl_gateway.transports.base import RemoteEntry, Transport, is_job_name, is_safe_name
 
 #: A journal row for Journal.record_many: (name, state, size, tag, sha256, seq, detail).
@@ -267,7 +267,7 @@ class SyncResult(RunResult):
 
     @property
     def exit_code(self) -> int:
-        from fspl_gateway.errors import EXIT_OK, EXIT_PARTIAL
+        from fspl_gateway.core.errors import EXIT_OK, EXIT_PARTIAL
 
         return EXIT_PARTIAL if self.quarantined or self.failed else EXIT_OK
 

@@ -25,12 +25,12 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from fspl_gateway import queue as q
-from fspl_gateway.errors import JobFailedError, QueueError
-from fspl_gateway.fsutil import AtomicWriter, copy_fd, fsync_dir, move_noclobber
-from fspl_gateway.log import log
-from fspl_gateway.packet import ENV_PREFIX, Command, Meta
-from fspl_gateway.seqfile import SeqFile
+from fspl_gateway.core import queue as q
+from fspl_gateway.core.errors import JobFailedError, QueueError
+from fspl_gateway.core.fsutil import AtomicWriter, copy_fd, fsync_dir, move_noclobber
+from fspl_gateway.core.log import log
+from fspl_gateway.core.packet import ENV_PREFIX, Command, Meta
+from fspl_gateway.core.seqfile import SeqFile
 
 HANDOFF = os.path.join(".fspl-gw", "handoff")
 
@@ -147,7 +147,7 @@ def recover(incoming: str, workers: list[str], seqf: SeqFile | None) -> int:
 
 
 def _meta_of(path: str) -> Meta:
-    from fspl_gateway.packet import read_header_path
+    from fspl_gateway.core.packet import read_header_path
 
     return read_header_path(path)
 

@@ -6,7 +6,7 @@ import os
 
 import click
 
-from fspl_gateway.cli import CONTEXT, process_opts, queuedir_opt, wait_lock_opt
+from fspl_gateway.cli.main import CONTEXT, process_opts, queuedir_opt, wait_lock_opt
 
 _ON_ERROR = click.Choice(["delete", "leave", "retry"], case_sensitive=False)
 _ORDER = click.Choice(["sequence", "timestamp"], case_sensitive=False)
@@ -27,8 +27,8 @@ _ORDER = click.Choice(["sequence", "timestamp"], case_sensitive=False)
 def disperse_cmd(queuedir: str, to: tuple[str, ...], per_worker: int, order_by: str,
                  on_error: str, key: str | None, never_delete: bool, wait_lock: float) -> None:
     """Hand the next jobs of the incoming queue (-q) to worker queues (--to) with room."""
-    from fspl_gateway.log import log
-    from fspl_gateway.parallel import DisperseOpts, disperse
+    from fspl_gateway.core.log import log
+    from fspl_gateway.gateway.disperse import DisperseOpts, disperse
 
     res = disperse(DisperseOpts(queuedir, list(to), per_worker, order_by.lower(),
                                 on_error.lower(), never_delete, key, wait_lock))
@@ -77,9 +77,9 @@ def workers_cmd(queuedir: str, n: int, workdir: str | None, key: str | None, ord
                 clock_skew: float, allow_job_params: bool, ignore_payload: bool, timeout: int | None,
                 command: str, params: tuple[str, ...]) -> None:
     """Process the incoming queue (-q) with N workers running COMMAND in parallel."""
-    from fspl_gateway.errors import FsplError
-    from fspl_gateway.process import ProcessOpts
-    from fspl_gateway.workers import WorkersOpts, run_workers
+    from fspl_gateway.core.errors import FsplError
+    from fspl_gateway.core.process import ProcessOpts
+    from fspl_gateway.gateway.workers import WorkersOpts, run_workers
 
     proc = ProcessOpts(command, list(params), allow_job_params, ignore_payload, timeout)
     if remote is not None or transport is not None:
@@ -101,10 +101,10 @@ def _multihost(workdir: str, n: int, remote: str | None, transport: str | None,
                skew: float, on_error: str, follow: bool, poll: float, proc: object) -> None:
     import signal
 
-    from fspl_gateway import config
-    from fspl_gateway.errors import UsageError
-    from fspl_gateway.log import log
-    from fspl_gateway.multihost import HostOpts, run_hosts
+    from fspl_gateway.core.errors import UsageError
+    from fspl_gateway.core.log import log
+    from fspl_gateway.gateway import config
+    from fspl_gateway.gateway.multihost import HostOpts, run_hosts
     from fspl_gateway.transports.base import create
 
     if remote is None:

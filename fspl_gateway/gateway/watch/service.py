@@ -1,5 +1,5 @@
 """``fspl-gw watch``: the gateway as a long-running service, driven by the config file's
-``[pipelines.NAME]`` tables and its ``[watch]`` table (see :mod:`fspl_gateway.pipelines`).
+``[pipelines.NAME]`` tables and its ``[watch]`` table (see :mod:`fspl_gateway.gateway.watch.pipelines`).
 
 One thread per pipeline:
 
@@ -21,7 +21,7 @@ at most 10 minutes); it never stops the other pipelines.  A failing job (``on_er
 
 A watched media root: a newly mounted volume under it (``/media/STICK`` or
 ``/media/USER/STICK``) that carries an export manifest (``MANIFEST.sha256`` + ``jobs/``,
-see :mod:`fspl_gateway.media`) is imported into the media queue.  Mounting produces no
+see :mod:`fspl_gateway.gateway.media`) is imported into the media queue.  Mounting produces no
 inotify event on the mount point's parent, so the root is scanned every
 ``media_interval`` seconds (and at once on any event in it).  A volume is remembered
 (path, device, manifest size and mtime, in ``<queue>/.fspl-gw/media-seen.json``) while
@@ -50,19 +50,19 @@ import time
 from collections.abc import Iterator
 from typing import Any, BinaryIO
 
-from fspl_gateway import pipelines as pl
-from fspl_gateway import queue as q
-from fspl_gateway.config import RemoteSpec
-from fspl_gateway.errors import (
+from fspl_gateway.core import queue as q
+from fspl_gateway.core.errors import (
     ConfigError,
     FsplError,
     LockBusyError,
     QueueError,
     RemoteNotFoundError,
 )
-from fspl_gateway.fsutil import atomic_write
-from fspl_gateway.journal import Journal, gw_dir
-from fspl_gateway.log import log
+from fspl_gateway.core.fsutil import atomic_write
+from fspl_gateway.core.log import log
+from fspl_gateway.gateway.config import RemoteSpec
+from fspl_gateway.gateway.journal import Journal, gw_dir
+from fspl_gateway.gateway.watch import pipelines as pl
 from fspl_gateway.transports.base import RemoteEntry, Transport
 
 #: Backoff of a failing remote: interval × 2^failures, at most this many intervals …
@@ -120,7 +120,7 @@ def _ensure_queue(qdir: str, append_only: bool) -> None:
             raise QueueError(f"{qdir} is not a queue directory (no jobs/ in it) and not empty")
         os.mkdir(q.jobs_dir(qdir))
         if not append_only:
-            from fspl_gateway.seqfile import SeqFile
+            from fspl_gateway.core.seqfile import SeqFile
 
             SeqFile(q.seqfile_path(qdir)).close()
     log.info("created %squeue %s", "append-only " if append_only else "", qdir)
@@ -401,7 +401,7 @@ class PipelineRunner:
             pass
 
     def _pull(self, t: Transport) -> None:
-        from fspl_gateway.sync import RetryPolicy, SyncOptions, pull
+        from fspl_gateway.gateway.pull import RetryPolicy, SyncOptions, pull
 
         p = self.pipe
         opts = SyncOptions(after_fetch=p.after, decoder=p.decoder, concurrency=p.concurrency,
@@ -416,8 +416,8 @@ class PipelineRunner:
             self.dirty.set()
 
     def _push(self, t: Transport) -> None:
-        from fspl_gateway.push import PushOptions, push
-        from fspl_gateway.sync import RetryPolicy
+        from fspl_gateway.gateway.pull import RetryPolicy
+        from fspl_gateway.gateway.push import PushOptions, push
 
         p = self.pipe
         batch = max(8, p.concurrency * 2)
@@ -436,7 +436,7 @@ class PipelineRunner:
 
     # -- processing ------------------------------------------------------------------
     def _process(self, dirty: bool) -> None:
-        from fspl_gateway.process import ProcessOpts, QueueProcessOpts, queue_process
+        from fspl_gateway.core.process import ProcessOpts, QueueProcessOpts, queue_process
 
         p = self.pipe
         now = time.monotonic()
@@ -617,8 +617,8 @@ class MediaWatcher:
             self.wake.wait(self.interval)
 
     def scan(self) -> None:
-        from fspl_gateway.media import import_media
-        from fspl_gateway.sync import SyncOptions
+        from fspl_gateway.gateway.media import import_media
+        from fspl_gateway.gateway.pull import SyncOptions
 
         present = _media_candidates(self.root)
         changed = False
@@ -827,7 +827,7 @@ class Gateway:
         if now < self.next_metrics:
             return
         self.next_metrics = now + cfg.watch.metrics_interval
-        from fspl_gateway.status import collect, write_metrics
+        from fspl_gateway.gateway.status import collect, write_metrics
 
         try:
             write_metrics(cfg.watch.metrics_file, collect(pl.status_targets(cfg)))

@@ -25,8 +25,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from fspl_gateway.errors import ConfigError
-from fspl_gateway.log import log
+from fspl_gateway.core.errors import ConfigError
+from fspl_gateway.core.log import log
 
 ENV_VAR = "FSPL_GW_CONFIG"
 SECRET_WORDS = ("secret", "token", "password", "key", "passphrase")

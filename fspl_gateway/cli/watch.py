@@ -8,12 +8,12 @@ import sys
 
 import click
 
-from fspl_gateway.cli import CONTEXT
-from fspl_gateway.errors import EXIT_ERROR, FsplError, UsageError
+from fspl_gateway.cli.main import CONTEXT
+from fspl_gateway.core.errors import EXIT_ERROR, FsplError, UsageError
 
 
 def _level_name() -> str:
-    from fspl_gateway.log import TRACE, log
+    from fspl_gateway.core.log import TRACE, log
 
     lv = log.getEffectiveLevel()
     for limit, name in ((TRACE, "trace"), (logging.DEBUG, "debug"), (logging.INFO, "info"),
@@ -33,7 +33,7 @@ def watch_cmd(config_file: str | None) -> None:
     Remotes are polled at their interval, local queues are watched (inotify) and their
     jobs run as soon as they land, export media mounted under [watch] media_root are
     imported.  See docs/deployment.md."""
-    from fspl_gateway.watch import run
+    from fspl_gateway.gateway.watch.service import run
 
     code = run(config_file, _level_name())
     if code:
@@ -64,12 +64,12 @@ def status_cmd(queues: tuple[str, ...], config_file: str | None, decoder: str | 
                order_by: str, as_json: bool, metrics_file: str | None, quiet: bool) -> None:
     """Show each queue's next seq, pending jobs, blocking gap, oldest job, quarantined
     files and the last sync/push of each remote.  Exit 1 if a queue cannot be read."""
-    from fspl_gateway.status import collect, render_rich, render_text, write_metrics
+    from fspl_gateway.gateway.status import collect, render_rich, render_text, write_metrics
 
     targets: list[tuple[str, str | None, str]] = [(qd, decoder, order_by.lower())
                                                   for qd in queues]
     if config_file is not None or not queues:
-        from fspl_gateway import pipelines
+        from fspl_gateway.gateway.watch import pipelines
 
         cfg = pipelines.load(config_file)
         from_cfg = pipelines.status_targets(cfg)

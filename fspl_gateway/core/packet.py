@@ -32,8 +32,8 @@ from typing import Any, BinaryIO
 
 import msgpack
 
-from fspl_gateway.errors import PacketError
-from fspl_gateway.fsutil import read_exact
+from fspl_gateway.core.errors import PacketError
+from fspl_gateway.core.fsutil import read_exact
 
 MAGIC = b"*FILESPOOLER"
 VERSION = 1

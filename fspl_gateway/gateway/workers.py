@@ -22,18 +22,18 @@ import signal
 import time
 from dataclasses import dataclass, field
 
-from fspl_gateway import queue as q
-from fspl_gateway.errors import JobFailedError, LockBusyError
-from fspl_gateway.log import log
-from fspl_gateway.parallel import (
+from fspl_gateway.core import queue as q
+from fspl_gateway.core.errors import JobFailedError, LockBusyError
+from fspl_gateway.core.log import log
+from fspl_gateway.core.process import ProcessOpts, QueueProcessOpts, queue_process
+from fspl_gateway.core.seqfile import acquire_lock
+from fspl_gateway.gateway.disperse import (
     DisperseOpts,
     disperse,
     ensure_worker_queue,
     pending,
     wait_interval,
 )
-from fspl_gateway.process import ProcessOpts, QueueProcessOpts, queue_process
-from fspl_gateway.seqfile import acquire_lock
 
 
 @dataclass

@@ -1,6 +1,6 @@
 """Push: send the jobs of a local outbox queue to a remote queue's ``jobs/``.
 
-The mirror image of :mod:`fspl_gateway.sync`.  For each ``fspl-*.fspl`` in
+The mirror image of :mod:`fspl_gateway.gateway.pull`.  For each ``fspl-*.fspl`` in
 ``<outbox>/jobs/`` (oldest first):
 
 1. a job the journal already knows as pushed is not pushed again (``after_push="keep"``);
@@ -13,7 +13,7 @@ The mirror image of :mod:`fspl_gateway.sync`.  For each ``fspl-*.fspl`` in
 4. it is verified: the size the remote reports, and its checksum where the tag is a
    plain MD5 or SHA-256 of the content;
 5. it is recorded in the journal, then removed from the outbox (``after_push="delete"``)
-   or kept.  Removals are batched (:data:`~fspl_gateway.sync.BATCH` unlinks, then one
+   or kept.  Removals are batched (:data:`~fspl_gateway.gateway.pull.BATCH` unlinks, then one
    fsync of ``jobs/``): a job is only removed once it is pushed and journaled, and one
    whose removal a crash undid is removed by the next run (the journal knows it).
 
@@ -29,7 +29,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from fspl_gateway.errors import (
+from fspl_gateway.core.errors import (
     EXIT_OK,
     EXIT_PARTIAL,
     AuthError,
@@ -42,12 +42,12 @@ from fspl_gateway.errors import (
     RemoteNotFoundError,
     TransportError,
 )
-from fspl_gateway.fsutil import atomic_write, fsync_dir, move_noclobber
-from fspl_gateway.journal import Journal, gw_dir, open_existing
-from fspl_gateway.log import TRACE, log
-from fspl_gateway.packet import read_header_fd
-from fspl_gateway.queue import OpenJob, is_job_filename, jobs_dir
-from fspl_gateway.sync import (
+from fspl_gateway.core.fsutil import atomic_write, fsync_dir, move_noclobber
+from fspl_gateway.core.log import TRACE, log
+from fspl_gateway.core.packet import read_header_fd
+from fspl_gateway.core.queue import OpenJob, is_job_filename, jobs_dir
+from fspl_gateway.gateway.journal import Journal, gw_dir, open_existing
+from fspl_gateway.gateway.pull import (
     BATCH,
     QUARANTINE,
     Progress,

@@ -11,11 +11,11 @@ import os
 import subprocess
 from dataclasses import dataclass, field
 
-from fspl_gateway import queue as q
-from fspl_gateway.errors import FsplError, JobFailedError
-from fspl_gateway.log import log
-from fspl_gateway.packet import Command, Meta, read_header_fd
-from fspl_gateway.seqfile import SeqFile
+from fspl_gateway.core import queue as q
+from fspl_gateway.core.errors import FsplError, JobFailedError
+from fspl_gateway.core.log import log
+from fspl_gateway.core.packet import Command, Meta, read_header_fd
+from fspl_gateway.core.seqfile import SeqFile
 
 ON_ERROR = ("delete", "leave", "retry")
 ORDER_BY = ("sequence", "timestamp")

@@ -1,11 +1,11 @@
 """CLI: ``fspl-gw export`` (outbox → USB directory or ISO image) and ``fspl-gw import``
-(USB directory or ISO image → queue), over :mod:`fspl_gateway.media`."""
+(USB directory or ISO image → queue), over :mod:`fspl_gateway.gateway.media`."""
 
 from __future__ import annotations
 
 import click
 
-from fspl_gateway.cli import CONTEXT, queuedir_opt
+from fspl_gateway.cli.main import CONTEXT, queuedir_opt
 
 
 @click.command("export", context_settings=CONTEXT)
@@ -17,8 +17,8 @@ from fspl_gateway.cli import CONTEXT, queuedir_opt
 @click.option("--volume-id", default="FSPL_JOBS", show_default=True, help="ISO volume label.")
 def export_cmd(queuedir: str, dest: str, keep: bool, overwrite: bool, volume_id: str) -> None:
     """Write the outbox's jobs and a MANIFEST.sha256 to removable media."""
-    from fspl_gateway.log import log
-    from fspl_gateway.media import export_dir, export_iso
+    from fspl_gateway.core.log import log
+    from fspl_gateway.gateway.media import export_dir, export_iso
 
     if dest.lower().endswith(".iso"):
         res = export_iso(queuedir, dest, keep=keep, overwrite=overwrite, volume_id=volume_id)
@@ -42,10 +42,10 @@ def export_cmd(queuedir: str, dest: str, keep: bool, overwrite: bool, volume_id:
 def import_cmd(queuedir: str, source: str, good_only: bool, no_manifest: bool,
                decoder: str | None, wait_lock: float | None) -> None:
     """Verify the media's MANIFEST.sha256 and import its jobs (never writes the media)."""
-    from fspl_gateway.errors import EXIT_PARTIAL, FsplError
-    from fspl_gateway.log import log
-    from fspl_gateway.media import import_media
-    from fspl_gateway.sync import SyncOptions
+    from fspl_gateway.core.errors import EXIT_PARTIAL, FsplError
+    from fspl_gateway.core.log import log
+    from fspl_gateway.gateway.media import import_media
+    from fspl_gateway.gateway.pull import SyncOptions
 
     opts = SyncOptions(after_fetch="keep", decoder=decoder, wait_lock=wait_lock)
     res = import_media(source, queuedir, good_only=good_only,

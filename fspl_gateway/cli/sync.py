@@ -1,8 +1,8 @@
-"""``fspl-gw sync`` and ``fspl-gw push``: click commands over :mod:`fspl_gateway.sync` and
-:mod:`fspl_gateway.push`.
+"""``fspl-gw sync`` and ``fspl-gw push``: click commands over :mod:`fspl_gateway.gateway.pull` and
+:mod:`fspl_gateway.gateway.push`.
 
-The lead's ``fspl_gateway.cli`` loads ``sync_cmd`` and ``push_cmd`` lazily.  For use
-before (or without) it, ``python -m fspl_gateway.cli_sync sync|push …`` runs them with
+The lead's ``fspl_gateway.cli.main`` loads ``sync_cmd`` and ``push_cmd`` lazily.  For use
+before (or without) it, ``python -m fspl_gateway.cli.sync sync|push …`` runs them with
 the same error handling (``Error: <msg>`` and the exception's exit code).
 """
 
@@ -14,8 +14,8 @@ from typing import Any
 
 import click
 
-from fspl_gateway.errors import EXIT_PARTIAL, FsplError
-from fspl_gateway.log import log
+from fspl_gateway.core.errors import EXIT_PARTIAL, FsplError
+from fspl_gateway.core.log import log
 
 
 class PartialFailure(FsplError):
@@ -61,7 +61,7 @@ def _common(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 def _transport(config_file: str | None, remote: str, transport: str | None,
                options: tuple[str, ...]) -> Any:
-    from fspl_gateway import config
+    from fspl_gateway.gateway import config
     from fspl_gateway.transports.base import create
 
     spec = config.resolve_remote(remote, transport, options, config_file=config_file)
@@ -93,7 +93,7 @@ def sync_cmd(config_file: str | None, remote: str, transport: str | None,
              max_jobs: int | None, concurrency: int, retries: int, wait_lock: float | None,
              progress: bool | None, queuedir: str, after_fetch: str) -> None:
     """Pull new jobs from a remote queue's jobs/ into a local queue."""
-    from fspl_gateway.sync import RetryPolicy, SyncOptions, pull
+    from fspl_gateway.gateway.pull import RetryPolicy, SyncOptions, pull
 
     opts = SyncOptions(after_fetch=after_fetch, decoder=decoder, dry_run=dry_run,
                        max_jobs=max_jobs, concurrency=concurrency,
@@ -118,8 +118,8 @@ def push_cmd(config_file: str | None, remote: str, transport: str | None,
              max_jobs: int | None, concurrency: int, retries: int, wait_lock: float | None,
              progress: bool | None, queuedir: str, after_push: str) -> None:
     """Push the jobs of a local outbox queue to a remote queue's jobs/."""
-    from fspl_gateway.push import PushOptions, push
-    from fspl_gateway.sync import RetryPolicy
+    from fspl_gateway.gateway.pull import RetryPolicy
+    from fspl_gateway.gateway.push import PushOptions, push
 
     opts = PushOptions(after_push=after_push, decoder=decoder, dry_run=dry_run,
                        max_jobs=max_jobs, concurrency=concurrency,
@@ -136,7 +136,7 @@ def push_cmd(config_file: str | None, remote: str, transport: str | None,
 @click.group()
 @click.option("-l", "--log-level", default="info", metavar="LEVEL")
 def _standalone(log_level: str) -> None:
-    from fspl_gateway import log as logmod
+    from fspl_gateway.core import log as logmod
 
     try:
         logmod.setup(logmod.parse_level(log_level))

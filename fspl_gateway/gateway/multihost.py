@@ -37,10 +37,15 @@ import threading
 import time
 from dataclasses import dataclass
 
-from fspl_gateway.errors import FsplError, RemoteExistsError, RemoteNotFoundError, TransportError
-from fspl_gateway.log import log
-from fspl_gateway.packet import Command, Meta, read_header_fd
-from fspl_gateway.process import ProcessOpts, build_env
+from fspl_gateway.core.errors import (
+    FsplError,
+    RemoteExistsError,
+    RemoteNotFoundError,
+    TransportError,
+)
+from fspl_gateway.core.log import log
+from fspl_gateway.core.packet import Command, Meta, read_header_fd
+from fspl_gateway.core.process import ProcessOpts, build_env
 from fspl_gateway.transports.base import Transport, is_job_name
 
 CLAIM = ".claim."

@@ -1,7 +1,7 @@
 """Pipelines and the ``[watch]`` table of the config file, for ``fspl-gw watch`` and
 ``fspl-gw status --config``.
 
-The same TOML file as :mod:`fspl_gateway.config` (its ``[remotes.NAME]`` tables are read
+The same TOML file as :mod:`fspl_gateway.gateway.config` (its ``[remotes.NAME]`` tables are read
 by that module); this module reads two more tables::
 
     [watch]
@@ -48,8 +48,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from fspl_gateway import config as cfgmod
-from fspl_gateway.errors import ConfigError
+from fspl_gateway.core.errors import ConfigError
+from fspl_gateway.gateway import config as cfgmod
 
 DIRECTIONS = ("pull", "push")
 ON_ERROR = ("delete", "leave", "retry")
@@ -262,7 +262,7 @@ def _watch(path: str, data: Any, pipelines: Mapping[str, Pipeline]) -> WatchSett
 
 def load(explicit: str | None = None) -> WatchConfig:
     """Read remotes, pipelines and ``[watch]`` from the config file (see
-    :func:`fspl_gateway.config.config_path` for where).  A missing default file is an
+    :func:`fspl_gateway.gateway.config.config_path` for where).  A missing default file is an
     empty config."""
     base = cfgmod.load(explicit)  # remotes (and the file's errors, permission warning)
     if base.path is None:

@@ -29,7 +29,7 @@ import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from fspl_gateway.errors import QueueError
+from fspl_gateway.core.errors import QueueError
 
 GW_DIR = ".fspl-gw"
 JOURNAL_NAME = "journal.sqlite"

@@ -14,7 +14,7 @@ import fcntl
 import os
 import time
 
-from fspl_gateway.errors import LockBusyError, SeqFileError
+from fspl_gateway.core.errors import LockBusyError, SeqFileError
 
 
 def acquire_lock(lock_path: str, *, create: bool, wait: float = 0.0, what: str = "") -> int:

@@ -16,10 +16,10 @@ import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from fspl_gateway.errors import PacketError, QueueError
-from fspl_gateway.fsutil import AtomicWriter, copy_fd
-from fspl_gateway.log import TRACE, log
-from fspl_gateway.packet import Meta, read_header_fd, read_header_path
+from fspl_gateway.core.errors import PacketError, QueueError
+from fspl_gateway.core.fsutil import AtomicWriter, copy_fd
+from fspl_gateway.core.log import TRACE, log
+from fspl_gateway.core.packet import Meta, read_header_fd, read_header_path
 
 
 def seqfile_path(qdir: str) -> str:
@@ -44,7 +44,7 @@ def new_job_filename() -> str:
 def queue_init(qdir: str, append_only: bool = False) -> None:
     """Create ``qdir`` and ``qdir/jobs`` (both must not exist yet, as with fspl), and the
     sequence file starting at 1 unless ``append_only``."""
-    from fspl_gateway.seqfile import SeqFile
+    from fspl_gateway.core.seqfile import SeqFile
 
     try:
         os.mkdir(qdir)

@@ -1,0 +1,1 @@
+"""The command line (click only): shared options and one module per command area."""

@@ -1,0 +1,1 @@
+"""``fspl-gw watch``: the long-running gateway, one module per service."""
