@@ -145,7 +145,7 @@ class Transport(abc.ABC):
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
         try:
             with os.fdopen(fd, "wb", buffering=0) as f:
-                return self.fetch(name, f, entry)  # type: ignore[arg-type]
+                return self.fetch(name, f, entry)
         except BaseException:
             try:
                 os.unlink(path)

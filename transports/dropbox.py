@@ -39,6 +39,7 @@ sleep unbounded): the sync/push engines see a TransientError only once they are 
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import hashlib
 import http.client
@@ -57,7 +58,6 @@ import requests
 import urllib3.exceptions
 from dropbox import exceptions as dbx_exc
 from dropbox import files as dbx_files
-from fspl_gateway.transports.base import Capabilities, RemoteEntry, Transport
 
 from fspl_gateway.core.errors import (
     AuthError,
@@ -68,6 +68,7 @@ from fspl_gateway.core.errors import (
     TransientError,
     TransportError,
 )
+from fspl_gateway.transports.base import Capabilities, RemoteEntry, Transport
 
 log = logging.getLogger(__name__)
 
@@ -569,7 +570,7 @@ class DropboxTransport(Transport):
 
     def _upload_session(self, name: str, path: str, size: int,
                         read_part: Callable[[int, int], bytes], src: BinaryIO,
-                        retried: list[bool]) -> Any:
+                        retried: builtins.list[bool]) -> Any:
         first = read_part(self.chunk_size, 0)
         start = self._call(f"{name}: upload_session/start",
                            self.dbx.files_upload_session_start, first)

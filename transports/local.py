@@ -58,8 +58,6 @@ import time
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, BinaryIO
 
-from fspl_gateway.transports.base import RemoteEntry, Transport
-
 from fspl_gateway.core.errors import (
     IntegrityError,
     RemoteExistsError,
@@ -67,6 +65,7 @@ from fspl_gateway.core.errors import (
     TransportError,
 )
 from fspl_gateway.core.fsutil import TMP_PREFIX, AtomicWriter, copy_stream, fsync_dir
+from fspl_gateway.transports.base import RemoteEntry, Transport
 
 log = logging.getLogger(__name__)
 
@@ -189,7 +188,7 @@ def open_regular_nofollow(path: str, what: str) -> BinaryIO:
             raise TransportError(f"{what}: not a regular file; refusing it")
         flags = fcntl.fcntl(fd, fcntl.F_GETFL)
         fcntl.fcntl(fd, fcntl.F_SETFL, flags & ~os.O_NONBLOCK)
-        return os.fdopen(fd, "rb", buffering=0)  # type: ignore[return-value]
+        return os.fdopen(fd, "rb", buffering=0)
     except BaseException:
         os.close(fd)
         raise

@@ -42,15 +42,14 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO
 
-from fspl_gateway.transports.base import Capabilities, RemoteEntry, Transport, is_job_name
-from fspl_gateway.transports.local import LocalTransport, open_regular_nofollow
-
 from fspl_gateway.core.errors import (
     IntegrityError,
     NotSupportedError,
     RemoteNotFoundError,
     TransportError,
 )
+from fspl_gateway.transports.base import Capabilities, RemoteEntry, Transport, is_job_name
+from fspl_gateway.transports.local import LocalTransport, open_regular_nofollow
 
 log = logging.getLogger(__name__)
 

@@ -58,7 +58,6 @@ from urllib.parse import urlsplit, urlunsplit
 import boto3
 import botocore.exceptions as bce
 from botocore.config import Config
-from fspl_gateway.transports.base import Capabilities, RemoteEntry, Transport
 
 from fspl_gateway.core.errors import (
     AuthError,
@@ -69,6 +68,7 @@ from fspl_gateway.core.errors import (
     TransientError,
     TransportError,
 )
+from fspl_gateway.transports.base import Capabilities, RemoteEntry, Transport
 
 log = logging.getLogger(__name__)
 
@@ -279,7 +279,7 @@ def _crc_verifier(kind: str, expected: str, fn: Callable[[bytes, int], int], wid
 
 def _crt_checksums() -> Any:
     try:
-        from awscrt import checksums  # type: ignore[import-not-found]
+        from awscrt import checksums
     except ImportError:
         return None
     return checksums
@@ -509,7 +509,7 @@ class S3Transport(Transport):
     def _get(self, name: str) -> dict[str, Any]:
         self.check_name(name)
         try:
-            return self._client.get_object(Bucket=self.bucket, Key=self._key(name), ChecksumMode="ENABLED")  # type: ignore[no-any-return]
+            return self._client.get_object(Bucket=self.bucket, Key=self._key(name), ChecksumMode="ENABLED")
         except (bce.BotoCoreError, bce.ClientError) as e:
             self._raise(e, self._where(name))
 
@@ -520,7 +520,7 @@ class S3Transport(Transport):
         def mapper(e: BaseException) -> NoReturn:
             self._raise(e, where)
 
-        return io.BufferedReader(_Body(resp["Body"], mapper), READ_CHUNK)  # type: ignore[return-value]
+        return io.BufferedReader(_Body(resp["Body"], mapper), READ_CHUNK)
 
     def fetch(self, name: str, dst: BinaryIO, entry: RemoteEntry | None = None) -> int:
         resp = self._get(name)
@@ -685,17 +685,17 @@ class S3Transport(Transport):
                     for k in chunk:
                         errors[keys[k]] = err
                     continue
-            for err in resp.get("Errors", []) or []:
-                name = keys.get(str(err.get("Key")))
-                if name is None:
+            for failed in resp.get("Errors", []) or []:
+                gone = keys.get(str(failed.get("Key")))
+                if gone is None:
                     continue
-                fake = bce.ClientError({"Error": {"Code": err.get("Code"),
-                                                  "Message": err.get("Message")}},
+                fake = bce.ClientError({"Error": {"Code": failed.get("Code"),
+                                                  "Message": failed.get("Message")}},
                                        "DeleteObjects")
                 try:
-                    self._raise(fake, self._where(name))
+                    self._raise(fake, self._where(gone))
                 except TransportError as mapped:
-                    errors[name] = mapped
+                    errors[gone] = mapped
         return errors
 
     def cleanup_temporaries(self, older_than: float = STALE_UPLOAD_SECONDS) -> int:

@@ -69,13 +69,11 @@ import stat
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Generator, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, BinaryIO
 
 import paramiko
-from fspl_gateway.transports.base import Capabilities, RemoteEntry, Transport
-from fspl_gateway.transports.local import pid_alive
 from paramiko.message import Message
 from paramiko.sftp import (
     CMD_CLOSE,
@@ -112,6 +110,8 @@ from fspl_gateway.core.errors import (
     TransportError,
 )
 from fspl_gateway.core.fsutil import TMP_PREFIX
+from fspl_gateway.transports.base import Capabilities, RemoteEntry, Transport
+from fspl_gateway.transports.local import pid_alive
 
 log = logging.getLogger(__name__)
 
@@ -780,7 +780,7 @@ class SFTPTransport(Transport):
                 ch.sftp._read_response(num)
 
     def _read_chunks(self, ch: _Channel, path: str, handle: bytes,
-                     size_hint: int | None) -> Iterator[bytes]:
+                     size_hint: int | None) -> Generator[bytes, None, None]:
         """Yield the file's bytes in order, keeping PIPELINE_DEPTH reads in flight.
 
         OpenSSH answers requests in order, so responses are awaited FIFO.  At most one
@@ -894,7 +894,7 @@ class SFTPTransport(Transport):
             ch.close()
             raise
         reader = _Reader(self, ch, path, handle)
-        return io.BufferedReader(reader, buffer_size=1 << 20)  # type: ignore[return-value]
+        return io.BufferedReader(reader, buffer_size=1 << 20)
 
     def fetch(self, name: str, dst: BinaryIO, entry: RemoteEntry | None = None) -> int:
         self.check_name(name)

@@ -55,7 +55,7 @@ def import_cmd(queuedir: str, source: str, good_only: bool, no_manifest: bool,
     if res.rejected:
         log.warning("import: %d jobs rejected by the manifest check: %s", len(res.rejected),
                     ", ".join(res.rejected[:10]))
-    bad = res.rejected or (res.sync is not None and getattr(res.sync, "exit_code", 0))
+    bad = res.rejected or (res.sync is not None and bool(getattr(res.sync, "exit_code", 0)))
     if bad:
         err = FsplError("import finished, but some jobs were rejected or quarantined")
         err.exit_code = EXIT_PARTIAL

@@ -102,7 +102,7 @@ class AtomicWriter:
         self.tmp_path = os.path.join(dirpath, tmp_name(final_name))
         self.final_path = os.path.join(dirpath, final_name)
         fd = os.open(self.tmp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
-        self.file: BinaryIO = os.fdopen(fd, "wb", buffering=0)  # type: ignore[assignment]
+        self.file: BinaryIO = os.fdopen(fd, "wb", buffering=0)
 
     def fileno(self) -> int:
         return self.file.fileno()

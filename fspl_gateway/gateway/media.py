@@ -41,7 +41,7 @@ import os
 import stat
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, cast
 
 from fspl_gateway.core.errors import (
     IntegrityError,
@@ -143,9 +143,9 @@ def _outbox_jobs(outbox: str) -> tuple[list[_Job], int]:
     return jobs, bad
 
 
-def _open_nofollow(path: str) -> BinaryIO:
+def _open_nofollow(path: str) -> io.FileIO:
     fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    return os.fdopen(fd, "rb", buffering=0)  # type: ignore[return-value]
+    return io.FileIO(fd, "rb")
 
 
 def _hash_file(path: str, *, drop_cache: bool = False) -> tuple[str, int]:
@@ -345,10 +345,10 @@ class _LazyFile(io.RawIOBase):
         super().__init__()
         self.path = path
         self.size = size
-        self._f: BinaryIO | None = None
+        self._f: io.FileIO | None = None
         self._pos = 0
 
-    def _file(self) -> BinaryIO:
+    def _file(self) -> io.FileIO:
         if self._f is None:
             self._f = _open_nofollow(self.path)
             self._f.seek(self._pos)
@@ -430,14 +430,14 @@ def export_iso(outbox_queue_dir: str, iso_path: str, *, keep: bool = False,
             jp = f"/{JOBS_DIR}/{j.name}" if _joliet_ok(j.name) else None
             if jp is None:
                 log.info("%s: name too long or not allowed for Joliet; Rock Ridge only", j.name)
-            iso.add_fp(lz, j.size, iso_path=f"/JOBS/J{i:07d}.FSP;1", rr_name=j.name,
+            iso.add_fp(cast(BinaryIO, lz), j.size, iso_path=f"/JOBS/J{i:07d}.FSP;1", rr_name=j.name,
                        joliet_path=jp, file_mode=0o100444)
             res.bytes += j.size
         iso.add_fp(io.BytesIO(manifest), len(manifest), iso_path="/MANIFEST.SHA;1",
                    rr_name=MANIFEST_NAME, joliet_path="/" + MANIFEST_NAME, file_mode=0o100444)
 
         w = AtomicWriter(out_dir, os.path.basename(iso_path), clobber=overwrite)
-        bw = io.BufferedWriter(w.file, buffer_size=_CHUNK)  # type: ignore[arg-type]
+        bw = io.BufferedWriter(w.file, buffer_size=_CHUNK)
         iso.write_fp(bw, blocksize=_CHUNK)
         bw.flush()
         bw.detach()

@@ -176,7 +176,7 @@ class Host:
         def renew() -> None:
             while not renew_stop.wait(self.o.lease / 3):
                 try:
-                    self._write_claim(job, state["gen"] + 1)  # type: ignore[operator]
+                    self._write_claim(job, state["gen"] + 1)
                 except RemoteExistsError:
                     log.error("job %s: lease lost to another host; stopping it here", job)
                     state["lost"] = True
@@ -187,15 +187,15 @@ class Host:
                     log.warning("job %s: lease renewal failed (%s); retrying", job, e)
                     continue
                 old = state["gen"]
-                state["gen"] = old + 1  # type: ignore[operator]
+                state["gen"] = old + 1
                 try:
-                    self.t.delete(claim_name(job, old))  # type: ignore[arg-type]
+                    self.t.delete(claim_name(job, old))
                 except TransportError:
                     pass
 
         with tempfile.TemporaryFile(dir=self.o.workdir) as f:
             try:
-                self.t.fetch(job, f)  # type: ignore[arg-type]
+                self.t.fetch(job, f)
             except RemoteNotFoundError:
                 self._delete_claims(job, gen)
                 return
@@ -209,7 +209,7 @@ class Host:
             finally:
                 renew_stop.set()
                 th.join()
-        g = int(state["gen"])  # type: ignore[arg-type]
+        g = int(state["gen"])
         if state["lost"]:
             return
         if ok or self.o.on_error == "delete":

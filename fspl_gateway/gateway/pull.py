@@ -815,20 +815,20 @@ class _Puller:
                 deleted += [n for n in pending if n not in errors
                             or isinstance(errors[n], RemoteNotFoundError)]
                 retry: list[str] = []
-                for n, err in errors.items():
-                    if isinstance(err, RemoteNotFoundError):
+                for n, fail in errors.items():
+                    if isinstance(fail, RemoteNotFoundError):
                         continue
-                    if isinstance(err, AuthError | HostKeyError):
-                        raise err
-                    if isinstance(err, NotSupportedError):
+                    if isinstance(fail, AuthError | HostKeyError):
+                        raise fail
+                    if isinstance(fail, NotSupportedError):
                         self.can_delete = False
                         return
-                    if err.transient and attempt < policy.attempts and not self.stop.is_set():
+                    if fail.transient and attempt < policy.attempts and not self.stop.is_set():
                         retry.append(n)
                     else:
                         # The job is safe locally and in the journal: the next run deletes it.
                         log.warning("fetched %s but could not delete it from %s: %s", n,
-                                    self.remote, err)
+                                    self.remote, fail)
                 if retry:
                     delay = min(policy.backoff_max, policy.backoff * 2 ** (attempt - 1))
                     delay *= random.uniform(0.5, 1.0)

@@ -255,7 +255,7 @@ class _Pusher:
 
             def write() -> RemoteEntry:
                 f.seek(0)
-                entry = self.t.write_new(name, f, size)  # type: ignore[arg-type]
+                entry = self.t.write_new(name, f, size)
                 if entry.size is not None and entry.size != size:
                     raise IntegrityError(f"{name}: the remote has {entry.size} bytes after "
                                          f"the write, expected {size}")

@@ -104,10 +104,10 @@ def queue_status(qdir: str, *, decoder: str | None = None, order_by: str = "sequ
             entries = [e for e in it if q.is_job_filename(e.name)]
     except OSError as e:
         raise QueueError(f"cannot read {jdir}: {e.strerror}") from None
-    for e in entries:
+    for ent in entries:
         try:
-            mtime = e.stat(follow_symlinks=True).st_mtime
-            meta = q.read_meta(qdir, e.name, decoder)
+            mtime = ent.stat(follow_symlinks=True).st_mtime
+            meta = q.read_meta(qdir, ent.name, decoder)
         except FileNotFoundError:
             continue  # processed meanwhile
         except (PacketError, OSError, FsplError):

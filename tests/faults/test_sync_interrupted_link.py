@@ -12,11 +12,11 @@ import hashlib
 from pathlib import Path
 
 import pytest
-from fspl_gateway.transports.local import LocalTransport
 
 from fspl_gateway.core import queue as q
 from fspl_gateway.gateway.journal import Journal
 from fspl_gateway.gateway.pull import SyncOptions, pull
+from fspl_gateway.transports.local import LocalTransport
 from tests.unit.test_sync import job_set, local_jobs, make_remote, remote_jobs
 
 

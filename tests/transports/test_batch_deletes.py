@@ -5,10 +5,9 @@ from __future__ import annotations
 
 import os
 
+from fspl_gateway.core.errors import RemoteNotFoundError
 from fspl_gateway.transports.s3 import S3Transport
 from fspl_gateway.transports.sftp import MAX_AUTO_CHANNELS, SFTPTransport
-
-from fspl_gateway.core.errors import RemoteNotFoundError
 from tests.fixtures.s3server import S3Bucket, seed_objects
 from tests.fixtures.sshd import SFTPQueue
 

@@ -24,7 +24,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from fspl_gateway.transports.base import RemoteEntry, Transport, is_job_name
 
 from fspl_gateway.core.errors import (
     NotSupportedError,
@@ -32,6 +31,7 @@ from fspl_gateway.core.errors import (
     RemoteNotFoundError,
     TransportError,
 )
+from fspl_gateway.transports.base import RemoteEntry, Transport, is_job_name
 from tests.helpers import PatternReader, peak_rss_during
 from tests.transports.backends import BACKENDS, Backend
 

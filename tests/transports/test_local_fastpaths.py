@@ -8,13 +8,13 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 import pytest
-from fspl_gateway.transports import local as local_mod
-from fspl_gateway.transports.base import RemoteEntry
-from fspl_gateway.transports.local import LocalTransport, fs_type
 
 from fspl_gateway.core import queue as q
 from fspl_gateway.core.errors import IntegrityError
 from fspl_gateway.gateway.pull import RetryPolicy, SyncOptions, pull
+from fspl_gateway.transports import local as local_mod
+from fspl_gateway.transports.base import RemoteEntry
+from fspl_gateway.transports.local import LocalTransport, fs_type
 from tests.unit.test_sync import job_set, local_jobs, make_remote, remote_jobs
 
 

@@ -13,8 +13,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from fspl_gateway.transports.local import LocalTransport
-from fspl_gateway.transports.media import MediaTransport
 
 from fspl_gateway.core import packet
 from fspl_gateway.core.errors import (
@@ -25,6 +23,8 @@ from fspl_gateway.core.errors import (
 )
 from fspl_gateway.core.fsutil import TMP_PREFIX
 from fspl_gateway.gateway.media import export_dir, export_iso, verify_manifest
+from fspl_gateway.transports.local import LocalTransport
+from fspl_gateway.transports.media import MediaTransport
 from tests.helpers import run_fspl, sha256_file
 
 MiB = 1 << 20

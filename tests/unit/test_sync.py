@@ -14,8 +14,6 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 import pytest
-from fspl_gateway.transports.base import RemoteEntry
-from fspl_gateway.transports.local import LocalTransport
 
 from fspl_gateway.core import queue as q
 from fspl_gateway.core.errors import (
@@ -31,6 +29,8 @@ from fspl_gateway.core.packet import Meta, encode_header
 from fspl_gateway.core.seqfile import SeqFile
 from fspl_gateway.gateway import journal as jr
 from fspl_gateway.gateway.pull import RetryPolicy, SyncOptions, pull, take_run_lock
+from fspl_gateway.transports.base import RemoteEntry
+from fspl_gateway.transports.local import LocalTransport
 
 FAST = RetryPolicy(attempts=5, backoff=0.001, backoff_max=0.01)
 

@@ -8,12 +8,12 @@ import time
 from pathlib import Path
 
 import pytest
-from fspl_gateway.transports.local import LocalTransport
 
 from fspl_gateway.core.queue import queue_init
 from fspl_gateway.core.seqfile import SeqFile
 from fspl_gateway.gateway.journal import last_runs
 from fspl_gateway.gateway.pull import SyncOptions, pull
+from fspl_gateway.transports.local import LocalTransport
 from tests.helpers import run_gw
 from tests.watch.util import put_job, toml_str, write_config
 

@@ -17,9 +17,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from fspl_gateway.transports.base import Transport
 
 import tests.fixtures.dropbox_server  # noqa: F401 - sets DROPBOX_API_HOST before the SDK loads
+from fspl_gateway.transports.base import Transport
 from tests.fixtures.dropbox_standin.client import Standin
 from tests.transports.backends import Backend
 

@@ -9,8 +9,8 @@ import shutil
 from collections.abc import Iterator
 
 import pytest
-from fspl_gateway.transports.base import Transport
 
+from fspl_gateway.transports.base import Transport
 from tests.transports.backends import Backend
 
 

@@ -21,8 +21,8 @@ from collections.abc import Iterator
 from typing import BinaryIO
 
 import pytest
-from fspl_gateway.transports.base import Transport
 
+from fspl_gateway.transports.base import Transport
 from tests.transports.backends import Backend
 from tests.transports.backends.local import dir_put, dir_raw_names
 

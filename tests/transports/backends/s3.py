@@ -8,8 +8,8 @@ import uuid
 from collections.abc import Iterator
 
 import pytest
-from fspl_gateway.transports.base import Transport
 
+from fspl_gateway.transports.base import Transport
 from tests.fixtures.s3server import S3Bucket
 from tests.transports.backends import Backend
 

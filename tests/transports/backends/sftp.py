@@ -19,8 +19,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from fspl_gateway.transports.base import Transport
 
+from fspl_gateway.transports.base import Transport
 from tests.fixtures.sshd import SSHD
 from tests.transports.backends import Backend
 
