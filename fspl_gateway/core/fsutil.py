@@ -14,10 +14,11 @@ import errno
 import io
 import os
 import stat
-import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any, BinaryIO
+from typing import BinaryIO
+
+from fspl_gateway.core.libc import libc_function
 
 CHUNK = 1 << 20  # 1 MiB
 #: Prefix of every temporary name we create; never matches ``fspl-*.fspl``.
@@ -280,29 +281,17 @@ def flush_files(paths: list[str]) -> None:
             os.close(fd)
 
 
-_sfr: Any = None
-
-
 def start_writeback(fds: list[int]) -> None:
     """Ask the kernel to start writing these files back now (sync_file_range; no
     waiting, no durability by itself: an fsync after it gives that).  Quietly nothing
     where unavailable."""
-    global _sfr
-    if _sfr is None:
-        _sfr = False
-        if sys.platform.startswith("linux"):
-            try:
-                import ctypes
+    import ctypes
 
-                fn = ctypes.CDLL(None, use_errno=True).sync_file_range
-                fn.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
-                fn.restype = ctypes.c_int
-                _sfr = fn
-            except (OSError, AttributeError):
-                pass
-    if _sfr:
+    sfr = libc_function("sync_file_range",
+                        [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint])
+    if sfr is not None:
         for fd in fds:
-            _sfr(fd, 0, 0, 2)  # SYNC_FILE_RANGE_WRITE; errors show up in the fsync
+            sfr(fd, 0, 0, 2)  # SYNC_FILE_RANGE_WRITE; errors show up in the fsync
 
 
 #: errnos that mean the local disk cannot take more (full, file too large, quota,

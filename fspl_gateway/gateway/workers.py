@@ -26,7 +26,12 @@ from fspl_gateway.core import queue as q
 from fspl_gateway.core.errors import JobFailedError, LockBusyError
 from fspl_gateway.core.layout import QueueLayout
 from fspl_gateway.core.log import log
-from fspl_gateway.core.process import ProcessOpts, QueueProcessOpts, queue_process
+from fspl_gateway.core.process import (
+    ProcessOpts,
+    QueueProcessOpts,
+    die_with_parent,
+    queue_process,
+)
 from fspl_gateway.core.seqfile import acquire_lock
 from fspl_gateway.gateway.disperse import (
     DisperseOpts,
@@ -146,23 +151,11 @@ def _loop(opts: WorkersOpts, me: str, stop: list[bool]) -> int:
     return 0
 
 
-def _die_with_parent() -> None:
-    """Ask the kernel to SIGTERM us if the supervisor dies (even by kill -9), so that no
-    orphaned worker goes on beside the next run's workers."""
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(1, signal.SIGTERM, 0, 0, 0)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
-
-
 def _child(opts: WorkersOpts, index: int, parent: int) -> None:
     stop = [False]
-    _die_with_parent()
-    if os.getppid() != parent:  # the supervisor died before prctl took effect
-        os._exit(1)
+    # SIGTERM (a stop, not a kill) if the supervisor dies, even by kill -9, so that no
+    # orphaned worker goes on beside the next run's workers
+    die_with_parent(signal.SIGTERM, parent)
 
     def on_signal(_sig: int, _frame: object) -> None:
         stop[0] = True
