@@ -65,6 +65,7 @@ from fspl_gateway.core.errors import (
     TransportError,
 )
 from fspl_gateway.core.fsutil import TMP_PREFIX, AtomicWriter, copy_stream, fsync_dir
+from fspl_gateway.core.layout import jobs_dir
 from fspl_gateway.transports.base import RemoteEntry, Transport
 
 log = logging.getLogger(__name__)
@@ -202,7 +203,7 @@ class LocalTransport(Transport):
     def __init__(self, location: str, options: Mapping[str, Any] | None = None) -> None:
         super().__init__(location, options)
         self.root = os.path.abspath(os.path.expanduser(location))
-        self.jobs_dir = os.path.join(self.root, "jobs")
+        self.jobs_dir = jobs_dir(self.root)
         self.tmp_max_age_min = float(self.options.get("tmp_max_age", DEFAULT_TMP_MAX_AGE_MIN))
         self.tmp_grace_s = float(self.options.get("tmp_grace", DEFAULT_TMP_GRACE_S))
         self._same_dev: dict[str, bool] = {}

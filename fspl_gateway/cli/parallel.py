@@ -78,6 +78,7 @@ def workers_cmd(queuedir: str, n: int, workdir: str | None, key: str | None, ord
                 command: str, params: tuple[str, ...]) -> None:
     """Process the incoming queue (-q) with N workers running COMMAND in parallel."""
     from fspl_gateway.core.errors import FsplError
+    from fspl_gateway.core.layout import jobs_dir
     from fspl_gateway.core.process import ProcessOpts
     from fspl_gateway.gateway.workers import WorkersOpts, run_workers
 
@@ -86,7 +87,7 @@ def workers_cmd(queuedir: str, n: int, workdir: str | None, key: str | None, ord
         _multihost(queuedir, n, remote, transport, options, config_file, host_id, lease,
                    clock_skew, on_error.lower(), follow, poll, proc)
         return
-    if not os.path.isdir(os.path.join(queuedir, "jobs")):
+    if not os.path.isdir(jobs_dir(queuedir)):
         raise FsplError(f"{queuedir} is not a queue directory (no jobs/ in it)")
     opts = WorkersOpts(queuedir, n, workdir or queuedir.rstrip("/") + ".workers", proc, key,
                        order_by.lower(), on_error.lower(), output_to.lower(), never_delete,

@@ -7,12 +7,17 @@ descriptor, positioned at the payload by the header read (or the decoder's stdou
 
 from __future__ import annotations
 
+import functools
 import os
+import signal
 import subprocess
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from fspl_gateway.core import queue as q
 from fspl_gateway.core.errors import FsplError, JobFailedError
+from fspl_gateway.core.libc import libc_function
 from fspl_gateway.core.log import log
 from fspl_gateway.core.packet import Command, Meta, read_header_fd
 from fspl_gateway.core.seqfile import SeqFile
@@ -71,17 +76,57 @@ def build_env(meta: Meta, filename: str | None, queuedir: str | None) -> dict[by
     return env
 
 
+_PR_SET_PDEATHSIG = 1
+
+
+def _prctl() -> Any:
+    import ctypes
+
+    return libc_function("prctl", [ctypes.c_int] + [ctypes.c_ulong] * 4)
+
+
+def die_with_parent(sig: int, parent: int) -> bool:
+    """The one "die with the parent" mechanism: ask the kernel to send ``sig`` to this
+    process when the thread that started it dies — also by kill -9 — so that nothing
+    orphaned goes on (Linux ``PR_SET_PDEATHSIG``; it survives exec).  ``parent`` is the
+    pid that started us: if it is gone already (it died before the request took
+    effect), this process exits at once (status 1; no handler of ``sig`` runs).
+
+    Call it in the child: a forked worker, or a command before its exec (:func:`run_job`
+    with ``kill_on_parent_death``).  Returns False where the OS has no such request
+    (nothing done)."""
+    prctl = _prctl()
+    if prctl is None:
+        return False
+    _request_death_signal(prctl, sig, parent)
+    return True
+
+
+def _request_death_signal(prctl: Any, sig: int, parent: int) -> None:
+    """The request itself, with prctl already looked up: all that a forked child runs
+    before exec (no import, no lookup)."""
+    prctl(_PR_SET_PDEATHSIG, sig, 0, 0, 0)
+    if os.getppid() != parent:
+        os._exit(1)
+
+
 def _describe(rc: int) -> str:
     return f"killed by signal {-rc}" if rc < 0 else f"exit status {rc}"
 
 
 def run_job(opts: ProcessOpts, meta: Meta, payload_fd: int | None, *,
             filename: str | None = None, queuedir: str | None = None,
-            output_fd: int | None = None) -> JobResult:
+            output_fd: int | None = None, extra_env: Mapping[bytes, bytes] | None = None,
+            kill_on_parent_death: bool = False,
+            on_start: Callable[[subprocess.Popen[bytes]], None] | None = None) -> JobResult:
     """Run one job whose header is ``meta``; ``payload_fd`` is positioned at the payload.
 
     NOP succeeds and Fail fails without running anything.  A command that cannot be
     started raises FsplError (as fspl: that is an error of the run, not of the job).
+    ``extra_env``: more variables for the command (ours, not the job's);
+    ``kill_on_parent_death``: the command is killed (SIGKILL) if this process dies
+    (:func:`die_with_parent`); ``on_start`` is called with the started process (e.g.
+    to kill it from another thread).
     """
     if meta.cmd == "NOP":
         return JobResult(True, "NOP")
@@ -98,14 +143,23 @@ def run_job(opts: ProcessOpts, meta: Meta, payload_fd: int | None, *,
     except BadJobEnv as e:
         log.error("%s", e)
         return JobResult(False, str(e))
+    if extra_env:
+        env.update(extra_env)
     stdin = None if opts.ignore_payload else payload_fd
+    preexec: Callable[[], None] | None = None
+    prctl = _prctl() if kill_on_parent_death else None
+    if prctl is not None:
+        preexec = functools.partial(_request_death_signal, prctl, signal.SIGKILL, os.getpid())
+
     log.debug("running job %d: %r", meta.seq, args)
     try:
         proc = subprocess.Popen(args, env=env, stdin=stdin, stdout=output_fd,
-                                stderr=output_fd, close_fds=True)
+                                stderr=output_fd, close_fds=True, preexec_fn=preexec)
     except OSError as e:
         raise FsplError(f"cannot run {opts.command!r}: {e.strerror}") from None
     try:
+        if on_start is not None:
+            on_start(proc)
         rc = proc.wait(timeout=opts.timeout)
     except subprocess.TimeoutExpired:
         log.error("job %d: command timed out after %s s; killing it", meta.seq, opts.timeout)

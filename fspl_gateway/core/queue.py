@@ -3,7 +3,7 @@
 Only names ``fspl-*.fspl`` in ``jobs/`` are jobs; anything else there is ignored, and so
 is a job file whose header does not decode (logged, skipped: a scan never fails because
 of one bad file).  Other names in the queue directory are free for tools (our journal,
-quarantine, …).
+quarantine, …): :mod:`fspl_gateway.core.layout` names every path.
 
 Paths are handled as ``str`` with Python's surrogate-escape, so any byte-string file name
 survives; the FSPL_JOB_* variables are built with :func:`os.fsencode` of them.
@@ -18,16 +18,9 @@ from dataclasses import dataclass
 
 from fspl_gateway.core.errors import PacketError, QueueError
 from fspl_gateway.core.fsutil import AtomicWriter, copy_fd
+from fspl_gateway.core.layout import jobs_dir, seqfile_path
 from fspl_gateway.core.log import TRACE, log
 from fspl_gateway.core.packet import Meta, read_header_fd, read_header_path
-
-
-def seqfile_path(qdir: str) -> str:
-    return qdir + "/nextseq"
-
-
-def jobs_dir(qdir: str) -> str:
-    return os.path.join(qdir, "jobs")
 
 
 def is_job_filename(name: str) -> bool:

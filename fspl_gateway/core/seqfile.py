@@ -17,6 +17,11 @@ import time
 from fspl_gateway.core.errors import LockBusyError, SeqFileError
 
 
+def lock_path(path: str) -> str:
+    """The lock file of the sequence file ``path``: ``<path>.lock``."""
+    return path + ".lock"
+
+
 def acquire_lock(lock_path: str, *, create: bool, wait: float = 0.0, what: str = "") -> int:
     """Open and exclusively flock ``lock_path``; return the descriptor (close to unlock).
 
@@ -55,7 +60,7 @@ class SeqFile:
 
     def __init__(self, path: str, *, create_lock: bool = True, wait: float = 0.0) -> None:
         self.path = path
-        self._lock_fd: int | None = acquire_lock(path + ".lock", create=create_lock,
+        self._lock_fd: int | None = acquire_lock(lock_path(path), create=create_lock,
                                                  wait=wait, what=path)
         try:
             self.next = self._read()

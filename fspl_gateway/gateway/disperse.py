@@ -28,15 +28,15 @@ from dataclasses import dataclass, field
 from fspl_gateway.core import queue as q
 from fspl_gateway.core.errors import JobFailedError, QueueError
 from fspl_gateway.core.fsutil import AtomicWriter, copy_fd, fsync_dir, move_noclobber
+from fspl_gateway.core.layout import QueueLayout
 from fspl_gateway.core.log import log
 from fspl_gateway.core.packet import ENV_PREFIX, Command, Meta
 from fspl_gateway.core.seqfile import SeqFile
 
-HANDOFF = os.path.join(".fspl-gw", "handoff")
-
 
 def handoff_dir(worker: str) -> str:
-    return os.path.join(worker, HANDOFF)
+    """``<worker>/.fspl-gw/handoff``."""
+    return QueueLayout(worker).handoff
 
 
 def _names(path: str) -> list[str]:

@@ -5,7 +5,7 @@
 * ``files`` — one row per file the sync/push engines handled, keyed by direction
   (``pull``/``push``), remote (``Transport.describe()``, never secrets) and file name:
   the remote's size and tag, the sha256 of the bytes, the job's seq, the time and a state
-  (see :data:`PULL_STATES`/:data:`PUSH_STATES`).  Pull uses it so that a file it already
+  (a :class:`JournalState`).  Pull uses it so that a file it already
   fetched is never downloaded again (``--after-fetch keep``, or a crash between linking
   the job in and deleting the remote copy); push so that a kept job is not pushed twice.
 * ``runs`` — the last run of each (direction, remote): start and end time, whether it
@@ -28,17 +28,46 @@ import threading
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from enum import StrEnum
 
 from fspl_gateway.core.errors import QueueError
+from fspl_gateway.core.layout import QueueLayout
 
-GW_DIR = ".fspl-gw"
-JOURNAL_NAME = "journal.sqlite"
 
-#: States of a pulled file: linked into jobs/; identical file was already in jobs/;
-#: seq below the queue's nextseq (already processed); set aside in quarantine.
-PULL_STATES = ("fetched", "already-local", "already-processed", "quarantined")
-#: States of a pushed file: written and verified; the same bytes were already there.
-PUSH_STATES = ("pushed", "already-remote")
+class JournalState(StrEnum):
+    """The state of a file in the journal, stored as its string value (the values are
+    the on-disk format: never change one, or old journals stop reading right)."""
+
+    # -- pull ------------------------------------------------------------------------
+    #: Linked into jobs/.
+    FETCHED = "fetched"
+    #: An identical file was already in jobs/.
+    ALREADY_LOCAL = "already-local"
+    #: Its seq is below the queue's nextseq: already processed, not linked.
+    ALREADY_PROCESSED = "already-processed"
+    #: Set aside in the quarantine (detail: its name there).
+    QUARANTINED = "quarantined"
+    #: Durable in staging and about to be linked into jobs/ (detail: the staged path);
+    #: the intent a killed run leaves for the next one to settle.
+    LINKING = "linking"
+    #: Not linked (a run stopped or was killed first): fetched again by the next run.
+    RETRY = "retry"
+    # -- push ------------------------------------------------------------------------
+    #: Written to the remote and verified.
+    PUSHED = "pushed"
+    #: The same bytes were already on the remote.
+    ALREADY_REMOTE = "already-remote"
+
+
+#: The states a pull writes, and a push.
+PULL_STATES = frozenset({JournalState.FETCHED, JournalState.ALREADY_LOCAL,
+                         JournalState.ALREADY_PROCESSED, JournalState.QUARANTINED,
+                         JournalState.LINKING, JournalState.RETRY})
+PUSH_STATES = frozenset({JournalState.PUSHED, JournalState.ALREADY_REMOTE})
+
+#: A row for :meth:`Journal.record_many`: (name, state, size, tag, sha256, seq, detail).
+FileRow = tuple[str, JournalState, "int | None", "str | None", "str | None", "int | None",
+                "str | None"]
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS files (
@@ -67,13 +96,8 @@ CREATE TABLE IF NOT EXISTS runs (
 """
 
 
-def gw_dir(qdir: str) -> str:
-    """``<qdir>/.fspl-gw``: the gateway's private directory in a queue."""
-    return os.path.join(qdir, GW_DIR)
-
-
 def journal_path(qdir: str) -> str:
-    return os.path.join(gw_dir(qdir), JOURNAL_NAME)
+    return QueueLayout(qdir).journal
 
 
 def _key(name: str) -> bytes:
@@ -94,6 +118,8 @@ class FileRecord:
     sha256: str | None
     seq: int | None
     time: float
+    #: A :class:`JournalState` value (a plain str if a newer version wrote one we do
+    #: not know).
     state: str
     remote_deleted: bool
     detail: str | None
@@ -154,7 +180,7 @@ class Journal:
                           (direction, remote))
         return {r.name: r for r in map(_file_record, rows)}
 
-    def record(self, direction: str, remote: str, name: str, *, state: str,
+    def record(self, direction: str, remote: str, name: str, *, state: JournalState,
                size: int | None = None, tag: str | None = None, sha256: str | None = None,
                seq: int | None = None, detail: str | None = None) -> None:
         self._exec("INSERT OR REPLACE INTO files (direction, remote, name, size, tag, sha256,"
@@ -180,8 +206,7 @@ class Journal:
                 raise QueueError(f"journal {self.path}: {e}") from None
 
     def record_many(self, direction: str, remote: str,
-                    rows: Iterable[tuple[str, str, int | None, str | None, str | None,
-                                         int | None, str | None]]) -> None:
+                    rows: Iterable[FileRow]) -> None:
         """Several :meth:`record` calls in one transaction; each row is (name, state,
         size, tag, sha256, seq, detail)."""
         now = time.time()

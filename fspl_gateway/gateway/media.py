@@ -43,6 +43,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO, cast
 
+from fspl_gateway.core import layout
 from fspl_gateway.core.errors import (
     IntegrityError,
     NotSupportedError,
@@ -119,7 +120,7 @@ def _ident(st: os.stat_result) -> tuple[int, int, int, int]:
 
 def _outbox_jobs(outbox: str) -> tuple[list[_Job], int]:
     """The outbox's valid jobs (sorted by name) and the count of unparsable ones."""
-    jobs_dir = os.path.join(outbox, "jobs")
+    jobs_dir = layout.jobs_dir(outbox)
     if not os.path.isdir(jobs_dir):
         raise QueueError(f"{outbox} is not a queue directory (no jobs/)")
     jobs: list[_Job] = []

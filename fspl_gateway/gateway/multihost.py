@@ -21,7 +21,13 @@ owns the job while ``expires`` is in the future.
 Claim names do not match ``fspl-*.fspl``, so fspl, ``sync`` and queue scans ignore them.
 While leases are valid no two hosts run the same job; a host that stalls past its lease
 may find its job taken over, and then stops running it.  The command of a killed host dies
-with it (``setpriv --pdeathsig KILL``), so a job taken over is not still running there.
+with it (:func:`~fspl_gateway.core.process.die_with_parent`), so a job taken over is not
+still running there.
+
+Claims are only safe where the transport's no-clobber write is atomic
+(``Capabilities.atomic_noclobber``): a transport without it (S3 with
+``-o conditional_writes=false``: a racy check, then a put) is refused with a ConfigError
+(exit 2) before anything is claimed.
 """
 
 from __future__ import annotations
@@ -29,7 +35,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import shutil
 import socket
 import subprocess
 import tempfile
@@ -38,14 +43,15 @@ import time
 from dataclasses import dataclass
 
 from fspl_gateway.core.errors import (
+    ConfigError,
     FsplError,
     RemoteExistsError,
     RemoteNotFoundError,
     TransportError,
 )
 from fspl_gateway.core.log import log
-from fspl_gateway.core.packet import Command, Meta, read_header_fd
-from fspl_gateway.core.process import ProcessOpts, build_env
+from fspl_gateway.core.packet import Meta, read_header_fd
+from fspl_gateway.core.process import JobResult, ProcessOpts, run_job
 from fspl_gateway.transports.base import Transport, is_job_name
 
 CLAIM = ".claim."
@@ -85,10 +91,20 @@ class LostLease(Exception):
     pass
 
 
+def require_atomic_noclobber(transport: Transport) -> None:
+    """ConfigError unless ``transport`` creates a name atomically without overwriting:
+    two hosts could otherwise both win one claim and run one job twice."""
+    if not transport.capabilities.atomic_noclobber:
+        raise ConfigError(f"{transport.describe()} cannot create a file without overwriting "
+                          "atomically (e.g. S3 with conditional_writes=false), so claims "
+                          "could race; multi-host workers need a transport that can")
+
+
 class Host:
     """One claiming worker on a shared remote queue (thread-safe per instance)."""
 
     def __init__(self, transport: Transport, opts: HostOpts) -> None:
+        require_atomic_noclobber(transport)
         self.t = transport
         self.o = opts
         self.done = 0
@@ -205,14 +221,14 @@ class Host:
             th = threading.Thread(target=renew, daemon=True)
             th.start()
             try:
-                ok = self._execute(meta, f.fileno(), job, proc_box)
+                res = self._execute(meta, f.fileno(), job, proc_box)
             finally:
                 renew_stop.set()
                 th.join()
         g = int(state["gen"])
         if state["lost"]:
             return
-        if ok or self.o.on_error == "delete":
+        if res.success or self.o.on_error == "delete":
             try:
                 self.t.delete(job)
             except RemoteNotFoundError:
@@ -222,38 +238,25 @@ class Host:
             log.info("job %d (%s) done on %s", meta.seq, job, self.o.host_id)
         else:
             self._delete_claims(job, g)
-            raise FsplError(f"job {meta.seq} ({job}) failed; released for a retry "
-                            "(--on-error retry)")
+            raise FsplError(f"job {meta.seq} ({job}) failed: {res.status}; released for a "
+                            "retry (--on-error retry)")
 
     def _execute(self, meta: Meta, fd: int, job: str,
-                 box: list[subprocess.Popen[bytes]]) -> bool:
-        if meta.cmd == "NOP":
-            return True
-        if meta.cmd == "Fail":
-            return False
-        assert isinstance(meta.cmd, Command)
-        args = [os.fsencode(self.o.proc.command), *(os.fsencode(p) for p in self.o.proc.params)]
-        if self.o.proc.allow_job_params:
-            args += list(meta.cmd.params)
-        setpriv = shutil.which("setpriv")
-        if setpriv:
-            args = [os.fsencode(setpriv), b"--pdeathsig", b"KILL", b"--", *args]
-        env = build_env(meta, job, None)
-        env[b"FSPL_GW_HOST_ID"] = os.fsencode(self.o.host_id)
-        p = subprocess.Popen(args, env=env, stdin=None if self.o.proc.ignore_payload else fd)
-        box.append(p)
-        try:
-            rc = p.wait(timeout=self.o.proc.timeout)
-        except subprocess.TimeoutExpired:
-            p.kill()
-            p.wait()
-            return False
-        return rc == 0
+                 box: list[subprocess.Popen[bytes]]) -> JobResult:
+        """Run the job with the one executor (:func:`~fspl_gateway.core.process.run_job`):
+        its environment checks, ``FSPL_GW_HOST_ID`` added, the command killed if this
+        process dies; ``box`` receives the process (the lease renewal kills it when the
+        lease is lost)."""
+        return run_job(self.o.proc, meta, fd, filename=job,
+                       extra_env={b"FSPL_GW_HOST_ID": os.fsencode(self.o.host_id)},
+                       kill_on_parent_death=True, on_start=box.append)
 
 
 def run_hosts(transport: Transport, opts: HostOpts, n: int) -> int:
     """Run ``n`` claiming workers in this process until the queue has nothing claimable
-    (or forever with ``follow``); return the number of jobs done."""
+    (or forever with ``follow``); return the number of jobs done.  ConfigError for a
+    transport without atomic no-clobber writes."""
+    require_atomic_noclobber(transport)
     hosts = [Host(transport, HostOpts(**{**opts.__dict__, "host_id": f"{opts.host_id}/{i + 1}"}))
              for i in range(n)]
     errors: list[BaseException] = []

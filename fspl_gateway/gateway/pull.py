@@ -26,9 +26,10 @@ in one transaction, and only then are the remote copies removed
 (:meth:`Transport.delete_many`).  So a job appears in ``jobs/`` whole or not at all, and
 a remote copy is removed only once the local one is durable and journaled.
 
-One sync or push per directory at a time: ``<queue>/.fspl-gw/lock``.  A busy lock makes
-:func:`pull` return a result with ``locked_out`` set (the CLI prints one info line and
-exits 0); ``wait_lock`` waits up to that many seconds first and then raises
+One sync or push per directory at a time: ``<queue>/.fspl-gw/lock``, taken by the run
+frame (:mod:`~fspl_gateway.gateway.runframe`).  A busy lock makes :func:`pull` return a
+result with ``locked_out`` set (the CLI prints one info line and exits 0); ``wait_lock``
+waits up to that many seconds first and then raises
 :class:`~fspl_gateway.core.errors.LockBusyError`.
 
 A local write error (disk full, file size limit, read-only) aborts the run with a
@@ -38,54 +39,56 @@ HostKeyError abort too; other per-file transport errors count as failed (exit 3)
 
 from __future__ import annotations
 
-import errno
 import hashlib
-import logging
 import os
 import random
-import sys
 import threading
 import time
-from collections.abc import Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from fspl_gateway.core import seqfile
 from fspl_gateway.core.errors import (
+    EXIT_OK,
+    EXIT_PARTIAL,
     AuthError,
-    FsplError,
     HostKeyError,
-    LockBusyError,
     NotSupportedError,
     PacketError,
     QueueError,
     RemoteNotFoundError,
     TransportError,
-    UsageError,
 )
-from fspl_gateway.core.fsutil import atomic_write, fsync_dir, move_noclobber, tmp_name
+from fspl_gateway.core.fsutil import (
+    flush_files,
+    fsync_dir,
+    is_local_disk_error,
+    move_noclobber,
+    tmp_name,
+)
+from fspl_gateway.core.layout import QueueLayout
 from fspl_gateway.core.log import TRACE, log
 from fspl_gateway.core.packet import Meta, read_header, read_header_file
-from fspl_gateway.core.queue import OpenJob, jobs_dir, seqfile_path
-from fspl_gateway.gateway.journal import Journal, gw_dir, open_existing
+from fspl_gateway.core.queue import OpenJob
+from fspl_gateway.gateway.concurrency import ParallelMap
+from fspl_gateway.gateway.journal import FileRow, Journal, JournalState, open_existing
+from fspl_gateway.gateway.progress import Progress
+from fspl_gateway.gateway.quarantine import quarantine
+from fspl_gateway.gateway.runframe import (
+    BATCH,
+    RunResult,
+    check_options,
+    fmt_seconds,
+    run_engine,
+)
 from fspl_gateway.transports.base import RemoteEntry, Transport, is_job_name, is_safe_name
-
-#: A journal row for Journal.record_many: (name, state, size, tag, sha256, seq, detail).
-_Row = tuple[str, str, "int | None", "str | None", "str | None", "int | None", "str | None"]
 
 T = TypeVar("T")
 
-LOCK_NAME = "lock"
-STAGING = "staging"
-QUARANTINE = "quarantine"
 #: Remote files at least this big (or of unknown size) get their header read before the
 #: download, so that an already-processed job is not downloaded at all.
 PEEK_MIN = 1 << 20
-#: Files linked into jobs/ per fsync of jobs/ (and per round of remote deletes).
-BATCH = 128
-
-_DISK_ERRNOS = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT, errno.EROFS)
 
 
 # -- shared by sync and push ----------------------------------------------------------
@@ -116,98 +119,6 @@ def with_retries(fn: Callable[[], T], what: str, policy: RetryPolicy,
             attempt += 1
 
 
-def is_local_disk_error(exc: BaseException) -> OSError | None:
-    """The OSError (disk full, file too large, quota, read-only) behind ``exc``, if any,
-    following ``__cause__``/``__context__`` (transports wrap OSErrors)."""
-    seen: set[int] = set()
-    e: BaseException | None = exc
-    while e is not None and id(e) not in seen:
-        seen.add(id(e))
-        if isinstance(e, OSError) and e.errno in _DISK_ERRNOS:
-            return e
-        e = e.__cause__ or e.__context__
-    return None
-
-
-def take_run_lock(qdir: str, wait: float | None, what: str) -> int | None:
-    """Lock ``<qdir>/.fspl-gw/lock``; return its descriptor, or None when busy and
-    ``wait`` is None.  With ``wait`` set, busy after that long → LockBusyError."""
-    d = gw_dir(qdir)
-    try:
-        os.makedirs(d, exist_ok=True)
-    except OSError as e:
-        raise QueueError(f"cannot create {d}: {e.strerror}") from None
-    try:
-        return seqfile.acquire_lock(os.path.join(d, LOCK_NAME), create=True,
-                                    wait=wait or 0.0, what=f"{qdir} ({what})")
-    except LockBusyError:
-        if wait is None:
-            return None
-        raise LockBusyError(f"{qdir} is still locked by another fspl-gw sync/push after "
-                            f"waiting {wait:g} s") from None
-
-
-class Progress:
-    """A rich progress bar on stderr when it is a terminal (rich imported only then);
-    otherwise a no-op."""
-
-    def __init__(self, enabled: bool | None, total: int, description: str) -> None:
-        if enabled is None:
-            enabled = (sys.stderr.isatty() and log.getEffectiveLevel() <= logging.INFO
-                       and total > 0)
-        self._bar: Any = None
-        self._task: Any = None
-        if not enabled:
-            return
-        try:
-            from rich.console import Console
-            from rich.progress import Progress as RichProgress
-        except ImportError:
-            return
-        self._bar = RichProgress(console=Console(stderr=True), transient=True)
-        self._task = self._bar.add_task(description, total=total)
-        self._bar.start()
-
-    def advance(self) -> None:
-        if self._bar is not None:
-            self._bar.advance(self._task)
-
-    def close(self) -> None:
-        if self._bar is not None:
-            self._bar.stop()
-            self._bar = None
-
-
-def run_parallel(items: Iterable[T], fn: Callable[[T], None], concurrency: int,
-                 stop: threading.Event, progress: Progress) -> None:
-    """Run ``fn`` on each item with up to ``concurrency`` threads.  The first exception
-    sets ``stop`` (items not yet started are skipped) and is re-raised at the end."""
-    errors: list[BaseException] = []
-
-    def one(item: T) -> None:
-        if stop.is_set():
-            return
-        try:
-            fn(item)
-        except BaseException as e:
-            stop.set()
-            errors.append(e)
-        finally:
-            progress.advance()
-
-    if concurrency <= 1:
-        for item in items:
-            one(item)
-            if stop.is_set():
-                break
-    else:
-        with ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="fspl-gw") as ex:
-            for _ in ex.map(one, items):
-                pass
-    if errors:
-        raise errors[0]
-
-
 def sha256_path(path: str) -> str:
     h = hashlib.sha256()
     with open(path, "rb", buffering=0) as f:
@@ -216,10 +127,6 @@ def sha256_path(path: str) -> str:
             if not b:
                 return h.hexdigest()
             h.update(b)
-
-
-def fmt_seconds(s: float) -> str:
-    return f"{s:.1f} s" if s >= 0.1 else f"{s * 1000:.0f} ms"
 
 
 # -- pull ----------------------------------------------------------------------------
@@ -243,32 +150,11 @@ class SyncOptions:
 
 
 @dataclass
-class RunResult:
-    """What one pull or push run did (the counters both engines share)."""
-
-    remote: str
-    skipped: int = 0
-    quarantined: int = 0
-    failed: int = 0
-    refused: int = 0
-    #: Files the journal already knew (nothing done).
-    known: int = 0
-    bytes: int = 0
-    seconds: float = 0.0
-    dry_run: bool = False
-    locked_out: bool = False
-    #: Names moved (or, in a dry run, that would be).
-    names: list[str] = field(default_factory=list)
-
-
-@dataclass
 class SyncResult(RunResult):
     fetched: int = 0
 
     @property
     def exit_code(self) -> int:
-        from fspl_gateway.core.errors import EXIT_OK, EXIT_PARTIAL
-
         return EXIT_PARTIAL if self.quarantined or self.failed else EXIT_OK
 
     def summary(self) -> str:
@@ -284,17 +170,6 @@ class SyncResult(RunResult):
         return s + f" from {self.remote} in {fmt_seconds(self.seconds)}"
 
 
-def _check_options(after: str, concurrency: int, max_jobs: int | None, attempts: int) -> None:
-    if after not in ("delete", "keep"):
-        raise UsageError(f"bad clean-up policy {after!r} (delete or keep)")
-    if concurrency < 1:
-        raise UsageError("concurrency must be at least 1")
-    if max_jobs is not None and max_jobs < 0:
-        raise UsageError("max-jobs must not be negative")
-    if attempts < 1:
-        raise UsageError("retries must be at least 1")
-
-
 def _same_remote_file(size: int | None, tag: str | None, e: RemoteEntry) -> bool:
     if size is not None and e.size is not None and size != e.size:
         return False
@@ -305,45 +180,12 @@ def pull(transport: Transport, queue_dir: str | os.PathLike[str],
          opts: SyncOptions | None = None) -> SyncResult:
     """Pull new jobs from ``transport`` into the queue ``queue_dir`` (see module doc)."""
     opts = opts or SyncOptions()
-    _check_options(opts.after_fetch, opts.concurrency, opts.max_jobs, opts.retry.attempts)
+    check_options(opts.after_fetch, opts.concurrency, opts.max_jobs, opts.retry.attempts)
     qdir = os.fspath(queue_dir)
-    if not os.path.isdir(jobs_dir(qdir)):
+    if not os.path.isdir(QueueLayout(qdir).jobs):
         raise QueueError(f"{qdir} is not a queue directory (no jobs/ in it)")
     res = SyncResult(remote=transport.describe(), dry_run=opts.dry_run)
     return run_engine("pull", _Puller, transport, qdir, opts, res)
-
-
-def run_engine(direction: str, engine: Any, transport: Transport, qdir: str, opts: Any,
-               res: Any) -> Any:
-    """The frame shared by pull and push: dry run without lock or journal; otherwise
-    the per-queue run lock (busy → ``res.locked_out``), the journal, the engine's
-    ``run()``, and the run's outcome recorded in the journal (also when it fails)."""
-    t0 = time.monotonic()
-    if opts.dry_run:
-        engine(transport, qdir, opts, None, res).dry_run()
-        res.seconds = time.monotonic() - t0
-        return res
-    lock_fd = take_run_lock(qdir, opts.wait_lock, "another fspl-gw sync or push")
-    if lock_fd is None:
-        res.locked_out = True
-        return res
-    journal: Journal | None = None
-    started = time.time()
-    try:
-        journal = Journal(qdir)
-        try:
-            engine(transport, qdir, opts, journal, res).run()
-        except FsplError as e:
-            res.seconds = time.monotonic() - t0
-            journal.record_run(direction, res.remote, started, False, f"error: {e}")
-            raise
-        res.seconds = time.monotonic() - t0
-        journal.record_run(direction, res.remote, started, res.exit_code == 0, res.summary())
-    finally:
-        if journal is not None:
-            journal.close()
-        os.close(lock_fd)
-    return res
 
 
 class _Puller:
@@ -351,18 +193,20 @@ class _Puller:
                  journal: Journal | None, res: SyncResult) -> None:
         self.t = transport
         self.qdir = qdir
-        self.jdir = jobs_dir(qdir)
-        self.staging = os.path.join(gw_dir(qdir), STAGING)
-        self.qdir_q = os.path.join(gw_dir(qdir), QUARANTINE)
+        self.layout = QueueLayout(qdir)
+        self.jdir = self.layout.jobs
+        self.staging = self.layout.staging
+        self.qdir_q = self.layout.quarantine
         self.opts = opts
         self.journal = journal
         self.res = res
         self.remote = res.remote
         self.stop = threading.Event()
         self.mutex = threading.Lock()
-        self.nextseq = seqfile.read_unlocked(seqfile_path(qdir))
+        self.nextseq = seqfile.read_unlocked(self.layout.seqfile)
         self.can_delete = transport.capabilities.can_delete
-        self.error: BaseException | None = None
+        #: The run's parallel map (in :meth:`run`): its first error stops the run.
+        self.par: ParallelMap | None = None
 
     # -- planning ------------------------------------------------------------------
     def _list(self) -> list[RemoteEntry]:
@@ -385,9 +229,9 @@ class _Puller:
                 continue
             rec = known.get(e.name)
             if rec is not None and _same_remote_file(rec.size, rec.tag, e):
-                if rec.state == "retry":
+                if rec.state == JournalState.RETRY:
                     todo.append(e)  # a killed run staged it but never linked it
-                elif rec.state == "quarantined" and not os.path.exists(
+                elif rec.state == JournalState.QUARANTINED and not os.path.exists(
                         os.path.join(self.qdir_q, rec.detail or "")):
                     todo.append(e)  # the operator cleared the quarantine: try again
                 else:
@@ -430,23 +274,24 @@ class _Puller:
 
     def _recover_linking(self) -> None:
         """Settle the files a killed run was linking into jobs/ (journal state
-        "linking", detail = the staged path): in jobs/ with our bytes, or gone from both
+        LINKING, detail = the staged path): in jobs/ with our bytes, or gone from both
         jobs/ and staging (linked, then processed and removed) → fetched; still staged
         only → not linked: fetch it again."""
         assert self.journal is not None
-        rows: list[_Row] = []
+        rows: list[FileRow] = []
         for name, rec in self.journal.known("pull", self.remote).items():
-            if rec.state != "linking":
+            if rec.state != JournalState.LINKING:
                 continue
             staged = rec.detail or ""
             in_jobs = os.path.exists(os.path.join(self.jdir, name))
             if in_jobs and _same_bytes(os.path.join(self.jdir, name), rec.size or 0,
                                        rec.sha256 or ""):
-                state = "fetched"
+                state = JournalState.FETCHED
             elif not in_jobs and not (staged and os.path.exists(staged)):
-                state = "fetched"  # linked, then run and removed by the queue's processor
+                # linked, then run and removed by the queue's processor
+                state = JournalState.FETCHED
             else:
-                state = "retry"
+                state = JournalState.RETRY
             log.debug("interrupted link of %s: %s", name, state)
             rows.append((name, state, rec.size, rec.tag, rec.sha256, rec.seq, None))
         self.journal.record_many("pull", self.remote, rows)
@@ -464,7 +309,7 @@ class _Puller:
         assert self.journal is not None
         todo, done = self._plan(self._list(), self.journal.known("pull", self.remote))
         for e, rec in done:
-            if rec.state == "quarantined":
+            if rec.state == JournalState.QUARANTINED:
                 log.warning("%s from %s is still quarantined (%s/%s); not fetched again",
                             e.name, self.remote, self.qdir_q, rec.detail)
                 self.res.quarantined += 1
@@ -478,56 +323,28 @@ class _Puller:
         if threads < self.opts.concurrency:
             log.debug("%s: %d thread(s) (the transport gains nothing from more)",
                       self.remote, threads)
-        pool = (ThreadPoolExecutor(threads, thread_name_prefix="fspl-gw")
-                if threads > 1 else None)
+        self.par = par = ParallelMap(threads, self.stop, progress.advance)
         try:
             if done and self.opts.after_fetch == "delete" and self.can_delete:
                 for i in range(0, len(done), BATCH * 8):
                     self._cleanup_remote_many([e.name for e, r in done[i:i + BATCH * 8]
-                                               if r.state != "quarantined"])
+                                               if r.state != JournalState.QUARANTINED])
             # Batches: download (parallel) → fsync them all, link them into jobs/, one
             # fsync of jobs/ → journal (one transaction) → delete the remote copies.
             for i in range(0, len(todo), BATCH):
-                staged = self._map(pool, self._one, todo[i:i + BATCH], progress)
+                staged = par.map(self._one, todo[i:i + BATCH])
                 try:
                     clean = self._commit(staged)
                 except BaseException as e:
-                    with self.mutex:
-                        if self.error is None:
-                            self.error = e
-                    self.stop.set()
+                    par.fail(e)
                     break
                 self._cleanup_remote_many(clean)
                 if self.stop.is_set():
                     break
         finally:
-            if pool is not None:
-                pool.shutdown(wait=True)
+            par.close()
             progress.close()
-        if self.error is not None:
-            raise self.error
-
-    def _map(self, pool: ThreadPoolExecutor | None, fn: Callable[[Any], T],
-             items: list[Any], progress: Progress | None = None) -> list[T]:
-        """``fn`` over ``items`` (in the pool if any); the results of those that did not
-        raise.  The first exception stops the run (kept in ``self.error``)."""
-        def one(item: Any) -> tuple[bool, Any]:
-            if self.stop.is_set():
-                return False, None
-            try:
-                return True, fn(item)
-            except BaseException as e:
-                with self.mutex:
-                    if self.error is None:
-                        self.error = e
-                self.stop.set()
-                return False, None
-            finally:
-                if progress is not None:
-                    progress.advance()
-
-        out = pool.map(one, items) if pool is not None else map(one, items)
-        return [r for ok, r in out if ok]
+        par.raise_error()
 
     # -- one file ------------------------------------------------------------------
     def _count(self, what: str, n: int = 1) -> None:
@@ -587,7 +404,7 @@ class _Puller:
         """Make a batch of staged files durable, link them into jobs/ (one fsync of
         jobs/), journal them (one transaction); return the names whose remote copy may
         now be cleaned up."""
-        rows: list[_Row] = []
+        rows: list[FileRow] = []
         clean: list[str] = []
         keep: list[_Staged] = []
         for st in batch:
@@ -597,14 +414,14 @@ class _Puller:
                 os.unlink(st.path)
                 log.debug("%s has seq %d < nextseq %s: already processed, not fetched",
                           st.entry.name, st.meta.seq, self.nextseq)
-                rows.append(self._row(st.entry, "already-processed", st.entry.size, st.sha,
+                rows.append(self._row(st.entry, JournalState.ALREADY_PROCESSED, st.entry.size, st.sha,
                                       st.meta.seq))
                 self._count("skipped")
                 clean.append(st.entry.name)
                 continue
             keep.append(st)
         try:
-            _flush_files([st.path for st in keep])
+            flush_files([st.path for st in keep])
         except OSError as err:
             for st in keep:
                 self._unlink_quiet(st.path)
@@ -615,7 +432,7 @@ class _Puller:
         # removed by the queue's processor), so that it is never fetched twice.
         assert self.journal is not None
         self.journal.record_many("pull", self.remote, [
-            (st.entry.name, "linking", st.size, st.entry.tag, st.sha, st.meta.seq, st.path)
+            (st.entry.name, JournalState.LINKING, st.size, st.entry.tag, st.sha, st.meta.seq, st.path)
             for st in keep])
         fetched: list[_Staged] = []
         for i, st in enumerate(keep):
@@ -623,20 +440,20 @@ class _Puller:
             if how == "linked":
                 fetched.append(st)
             elif how == "skipped":
-                rows.append(self._row(st.entry, "already-local", st.size, st.sha,
+                rows.append(self._row(st.entry, JournalState.ALREADY_LOCAL, st.size, st.sha,
                                       st.meta.seq))
                 clean.append(st.entry.name)
             elif self.stop.is_set():
                 # a local error stopped the run: what was not linked is fetched next time
-                rows.append(self._row(st.entry, "retry", None, None, None))
+                rows.append(self._row(st.entry, JournalState.RETRY, None, None, None))
                 for rest in keep[i + 1:]:
                     self._unlink_quiet(rest.path)
-                    rows.append(self._row(rest.entry, "retry", None, None, None))
+                    rows.append(self._row(rest.entry, JournalState.RETRY, None, None, None))
                 break
         if fetched:
             fsync_dir(self.jdir)
         for st in fetched:
-            rows.append(self._row(st.entry, "fetched", st.size, st.sha, st.meta.seq))
+            rows.append(self._row(st.entry, JournalState.FETCHED, st.size, st.sha, st.meta.seq))
             log.debug("fetched %s (%d bytes, seq %d) from %s", st.entry.name, st.size,
                       st.meta.seq, self.remote)
             self.res.fetched += 1
@@ -647,8 +464,8 @@ class _Puller:
         self.journal.record_many("pull", self.remote, rows)
         return clean
 
-    def _row(self, e: RemoteEntry, state: str, size: int | None, sha: str | None,
-             seq: int | None) -> _Row:
+    def _row(self, e: RemoteEntry, state: JournalState, size: int | None, sha: str | None,
+             seq: int | None) -> FileRow:
         return (e.name, state, size, e.tag, sha, seq, None)
 
     def _link(self, st: _Staged) -> str | None:
@@ -676,19 +493,18 @@ class _Puller:
             return None
         except OSError as err:
             self._unlink_quiet(path)
-            if self.error is None:
-                self.error = QueueError(f"cannot link {name} into {self.jdir}: {err.strerror}")
-            self.stop.set()
+            assert self.par is not None
+            self.par.fail(QueueError(f"cannot link {name} into {self.jdir}: {err.strerror}"))
             return None
         return "linked"
 
     def _already_processed(self, e: RemoteEntry, seq: int, sha: str | None) -> None:
         log.debug("%s has seq %d < nextseq %s: already processed, not fetched", e.name, seq,
                   self.nextseq)
-        self._record(e, "already-processed", e.size, sha, seq)
+        self._record(e, JournalState.ALREADY_PROCESSED, e.size, sha, seq)
         self._count("skipped")
 
-    def _record(self, e: RemoteEntry, state: str, size: int | None, sha: str | None,
+    def _record(self, e: RemoteEntry, state: JournalState, size: int | None, sha: str | None,
                 seq: int | None, detail: str | None = None) -> None:
         assert self.journal is not None
         self.journal.record("pull", self.remote, e.name, state=state, size=size, tag=e.tag,
@@ -768,24 +584,15 @@ class _Puller:
             os.close(fd)
 
     def _quarantine(self, path: str, e: RemoteEntry, sha: str, reason: str) -> None:
-        target = e.name
-        for i in range(1, 1000):
-            try:
-                move_noclobber(path, os.path.join(self.qdir_q, target))
-                break
-            except FileExistsError:
-                target = f"{e.name}.{i}"
-        else:  # pragma: no cover - a thousand quarantined copies of one name
+        try:
+            target = quarantine(self.qdir, path, e.name, reason, origin=("from", self.remote),
+                                details=[("sha256", sha)],
+                                note="the remote file was left alone")
+        except QueueError:
             self._unlink_quiet(path)
-            raise QueueError(f"too many quarantined copies of {e.name} in {self.qdir_q}")
-        text = (f"{e.name}\nfrom: {self.remote}\n"
-                f"time: {time.strftime('%Y-%m-%dT%H:%M:%S%z')}\n"
-                f"sha256: {sha}\nreason: {reason}\n"
-                "the remote file was left alone\n")
-        with atomic_write(self.qdir_q, target + ".reason", clobber=True) as w:
-            w.write(text.encode("utf-8", "surrogateescape"))
-        fsync_dir(self.qdir_q)
-        self._record(e, "quarantined", e.size, sha, None, detail=target)
+            raise
+        assert target is not None  # a staged file does not vanish: we hold the lock
+        self._record(e, JournalState.QUARANTINED, e.size, sha, None, detail=target)
         log.error("quarantined %s from %s: %s (kept as %s; the remote file is left alone)",
                   e.name, self.remote, reason, os.path.join(self.qdir_q, target))
         self._count("quarantined")
@@ -842,50 +649,6 @@ class _Puller:
             if deleted:
                 assert self.journal is not None
                 self.journal.mark_remote_deleted_many("pull", self.remote, deleted)
-
-
-def _flush_files(paths: list[str]) -> None:
-    """Make each file's bytes durable: start the writeback of all of them first
-    (sync_file_range where there is one), so that the syncs mostly wait for I/O already
-    under way and share one journal commit instead of paying for one each.
-
-    fdatasync: the data and what is needed to read it back (size, blocks); the new
-    directory entry in jobs/ is made durable by the fsync of jobs/ after the links."""
-    fds: list[int] = []
-    try:
-        for p in paths:
-            fds.append(os.open(p, os.O_RDONLY | os.O_CLOEXEC))
-        if len(fds) > 1:
-            _start_writeback(fds)
-        for fd in fds:
-            os.fdatasync(fd)
-    finally:
-        for fd in fds:
-            os.close(fd)
-
-
-_sfr: Any = None
-
-
-def _start_writeback(fds: list[int]) -> None:
-    """Ask the kernel to start writing these files back now (no waiting, no durability
-    by itself: the fsync after it gives that).  Quietly nothing where unavailable."""
-    global _sfr
-    if _sfr is None:
-        _sfr = False
-        if sys.platform.startswith("linux"):
-            try:
-                import ctypes
-
-                fn = ctypes.CDLL(None, use_errno=True).sync_file_range
-                fn.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
-                fn.restype = ctypes.c_int
-                _sfr = fn
-            except (OSError, AttributeError):
-                pass
-    if _sfr:
-        for fd in fds:
-            _sfr(fd, 0, 0, 2)  # SYNC_FILE_RANGE_WRITE; errors show up in the fsync
 
 
 @dataclass

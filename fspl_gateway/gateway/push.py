@@ -13,7 +13,7 @@ The mirror image of :mod:`fspl_gateway.gateway.pull`.  For each ``fspl-*.fspl`` 
 4. it is verified: the size the remote reports, and its checksum where the tag is a
    plain MD5 or SHA-256 of the content;
 5. it is recorded in the journal, then removed from the outbox (``after_push="delete"``)
-   or kept.  Removals are batched (:data:`~fspl_gateway.gateway.pull.BATCH` unlinks, then one
+   or kept.  Removals are batched (:data:`~fspl_gateway.gateway.runframe.BATCH` unlinks, then one
    fsync of ``jobs/``): a job is only removed once it is pushed and journaled, and one
    whose removal a crash undid is removed by the next run (the journal knows it).
 
@@ -25,7 +25,6 @@ from __future__ import annotations
 import hashlib
 import os
 import threading
-import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -42,23 +41,22 @@ from fspl_gateway.core.errors import (
     RemoteNotFoundError,
     TransportError,
 )
-from fspl_gateway.core.fsutil import atomic_write, fsync_dir, move_noclobber
+from fspl_gateway.core.fsutil import fsync_dir
+from fspl_gateway.core.layout import QueueLayout
 from fspl_gateway.core.log import TRACE, log
 from fspl_gateway.core.packet import read_header_fd
-from fspl_gateway.core.queue import OpenJob, is_job_filename, jobs_dir
-from fspl_gateway.gateway.journal import Journal, gw_dir, open_existing
-from fspl_gateway.gateway.pull import (
+from fspl_gateway.core.queue import OpenJob, is_job_filename
+from fspl_gateway.gateway.concurrency import ParallelMap
+from fspl_gateway.gateway.journal import Journal, JournalState, open_existing
+from fspl_gateway.gateway.progress import Progress
+from fspl_gateway.gateway.pull import RetryPolicy, sha256_path, with_retries
+from fspl_gateway.gateway.quarantine import quarantine
+from fspl_gateway.gateway.runframe import (
     BATCH,
-    QUARANTINE,
-    Progress,
-    RetryPolicy,
     RunResult,
-    _check_options,
+    check_options,
     fmt_seconds,
     run_engine,
-    run_parallel,
-    sha256_path,
-    with_retries,
 )
 from fspl_gateway.transports.base import RemoteEntry, Transport, is_safe_name
 
@@ -107,9 +105,9 @@ def push(transport: Transport, outbox_dir: str | os.PathLike[str],
          opts: PushOptions | None = None) -> PushResult:
     """Push the jobs of ``outbox_dir`` to ``transport`` (see the module doc)."""
     opts = opts or PushOptions()
-    _check_options(opts.after_push, opts.concurrency, opts.max_jobs, opts.retry.attempts)
+    check_options(opts.after_push, opts.concurrency, opts.max_jobs, opts.retry.attempts)
     qdir = os.fspath(outbox_dir)
-    if not os.path.isdir(jobs_dir(qdir)):
+    if not os.path.isdir(QueueLayout(qdir).jobs):
         raise QueueError(f"{qdir} is not a queue directory (no jobs/ in it)")
     res = PushResult(remote=transport.describe(), dry_run=opts.dry_run)
     if not opts.dry_run:
@@ -122,8 +120,8 @@ class _Pusher:
                  journal: Journal | None, res: PushResult) -> None:
         self.t = transport
         self.qdir = qdir
-        self.jdir = jobs_dir(qdir)
-        self.quarantine_dir = os.path.join(gw_dir(qdir), QUARANTINE)
+        self.layout = QueueLayout(qdir)
+        self.jdir = self.layout.jobs
         self.opts = opts
         self.journal = journal
         self.res = res
@@ -166,7 +164,8 @@ class _Pusher:
         done: list[str] = []
         for name in self._local_names():
             rec = known.get(name)
-            if rec is not None and rec.state in ("pushed", "already-remote"):
+            if rec is not None and rec.state in (JournalState.PUSHED,
+                                                 JournalState.ALREADY_REMOTE):
                 try:
                     same = sha256_path(os.path.join(self.jdir, name)) == rec.sha256
                 except FileNotFoundError:
@@ -213,7 +212,9 @@ class _Pusher:
         threads = max(1, min(self.opts.concurrency,
                              self.t.set_concurrency(self.opts.concurrency)))
         try:
-            run_parallel(todo, self._one, threads, self.stop, progress)
+            with ParallelMap(threads, self.stop, progress.advance) as par:
+                par.map(self._one, todo)
+            par.raise_error()
         finally:
             progress.close()
             self._remove_pushed(force=True)
@@ -272,7 +273,7 @@ class _Pusher:
         if tag and tag in (sha, md5):
             log.log(TRACE, "%s: checksum verified (%s)", name, tag)
         assert self.journal is not None
-        self.journal.record("push", self.remote, name, state="pushed", size=size,
+        self.journal.record("push", self.remote, name, state=JournalState.PUSHED, size=size,
                             tag=entry.tag, sha256=sha, seq=seq)
         log.debug("pushed %s (%d bytes, seq %s) to %s", name, size, seq, self.remote)
         with self.mutex:
@@ -309,8 +310,8 @@ class _Pusher:
             return
         log.debug("%s is already on %s with the same bytes", name, self.remote)
         assert self.journal is not None
-        self.journal.record("push", self.remote, name, state="already-remote", size=size,
-                            sha256=sha)
+        self.journal.record("push", self.remote, name, state=JournalState.ALREADY_REMOTE,
+                            size=size, sha256=sha)
         self._count("skipped")
         self._cleanup_local(os.path.join(self.jdir, name))
 
@@ -343,26 +344,12 @@ class _Pusher:
             fsync_dir(self.jdir)
 
     def _quarantine(self, name: str, reason: str) -> None:
-        os.makedirs(self.quarantine_dir, exist_ok=True)
-        target = name
-        for i in range(1, 1000):
-            try:
-                move_noclobber(os.path.join(self.jdir, name),
-                               os.path.join(self.quarantine_dir, target))
-                break
-            except FileExistsError:
-                target = f"{name}.{i}"
-            except FileNotFoundError:
-                return
-        else:  # pragma: no cover
-            raise QueueError(f"too many quarantined copies of {name} in {self.quarantine_dir}")
-        fsync_dir(self.jdir)
-        text = (f"{name}\nto: {self.remote}\ntime: {time.strftime('%Y-%m-%dT%H:%M:%S%z')}\n"
-                f"reason: {reason}\nit was not pushed\n")
-        with atomic_write(self.quarantine_dir, target + ".reason", clobber=True) as w:
-            w.write(text.encode("utf-8", "surrogateescape"))
+        target = quarantine(self.qdir, os.path.join(self.jdir, name), name, reason,
+                            origin=("to", self.remote), note="it was not pushed")
+        if target is None:
+            return  # gone from the outbox meanwhile
         log.error("quarantined %s: %s (moved to %s; not pushed)", name, reason,
-                  os.path.join(self.quarantine_dir, target))
+                  os.path.join(self.layout.quarantine, target))
         self._count("quarantined")
 
 

@@ -23,9 +23,8 @@ from fspl_gateway.core import queue as q
 from fspl_gateway.core import seqfile
 from fspl_gateway.core.errors import FsplError, PacketError, QueueError
 from fspl_gateway.core.fsutil import atomic_write
-from fspl_gateway.gateway.journal import gw_dir, last_runs
-
-QUARANTINE = "quarantine"
+from fspl_gateway.gateway.journal import last_runs
+from fspl_gateway.gateway.quarantine import quarantined
 
 
 @dataclass
@@ -80,12 +79,9 @@ def ranges(nums: Iterable[int]) -> str:
 
 def _quarantined(qdir: str) -> list[str]:
     try:
-        names = os.listdir(os.path.join(gw_dir(qdir), QUARANTINE))
-    except FileNotFoundError:
-        return []
+        return quarantined(qdir)
     except OSError as e:
         raise QueueError(f"cannot read the quarantine of {qdir}: {e.strerror}") from None
-    return sorted(n for n in names if not n.endswith(".reason") and not n.startswith("."))
 
 
 def queue_status(qdir: str, *, decoder: str | None = None, order_by: str = "sequence",

@@ -24,8 +24,14 @@ from dataclasses import dataclass, field
 
 from fspl_gateway.core import queue as q
 from fspl_gateway.core.errors import JobFailedError, LockBusyError
+from fspl_gateway.core.layout import QueueLayout
 from fspl_gateway.core.log import log
-from fspl_gateway.core.process import ProcessOpts, QueueProcessOpts, queue_process
+from fspl_gateway.core.process import (
+    ProcessOpts,
+    QueueProcessOpts,
+    die_with_parent,
+    queue_process,
+)
 from fspl_gateway.core.seqfile import acquire_lock
 from fspl_gateway.gateway.disperse import (
     DisperseOpts,
@@ -60,14 +66,16 @@ class WorkersOpts:
         return self.worker_paths
 
 
-def _state_dir(worker: str) -> str:
-    d = os.path.join(worker, ".fspl-gw")
-    os.makedirs(d, exist_ok=True)
-    return d
+def _layout(worker: str) -> QueueLayout:
+    """The worker queue's layout, with its ``.fspl-gw/`` created."""
+    lay = QueueLayout(worker)
+    os.makedirs(lay.gw, exist_ok=True)
+    return lay
 
 
 def _check_interrupted(worker: str) -> None:
-    marker = os.path.join(_state_dir(worker), "running")
+    lay = _layout(worker)
+    marker = lay.running
     try:
         with open(marker) as f:
             name = f.read().strip()
@@ -75,7 +83,7 @@ def _check_interrupted(worker: str) -> None:
         return
     log.warning("%s: job %s was running when this worker stopped; it will run again",
                 worker, name)
-    with open(os.path.join(_state_dir(worker), "rerun.log"), "a") as f:
+    with open(lay.rerun_log, "a") as f:
         f.write(f"{time.strftime('%Y-%m-%dT%H:%M:%S%z')} {name}\n")
         f.flush()
         os.fsync(f.fileno())
@@ -87,16 +95,16 @@ def _run_one(opts: WorkersOpts, worker: str) -> bool:
     jobs = sorted(q.scan(worker), key=lambda j: j.meta.seq)
     if not jobs:
         return False
-    marker_dir = _state_dir(worker)
+    marker = _layout(worker).running
     # Advisory only (read after a crash of this process, not of the machine): no fsync.
-    with open(os.path.join(marker_dir, "running"), "wb") as f:
+    with open(marker, "wb") as f:
         f.write(jobs[0].filename.encode("utf-8", "surrogateescape"))
     try:
         queue_process(QueueProcessOpts(worker, opts.proc, None, opts.on_error, "seq-sorted",
                                        opts.never_delete, 1, opts.output_to, wait_lock=5.0))
     finally:
         try:
-            os.unlink(os.path.join(marker_dir, "running"))
+            os.unlink(marker)
         except FileNotFoundError:
             pass
     return True
@@ -108,7 +116,7 @@ def worker_loop(opts: WorkersOpts, index: int, stop: list[bool]) -> int:
     ensure_worker_queue(me)
     # One worker per worker queue, also across runs (a previous run's worker that is still
     # finishing its job after a SIGTERM holds this until it exits).
-    lock_fd = acquire_lock(os.path.join(_state_dir(me), "worker.lock"), create=True,
+    lock_fd = acquire_lock(_layout(me).worker_lock, create=True,
                            wait=opts.grace + 5, what=f"worker queue {me}")
     try:
         return _loop(opts, me, stop)
@@ -143,23 +151,11 @@ def _loop(opts: WorkersOpts, me: str, stop: list[bool]) -> int:
     return 0
 
 
-def _die_with_parent() -> None:
-    """Ask the kernel to SIGTERM us if the supervisor dies (even by kill -9), so that no
-    orphaned worker goes on beside the next run's workers."""
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(1, signal.SIGTERM, 0, 0, 0)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
-
-
 def _child(opts: WorkersOpts, index: int, parent: int) -> None:
     stop = [False]
-    _die_with_parent()
-    if os.getppid() != parent:  # the supervisor died before prctl took effect
-        os._exit(1)
+    # SIGTERM (a stop, not a kill) if the supervisor dies, even by kill -9, so that no
+    # orphaned worker goes on beside the next run's workers
+    die_with_parent(signal.SIGTERM, parent)
 
     def on_signal(_sig: int, _frame: object) -> None:
         stop[0] = True

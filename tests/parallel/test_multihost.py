@@ -119,3 +119,59 @@ def test_two_hosts_share_a_queue_one_dies_mid_lease(remote: Remote, tmp_path: Pa
     assert len(open_) == 1  # A was really killed mid-job, and that job ran again later
     # the remote is empty: jobs and claims deleted
     assert remote.names() == []
+
+
+def _workers(remote_args: list[str], work: Path, log: Path,
+             *extra: str) -> subprocess.CompletedProcess[bytes]:
+    cmd = [sys.executable, "-m", "fspl_gateway", "workers", *remote_args, "-q", str(work),
+           "-n", "1", *extra, "sh", "--", "-c", 'echo ran >> "$LOG"']
+    return subprocess.run(cmd, env={**os.environ, "LOG": str(log)}, capture_output=True,
+                          timeout=120)
+
+
+@pytest.mark.parametrize("on_error", ["retry", "delete"])
+def test_bad_env_key_fails_the_job_like_the_process_module(tmp_path: Path,
+                                                           on_error: str) -> None:
+    """The one executor: an FSPL_SET_ key with '=' fails the job with run_job's message,
+    without running the command; its claim is released (retry) or the job deleted."""
+    from fspl_gateway.core.queue import new_job_filename
+
+    d = tmp_path / "remote"
+    (d / "jobs").mkdir(parents=True)
+    name = new_job_filename()
+    bad = Meta(seq=1, cmd=make_command([b"1"], env=[(b"A=B", b"x")]))
+    (d / "jobs" / name).write_bytes(encode_header(bad) + b"payload")
+    log = tmp_path / "log"
+    p = _workers(["-t", "local", "-r", str(d)], tmp_path / "w", log, "--on-error", on_error)
+    err = p.stderr.decode()
+    assert "cannot set environment variable b'FSPL_SET_A=B'" in err
+    assert not log.exists()  # the command never ran
+    if on_error == "retry":
+        assert p.returncode == 1, err
+        last = err.strip().splitlines()[-1]
+        assert last.startswith("Error: job 1 (") and "cannot set environment variable" in last
+        assert os.listdir(d / "jobs") == [name]  # released: no claim left behind
+    else:
+        assert p.returncode == 0, err
+        assert os.listdir(d / "jobs") == []
+
+
+def test_refuses_a_transport_without_atomic_noclobber(s3_bucket, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """Claims rely on no-clobber writes: S3 with conditional_writes=false is refused
+    (one line, exit 2) before anything is claimed or run."""
+    from fspl_gateway.core.queue import new_job_filename
+
+    b = s3_bucket
+    name = new_job_filename()
+    b.client.put_object(Bucket=b.name, Key="q/jobs/" + name, Body=_packet(1))
+    args = ["-t", "s3", "-r", f"s3://{b.name}/q", "-o", "conditional_writes=false"]
+    for k, v in b.options.items():
+        args += ["-o", f"{k}={v}"]
+    log = tmp_path / "log"
+    p = _workers(args, tmp_path / "w", log)
+    err = p.stderr.decode()
+    assert p.returncode == 2, err
+    assert err.count("\n") == 1 and err.startswith("Error: ") and "conditional_writes" in err
+    assert not log.exists()
+    keys = [o["Key"] for o in b.client.list_objects_v2(Bucket=b.name).get("Contents", [])]
+    assert keys == ["q/jobs/" + name]  # no claim written

@@ -94,3 +94,87 @@ def test_open_existing_and_errors(tmp_path: Path) -> None:
     (d / "journal.sqlite").write_bytes(b"this is not a database, not at all" * 100)
     with pytest.raises(QueueError, match="journal"):
         jr.Journal(str(tmp_path))
+
+
+# -- every state the engines write is a declared JournalState -------------------------
+def _spy_states(qdir: Path) -> None:
+    """Log (direction, state) of every row the engines write into ``qdir``'s journal,
+    also the ones a later row of the same run replaces (an SQLite trigger)."""
+    jr.Journal(str(qdir)).close()
+    db = sqlite3.connect(qdir / ".fspl-gw" / "journal.sqlite")
+    db.executescript("""
+        CREATE TABLE spy (direction TEXT, state TEXT);
+        CREATE TRIGGER spy_ins AFTER INSERT ON files
+            BEGIN INSERT INTO spy VALUES (NEW.direction, NEW.state); END;
+        CREATE TRIGGER spy_upd AFTER UPDATE ON files
+            BEGIN INSERT INTO spy VALUES (NEW.direction, NEW.state); END;
+    """)
+    db.close()
+
+
+def _spied(qdir: Path) -> set[tuple[str, str]]:
+    db = sqlite3.connect(qdir / ".fspl-gw" / "journal.sqlite")
+    try:
+        return set(db.execute("SELECT DISTINCT direction, state FROM spy").fetchall())
+    finally:
+        db.close()
+
+
+def test_every_state_written_is_a_journal_state(tmp_path: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """Pull and push with every outcome; each state they write (even one replaced later
+    in the same run) must be a JournalState of its direction — and each JournalState
+    must be written by some outcome."""
+    import errno
+    import os
+
+    import fspl_gateway.gateway.pull as pull_mod
+    from fspl_gateway.core import queue as q
+    from fspl_gateway.core.errors import QueueError as QErr
+    from fspl_gateway.core.seqfile import SeqFile
+    from fspl_gateway.gateway.pull import SyncOptions, pull
+    from fspl_gateway.gateway.push import PushOptions, push
+    from fspl_gateway.transports.local import LocalTransport
+    from tests.unit.test_sync import FAST, job_set, make_remote
+
+    jobs = job_set(6)
+    old, fetched, local, later, pushed, on_remote = sorted(jobs)
+    remote = make_remote(tmp_path / "remote", {n: jobs[n] for n in (old, fetched, local)})
+    (remote / "jobs" / "fspl-bad.fspl").write_bytes(b"*FILESPOOLER\x00\x01 not a header")
+    queue = tmp_path / "queue"
+    q.queue_init(str(queue))
+    with SeqFile(str(queue / "nextseq")) as sf:
+        sf.set(2)  # the job with seq 1 was processed already
+    (queue / "jobs" / local).write_bytes(jobs[local])
+    _spy_states(queue)
+    t = LocalTransport(str(remote))
+    sopts = SyncOptions(retry=FAST, progress=False, concurrency=1)
+    res = pull(t, str(queue), sopts)
+    assert (res.fetched, res.skipped, res.quarantined) == (1, 2, 1)
+    # a local error while linking stops the run: what was not linked is retried
+    (remote / "jobs" / later).write_bytes(jobs[later])
+    real = pull_mod.move_noclobber
+
+    def broken(src: str, dst: str) -> None:
+        raise OSError(errno.EIO, os.strerror(errno.EIO), dst)
+
+    monkeypatch.setattr(pull_mod, "move_noclobber", broken)
+    with pytest.raises(QErr, match="cannot link"):
+        pull(t, str(queue), sopts)
+    monkeypatch.setattr(pull_mod, "move_noclobber", real)
+    assert pull(t, str(queue), sopts).fetched == 1
+
+    outbox = tmp_path / "outbox"
+    q.queue_init(str(outbox), append_only=True)
+    for n in (pushed, on_remote):
+        (outbox / "jobs" / n).write_bytes(jobs[n])
+    (remote / "jobs" / on_remote).write_bytes(jobs[on_remote])
+    _spy_states(outbox)
+    pres = push(t, str(outbox), PushOptions(retry=FAST, progress=False))
+    assert (pres.pushed, pres.skipped) == (1, 1)
+
+    written = _spied(queue) | _spied(outbox)
+    assert {s for d, s in written if d == "pull"} <= jr.PULL_STATES
+    assert {s for d, s in written if d == "push"} <= jr.PUSH_STATES
+    assert {s for _, s in written} == set(jr.JournalState)
+    assert jr.PULL_STATES | jr.PUSH_STATES == set(jr.JournalState)

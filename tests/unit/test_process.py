@@ -269,3 +269,55 @@ def test_missing_command_is_an_error_of_the_run(queue: Path) -> None:
 def test_run_job_killed_by_signal() -> None:
     res = run_job(ProcessOpts("sh", ["-c", "kill -9 $$"]), Meta(1, (0, 0), Command()), None)
     assert not res.success and res.status == "killed by signal 9"
+
+
+# -- die with the parent ---------------------------------------------------------------
+_PARENT = r'''
+import sys
+from fspl_gateway.core.packet import Command, Meta
+from fspl_gateway.core.process import ProcessOpts, run_job
+pidfile, tied = sys.argv[1], sys.argv[2] == "1"
+run_job(ProcessOpts("sh", ["-c", 'echo $$ > "$0.tmp" && mv "$0.tmp" "$0" && exec sleep 60',
+                           pidfile]),
+        Meta(1, (0, 0), Command()), None, kill_on_parent_death=tied)
+'''
+
+
+def _alive(pid: int) -> bool:
+    """Running (not gone, not a zombie waiting for a reaper that never comes)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+@pytest.mark.parametrize("tied", [True, False])
+def test_command_dies_when_its_parent_is_killed(tmp_path: Path, tied: bool) -> None:
+    """run_job(kill_on_parent_death=True) — the multi-host executor — and so the shared
+    die_with_parent helper: SIGKILL the process that runs the job, and the command dies
+    too.  Without it, the command goes on (the test can fail)."""
+    import signal
+    import subprocess
+    import sys
+
+    pidfile = tmp_path / "pid"
+    parent = subprocess.Popen([sys.executable, "-c", _PARENT, str(pidfile), str(int(tied))])
+    try:
+        deadline = time.monotonic() + 30
+        while not pidfile.exists():
+            assert time.monotonic() < deadline and parent.poll() is None, "no command"
+            time.sleep(0.02)
+        child = int(pidfile.read_text())
+        assert _alive(child)
+        parent.send_signal(signal.SIGKILL)
+        parent.wait()
+        deadline = time.monotonic() + (5 if tied else 1)
+        while _alive(child) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert _alive(child) is not tied
+    finally:
+        parent.kill()
+        parent.wait()
+        if pidfile.exists() and _alive(int(pidfile.read_text())):
+            os.kill(int(pidfile.read_text()), signal.SIGKILL)

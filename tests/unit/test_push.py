@@ -13,8 +13,8 @@ import pytest
 from fspl_gateway.core import queue as q
 from fspl_gateway.core.errors import AuthError, NotSupportedError, TransientError
 from fspl_gateway.gateway import journal as jr
-from fspl_gateway.gateway.pull import take_run_lock
 from fspl_gateway.gateway.push import PushOptions, push
+from fspl_gateway.gateway.runframe import take_run_lock
 from fspl_gateway.transports.base import Capabilities, RemoteEntry
 from fspl_gateway.transports.local import LocalTransport
 from tests.unit.test_sync import (

@@ -28,7 +28,8 @@ from fspl_gateway.core.fsutil import TMP_PREFIX
 from fspl_gateway.core.packet import Meta, encode_header
 from fspl_gateway.core.seqfile import SeqFile
 from fspl_gateway.gateway import journal as jr
-from fspl_gateway.gateway.pull import RetryPolicy, SyncOptions, pull, take_run_lock
+from fspl_gateway.gateway.pull import RetryPolicy, SyncOptions, pull
+from fspl_gateway.gateway.runframe import take_run_lock
 from fspl_gateway.transports.base import RemoteEntry
 from fspl_gateway.transports.local import LocalTransport
 

@@ -59,9 +59,10 @@ from fspl_gateway.core.errors import (
     RemoteNotFoundError,
 )
 from fspl_gateway.core.fsutil import atomic_write
+from fspl_gateway.core.layout import QueueLayout
 from fspl_gateway.core.log import log
 from fspl_gateway.gateway.config import RemoteSpec
-from fspl_gateway.gateway.journal import Journal, gw_dir
+from fspl_gateway.gateway.journal import Journal
 from fspl_gateway.gateway.watch import pipelines as pl
 from fspl_gateway.transports.base import RemoteEntry, Transport
 
@@ -71,7 +72,6 @@ BACKOFF_INTERVALS = 32
 BACKOFF_MAX = 600.0
 #: A failing job is retried after this many seconds, doubling up to BACKOFF_MAX.
 JOB_RETRY_FIRST = 5.0
-MEDIA_SEEN = "media-seen.json"
 #: After a change notification, the next wait starts at least this much later.
 LONGPOLL_GAP = 0.1
 
@@ -567,7 +567,7 @@ class MediaWatcher:
         self.stop = threading.Event()
         self.wake = threading.Event()
         self.thread = threading.Thread(target=self._main, name="media", daemon=True)
-        self.seen_path = os.path.join(gw_dir(self.queue), MEDIA_SEEN)
+        self.seen_path = QueueLayout(self.queue).media_seen
         self.seen: dict[str, list[int]] = {}
 
     def start(self) -> None:
@@ -594,8 +594,9 @@ class MediaWatcher:
 
     def _save(self) -> None:
         try:
-            os.makedirs(gw_dir(self.queue), exist_ok=True)
-            with atomic_write(gw_dir(self.queue), MEDIA_SEEN, clobber=True) as f:
+            d, name = os.path.split(self.seen_path)
+            os.makedirs(d, exist_ok=True)
+            with atomic_write(d, name, clobber=True) as f:
                 f.write(json.dumps(self.seen, indent=1, sort_keys=True).encode())
         except OSError as e:
             log.warning("cannot save %s: %s", self.seen_path, e.strerror)
