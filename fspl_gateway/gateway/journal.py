@@ -28,6 +28,7 @@ import threading
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from enum import StrEnum
 
 from fspl_gateway.core.errors import QueueError
 
@@ -82,6 +83,13 @@ def _key(name: str) -> bytes:
 
 def _unkey(b: bytes | str) -> str:
     return b if isinstance(b, str) else b.decode("utf-8", "surrogateescape")
+
+
+class Direction(StrEnum):
+    """Which way a run moves jobs; the journal keys its rows by it."""
+
+    PULL = "pull"  # remote → local queue (``fspl-gw sync``)
+    PUSH = "push"  # local outbox → remote (``fspl-gw push``)
 
 
 @dataclass(frozen=True)

@@ -49,6 +49,7 @@ import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any, TypeVar
 
 from fspl_gateway.core import seqfile
@@ -223,10 +224,16 @@ def fmt_seconds(s: float) -> str:
 
 
 # -- pull ----------------------------------------------------------------------------
+class AfterFetch(StrEnum):
+    """What becomes of the remote copy once a job is fetched (``--after-fetch``)."""
+
+    DELETE = "delete"  # removed, like ``rclone move`` (the default)
+    KEEP = "keep"  # left; the journal stops it being fetched again
+
+
 @dataclass
 class SyncOptions:
-    #: "delete" (default, like ``rclone move``) or "keep" the remote copy once fetched.
-    after_fetch: str = "delete"
+    after_fetch: AfterFetch = AfterFetch.DELETE
     #: Shell command that decodes a job file (stdin) to a packet (stdout).
     decoder: str | None = None
     dry_run: bool = False
@@ -284,9 +291,10 @@ class SyncResult(RunResult):
         return s + f" from {self.remote} in {fmt_seconds(self.seconds)}"
 
 
-def _check_options(after: str, concurrency: int, max_jobs: int | None, attempts: int) -> None:
-    if after not in ("delete", "keep"):
-        raise UsageError(f"bad clean-up policy {after!r} (delete or keep)")
+def _check_options(after: str, policies: type[StrEnum], concurrency: int,
+                   max_jobs: int | None, attempts: int) -> None:
+    if after not in set(policies):
+        raise UsageError(f"bad clean-up policy {after!r} ({' or '.join(policies)})")
     if concurrency < 1:
         raise UsageError("concurrency must be at least 1")
     if max_jobs is not None and max_jobs < 0:
@@ -305,7 +313,8 @@ def pull(transport: Transport, queue_dir: str | os.PathLike[str],
          opts: SyncOptions | None = None) -> SyncResult:
     """Pull new jobs from ``transport`` into the queue ``queue_dir`` (see module doc)."""
     opts = opts or SyncOptions()
-    _check_options(opts.after_fetch, opts.concurrency, opts.max_jobs, opts.retry.attempts)
+    _check_options(opts.after_fetch, AfterFetch, opts.concurrency, opts.max_jobs,
+                   opts.retry.attempts)
     qdir = os.fspath(queue_dir)
     if not os.path.isdir(jobs_dir(qdir)):
         raise QueueError(f"{qdir} is not a queue directory (no jobs/ in it)")

@@ -25,7 +25,14 @@ from dataclasses import dataclass, field
 from fspl_gateway.core import queue as q
 from fspl_gateway.core.errors import JobFailedError, LockBusyError
 from fspl_gateway.core.log import log
-from fspl_gateway.core.process import ProcessOpts, QueueProcessOpts, queue_process
+from fspl_gateway.core.process import (
+    OnError,
+    OrderBy,
+    OutputTo,
+    ProcessOpts,
+    QueueProcessOpts,
+    queue_process,
+)
 from fspl_gateway.core.seqfile import acquire_lock
 from fspl_gateway.gateway.disperse import (
     DisperseOpts,
@@ -43,9 +50,9 @@ class WorkersOpts:
     workdir: str
     proc: ProcessOpts
     key: str | None = None
-    order_by: str = "sequence"
-    on_error: str = "retry"
-    output_to: str = "passboth"
+    order_by: OrderBy = OrderBy.SEQUENCE
+    on_error: OnError = OnError.RETRY
+    output_to: OutputTo = OutputTo.PASSBOTH
     never_delete: bool = False
     follow: bool = False
     poll: float = 0.5
@@ -92,7 +99,7 @@ def _run_one(opts: WorkersOpts, worker: str) -> bool:
     with open(os.path.join(marker_dir, "running"), "wb") as f:
         f.write(jobs[0].filename.encode("utf-8", "surrogateescape"))
     try:
-        queue_process(QueueProcessOpts(worker, opts.proc, None, opts.on_error, "seq-sorted",
+        queue_process(QueueProcessOpts(worker, opts.proc, None, opts.on_error, OrderBy.SEQ_SORTED,
                                        opts.never_delete, 1, opts.output_to, wait_lock=5.0))
     finally:
         try:
