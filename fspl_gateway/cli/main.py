@@ -130,7 +130,8 @@ def _emit_header(meta: Any) -> None:
 
 @cli.command("prepare", context_settings=CONTEXT)
 @opt.seqfile()
-@click.option("-i", "--input", "input_", metavar="INPUT", help='Payload file; "-" for stdin.')
+@click.option("-i", "--input", "input_", metavar="INPUT", shell_complete=opt.complete_file,
+              help='Payload file; "-" for stdin.')
 @opt.wait_lock()
 @click.argument("params", nargs=-1, metavar="[-- PARAMS]...")
 def prepare_cmd(seqfile: str, input_: str | None, wait_lock: float | None, params: tuple[str, ...]) -> None:

@@ -12,6 +12,7 @@ from fspl_gateway.cli.options import CONTEXT
 @click.command("export", context_settings=CONTEXT)
 @opt.queuedir("The outbox queue to export.", metavar="OUTBOX")
 @click.option("--to", "dest", required=True, metavar="DIR|FILE.iso",
+              shell_complete=opt.complete_file,
               help="A mounted stick's directory, or an ISO image to create (ready to burn).")
 @click.option("--keep", is_flag=True, help="Keep the exported jobs in the outbox.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing ISO image.")
@@ -33,6 +34,7 @@ def export_cmd(queuedir: str, dest: str, keep: bool, overwrite: bool, volume_id:
 @click.command("import", context_settings=CONTEXT)
 @opt.queuedir("The queue to import into.", metavar="QUEUE")
 @click.option("--from", "source", required=True, metavar="DIR|FILE.iso",
+              shell_complete=opt.complete_file,
               help="A mounted stick/CD directory or an ISO image (read without mounting).")
 @click.option("--good-only", is_flag=True,
               help="If the manifest check fails for some jobs, import the good ones anyway "

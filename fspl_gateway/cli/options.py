@@ -32,12 +32,12 @@ def _stack(*decorators: Callable[[F], F]) -> Callable[[F], F]:
     return apply
 
 
-def _complete_dir(_ctx: click.Context, _param: click.Parameter,
+def complete_dir(_ctx: click.Context, _param: click.Parameter,
                   incomplete: str) -> list[CompletionItem]:
     return [CompletionItem(incomplete, type="dir")]
 
 
-def _complete_file(_ctx: click.Context, _param: click.Parameter,
+def complete_file(_ctx: click.Context, _param: click.Parameter,
                    incomplete: str) -> list[CompletionItem]:
     return [CompletionItem(incomplete, type="file")]
 
@@ -113,12 +113,12 @@ def queuedir(help: str = "The queue directory.", *, metavar: str = "DIR",
     """``-q/--queuedir``: required, or repeatable and optional with ``multiple``."""
     return click.option("-q", "--queuedir", "queuedir" if not multiple else "queuedirs",
                         required=not multiple, multiple=multiple, metavar=metavar,
-                        shell_complete=_complete_dir, help=help)
+                        shell_complete=complete_dir, help=help)
 
 
 def seqfile() -> Callable[[F], F]:
     return click.option("-s", "--seqfile", required=True, metavar="FILE",
-                        shell_complete=_complete_file,
+                        shell_complete=complete_file,
                         help='The sequence file; "-" for none (seq 1).')
 
 
@@ -163,7 +163,7 @@ def process() -> Callable[[F], F]:
 def config(help: str = "Config file (default: $FSPL_GW_CONFIG, else "
                        "~/.config/fspl-gw/config.toml).") -> Callable[[F], F]:
     return click.option("--config", "config_file", metavar="FILE", default=None,
-                        shell_complete=_complete_file, help=help)
+                        shell_complete=complete_file, help=help)
 
 
 def _complete_transport(_ctx: click.Context, _param: click.Parameter,

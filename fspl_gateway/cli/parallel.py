@@ -17,6 +17,7 @@ if TYPE_CHECKING:
 @click.command("disperse", context_settings=CONTEXT)
 @opt.queuedir("The incoming queue.")
 @click.option("--to", "to", multiple=True, required=True, metavar="QUEUE",
+              shell_complete=opt.complete_dir,
               help="A worker queue (repeat for each worker).")
 @click.option("--per-worker", type=click.IntRange(1), default=1, show_default=True,
               help="Hand a worker jobs until it has this many pending.")
@@ -44,7 +45,7 @@ def disperse_cmd(queuedir: str, to: tuple[str, ...], per_worker: int, order_by: 
 @opt.queuedir("The incoming queue (with --remote: a local work directory).")
 @click.option("-n", "--workers", "n", type=click.IntRange(1), required=True,
               help="Number of parallel workers.")
-@click.option("--dir", "workdir", metavar="WORKDIR",
+@click.option("--dir", "workdir", metavar="WORKDIR", shell_complete=opt.complete_dir,
               help="Where the worker queues live (default: QUEUEDIR.workers).")
 @click.option("--key", metavar="VAR", help="Jobs with equal FSPL_SET_VAR run one at a time, in order.")
 @opt.order_by("Order in which jobs leave the incoming queue.")

@@ -51,7 +51,7 @@ def watch_cmd(config_file: str | None) -> None:
 @opt.decoder()
 @opt.order_by("How the -q queues are processed (timestamp queues are never blocked).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-@click.option("--metrics-file", default=None, metavar="PATH",
+@click.option("--metrics-file", default=None, metavar="PATH", shell_complete=opt.complete_file,
               help="Also write Prometheus text-format metrics to PATH (atomically).")
 @click.option("--quiet", "-Q", is_flag=True, help="Print nothing (with --metrics-file).")
 def status_cmd(queuedirs: tuple[str, ...], config_file: str | None, decoder: str | None,

@@ -312,12 +312,15 @@ output_to = "SaveBoth"
 
 
 # -- 6. shell completion ---------------------------------------------------------------
-def complete(words: str, cword: int, shell: str = "bash") -> list[str]:
-    env = {**os.environ, "_FSPL_GW_COMPLETE": f"{shell}_complete", "COMP_WORDS": words,
+def complete(words: str, cword: int, *, raw: bool = False) -> list[str]:
+    """What ``fspl-gw`` offers bash for word ``cword`` of ``words`` (``type,value`` lines
+    when ``raw``)."""
+    env = {**os.environ, "_FSPL_GW_COMPLETE": "bash_complete", "COMP_WORDS": words,
            "COMP_CWORD": str(cword), "XDG_CONFIG_HOME": "/nonexistent-fspl-gw-test"}
     r = subprocess.run(FSPL_GW, capture_output=True, text=True, env=env, timeout=60)
     assert r.returncode == 0 and r.stderr == "", r.stderr
-    return [line.split(",", 1)[1] for line in r.stdout.splitlines()]
+    lines = r.stdout.splitlines()
+    return lines if raw else [line.split(",", 1)[1] for line in lines]
 
 
 def test_completion_of_commands_and_lazy_command_options() -> None:
@@ -329,6 +332,8 @@ def test_completion_of_commands_and_lazy_command_options() -> None:
     assert complete("fspl-gw queue-process --on-error ", 3) == ["delete", "leave", "retry"]
     assert {"local", "s3", "sftp"} <= set(complete("fspl-gw push -t ", 3))
     assert complete("fspl-gw -l d", 2) == ["debug"]
+    assert complete("fspl-gw queue-ls -q ", 3, raw=True) == ["dir,"]  # the shell's dirs
+    assert complete("fspl-gw prepare -s x -i ", 5, raw=True) == ["file,"]
 
 
 def test_completion_of_configured_remote_names(tmp_path: Path) -> None:
