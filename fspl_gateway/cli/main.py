@@ -8,23 +8,30 @@ from __future__ import annotations
 import importlib
 import os
 import sys
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
+from click.shell_completion import CompletionItem
 
 from fspl_gateway import FSPL_COMPAT_VERSION, __version__
+from fspl_gateway.cli import options as opt
+from fspl_gateway.cli.options import CONTEXT
 from fspl_gateway.core.errors import EXIT_ERROR, FsplError
 
-#: Gateway commands: name → "module:attribute" of a click.Command, imported on use.
+if TYPE_CHECKING:
+    from fspl_gateway.core.process import OnError, OrderBy, OutputTo
+
+#: Gateway commands: name → "module:attribute" of a click.Command, imported on use (also
+#: by shell completion and the man page, through FsplGroup.get_command).
 LAZY_COMMANDS = {
-    "sync": ("fspl_gateway.cli.sync:sync_cmd", "Pull jobs from a remote queue into a local queue"),
-    "push": ("fspl_gateway.cli.sync:push_cmd", "Push an outbox's jobs to a remote queue"),
-    "export": ("fspl_gateway.cli.media:export_cmd", "Export an outbox to a USB directory or an ISO image"),
-    "import": ("fspl_gateway.cli.media:import_cmd", "Import jobs from a USB directory or an ISO image"),
-    "disperse": ("fspl_gateway.cli.parallel:disperse_cmd", "Hand jobs from one queue to worker queues"),
-    "workers": ("fspl_gateway.cli.parallel:workers_cmd", "Process one queue with N parallel workers"),
-    "watch": ("fspl_gateway.cli.watch:watch_cmd", "Run the gateway's pipelines continuously"),
-    "status": ("fspl_gateway.cli.watch:status_cmd", "Show queue and remote status"),
+    "sync": "fspl_gateway.cli.sync:sync_cmd",
+    "push": "fspl_gateway.cli.sync:push_cmd",
+    "export": "fspl_gateway.cli.media:export_cmd",
+    "import": "fspl_gateway.cli.media:import_cmd",
+    "disperse": "fspl_gateway.cli.parallel:disperse_cmd",
+    "workers": "fspl_gateway.cli.parallel:workers_cmd",
+    "watch": "fspl_gateway.cli.watch:watch_cmd",
+    "status": "fspl_gateway.cli.watch:status_cmd",
 }
 
 LICENSE_TEXT = """fspl-gateway {v}
@@ -39,7 +46,7 @@ command line (Filespooler is by John Goerzen, GPL-3.0+); it contains no Filespoo
 class FsplGroup(click.Group):
     def list_commands(self, ctx: click.Context) -> list[str]:
         names = set(super().list_commands(ctx))
-        for name, (target, _help) in LAZY_COMMANDS.items():
+        for name, target in LAZY_COMMANDS.items():
             if _module_exists(target):
                 names.add(name)
         return sorted(names)
@@ -48,8 +55,7 @@ class FsplGroup(click.Group):
         cmd = super().get_command(ctx, name)
         if cmd is not None or name not in LAZY_COMMANDS:
             return cmd
-        target = LAZY_COMMANDS[name][0]
-        modname, attr = target.split(":")
+        modname, attr = LAZY_COMMANDS[name].split(":")
         try:
             mod = importlib.import_module(modname)
         except ModuleNotFoundError as e:
@@ -72,6 +78,12 @@ def _version(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
         ctx.exit(0)
 
 
+def _complete_level(_ctx: click.Context, _param: click.Parameter,
+                    incomplete: str) -> list[CompletionItem]:
+    names = ("trace", "debug", "info", "warn", "error")
+    return [CompletionItem(n) for n in names if n.startswith(incomplete.lower())]
+
+
 def _level(_ctx: click.Context, _param: click.Parameter, value: str) -> int:
     from fspl_gateway.core.log import parse_level
 
@@ -81,12 +93,9 @@ def _level(_ctx: click.Context, _param: click.Parameter, value: str) -> int:
         raise click.BadParameter(str(e)) from None
 
 
-CONTEXT = {"help_option_names": ["-h", "--help"]}
-
-
 @click.group(cls=FsplGroup, context_settings=CONTEXT)
 @click.option("-l", "--log-level", "level", default="info", metavar="LEVEL", callback=_level,
-              help="Logging to stderr: trace, debug, info, warn, error (default info).")
+              shell_complete=_complete_level, help="Logging to stderr: trace, debug, info, warn, error (default info).")
 @click.option("-V", "--version", is_flag=True, expose_value=False, is_eager=True,
               callback=_version, help="Print the version and exit.")
 def cli(level: int) -> None:
@@ -97,54 +106,17 @@ def cli(level: int) -> None:
     setup(level)
 
 
-# -- shared options --------------------------------------------------------------------
-def seqfile_opt(f: Any) -> Any:
-    return click.option("-s", "--seqfile", required=True, metavar="FILE",
-                        help='The sequence file; "-" for none (seq 1).')(f)
-
-
-def queuedir_opt(f: Any) -> Any:
-    return click.option("-q", "--queuedir", required=True, metavar="DIR",
-                        help="The queue directory.")(f)
-
-
-def decoder_opt(f: Any) -> Any:
-    return click.option("-d", "--decoder", metavar="DECODECMD",
-                        help="Decode job files through this shell command ($SHELL -c).")(f)
-
-
-def job_opt(f: Any) -> Any:
-    return click.option("-j", "--job", required=True, type=click.IntRange(0, 2**64 - 1),
-                        metavar="ID", help="The job's sequence number.")(f)
-
-
-def wait_lock_opt(f: Any) -> Any:
-    return click.option("--wait-lock", type=click.FloatRange(0), default=0.0, metavar="SECONDS",
-                        help="Wait up to SECONDS for a busy lock instead of failing at once.")(f)
-
-
-def process_opts(f: Any) -> Any:
-    f = click.argument("params", nargs=-1, metavar="[-- PARAMS]...")(f)
-    f = click.argument("command", metavar="COMMAND")(f)
-    f = click.option("--timeout", type=click.IntRange(0), metavar="SECONDS",
-                     help="Kill the command after SECONDS.")(f)
-    f = click.option("--ignore-payload", is_flag=True, help="Do not give the payload to the command.")(f)
-    f = click.option("--allow-job-params", is_flag=True,
-                     help="Append the job's parameters to the command line.")(f)
-    return f
-
-
 def _out() -> Any:
     return sys.stdout.buffer
 
 
 # -- prepare side ----------------------------------------------------------------------
-def _next_seq(seqfile: str, wait: float) -> int:
+def _next_seq(seqfile: str, wait: float | None) -> int:
     if seqfile == "-":
         return 1
     from fspl_gateway.core.seqfile import SeqFile
 
-    with SeqFile(seqfile, wait=wait) as sf:
+    with SeqFile(seqfile, wait=wait or 0.0) as sf:
         return sf.increment()
 
 
@@ -157,11 +129,12 @@ def _emit_header(meta: Any) -> None:
 
 
 @cli.command("prepare", context_settings=CONTEXT)
-@seqfile_opt
-@click.option("-i", "--input", "input_", metavar="INPUT", help='Payload file; "-" for stdin.')
-@wait_lock_opt
+@opt.seqfile()
+@click.option("-i", "--input", "input_", metavar="INPUT", shell_complete=opt.complete_file,
+              help='Payload file; "-" for stdin.')
+@opt.wait_lock()
 @click.argument("params", nargs=-1, metavar="[-- PARAMS]...")
-def prepare_cmd(seqfile: str, input_: str | None, wait_lock: float, params: tuple[str, ...]) -> None:
+def prepare_cmd(seqfile: str, input_: str | None, wait_lock: float | None, params: tuple[str, ...]) -> None:
     """Write a job packet to stdout (FSPL_SET_* variables are carried along)."""
     from fspl_gateway.core.fsutil import copy_fd
     from fspl_gateway.core.packet import Meta, env_from_environ, make_command
@@ -180,9 +153,9 @@ def prepare_cmd(seqfile: str, input_: str | None, wait_lock: float, params: tupl
 
 
 @cli.command("prepare-nop", context_settings=CONTEXT)
-@seqfile_opt
-@wait_lock_opt
-def prepare_nop_cmd(seqfile: str, wait_lock: float) -> None:
+@opt.seqfile()
+@opt.wait_lock()
+def prepare_nop_cmd(seqfile: str, wait_lock: float | None) -> None:
     """Write a NOP packet (always succeeds) to stdout."""
     from fspl_gateway.core.packet import Meta
 
@@ -190,9 +163,9 @@ def prepare_nop_cmd(seqfile: str, wait_lock: float) -> None:
 
 
 @cli.command("prepare-fail", context_settings=CONTEXT)
-@seqfile_opt
-@wait_lock_opt
-def prepare_fail_cmd(seqfile: str, wait_lock: float) -> None:
+@opt.seqfile()
+@opt.wait_lock()
+def prepare_fail_cmd(seqfile: str, wait_lock: float | None) -> None:
     """Write a Fail packet (always fails) to stdout."""
     from fspl_gateway.core.packet import Meta
 
@@ -200,31 +173,31 @@ def prepare_fail_cmd(seqfile: str, wait_lock: float) -> None:
 
 
 @cli.command("prepare-get-next", context_settings=CONTEXT)
-@seqfile_opt
-@wait_lock_opt
-def prepare_get_next_cmd(seqfile: str, wait_lock: float) -> None:
+@opt.seqfile()
+@opt.wait_lock()
+def prepare_get_next_cmd(seqfile: str, wait_lock: float | None) -> None:
     """Print the next sequence number prepare will use."""
     from fspl_gateway.core.seqfile import SeqFile
 
-    with SeqFile(seqfile, wait=wait_lock) as sf:
+    with SeqFile(seqfile, wait=wait_lock or 0.0) as sf:
         click.echo(sf.next)
 
 
 @cli.command("prepare-set-next", context_settings=CONTEXT)
-@seqfile_opt
-@wait_lock_opt
+@opt.seqfile()
+@opt.wait_lock()
 @click.argument("nextid", type=click.IntRange(0, 2**64 - 1), metavar="ID")
-def prepare_set_next_cmd(seqfile: str, wait_lock: float, nextid: int) -> None:
+def prepare_set_next_cmd(seqfile: str, wait_lock: float | None, nextid: int) -> None:
     """Set the next sequence number prepare will use."""
     from fspl_gateway.core.seqfile import SeqFile
 
-    with SeqFile(seqfile, wait=wait_lock) as sf:
+    with SeqFile(seqfile, wait=wait_lock or 0.0) as sf:
         sf.set(nextid)
 
 
 # -- queue side ------------------------------------------------------------------------
 @cli.command("queue-init", context_settings=CONTEXT)
-@queuedir_opt
+@opt.queuedir()
 @click.option("--append-only", is_flag=True, help="No sequence file: a queue only written to.")
 def queue_init_cmd(queuedir: str, append_only: bool) -> None:
     """Create a queue directory."""
@@ -234,7 +207,7 @@ def queue_init_cmd(queuedir: str, append_only: bool) -> None:
 
 
 @cli.command("queue-write", context_settings=CONTEXT)
-@queuedir_opt
+@opt.queuedir()
 def queue_write_cmd(queuedir: str) -> None:
     """Save a packet from stdin into the queue (appears whole or not at all)."""
     from fspl_gateway.core.queue import queue_write
@@ -243,8 +216,8 @@ def queue_write_cmd(queuedir: str) -> None:
 
 
 @cli.command("queue-ls", context_settings=CONTEXT)
-@queuedir_opt
-@decoder_opt
+@opt.queuedir()
+@opt.decoder()
 def queue_ls_cmd(queuedir: str, decoder: str | None) -> None:
     """List the jobs in a queue, by sequence number."""
     from fspl_gateway.core.queue import scan
@@ -260,9 +233,9 @@ def queue_ls_cmd(queuedir: str, decoder: str | None) -> None:
 
 
 @cli.command("queue-info", context_settings=CONTEXT)
-@queuedir_opt
-@decoder_opt
-@job_opt
+@opt.queuedir()
+@opt.decoder()
+@opt.job()
 def queue_info_cmd(queuedir: str, decoder: str | None, job: int) -> None:
     """Show the metadata of one job as shell-style variables."""
     from fspl_gateway.core.queue import find_job
@@ -274,9 +247,9 @@ def queue_info_cmd(queuedir: str, decoder: str | None, job: int) -> None:
 
 
 @cli.command("queue-payload", context_settings=CONTEXT)
-@queuedir_opt
-@decoder_opt
-@job_opt
+@opt.queuedir()
+@opt.decoder()
+@opt.job()
 def queue_payload_cmd(queuedir: str, decoder: str | None, job: int) -> None:
     """Write one job's payload to stdout."""
     from fspl_gateway.core.fsutil import copy_fd
@@ -289,54 +262,51 @@ def queue_payload_cmd(queuedir: str, decoder: str | None, job: int) -> None:
 
 
 @cli.command("queue-get-next", context_settings=CONTEXT)
-@queuedir_opt
-@wait_lock_opt
-def queue_get_next_cmd(queuedir: str, wait_lock: float) -> None:
+@opt.queuedir()
+@opt.wait_lock()
+def queue_get_next_cmd(queuedir: str, wait_lock: float | None) -> None:
     """Print the queue's next sequence number."""
     from fspl_gateway.core.queue import seqfile_path
     from fspl_gateway.core.seqfile import SeqFile
 
-    with SeqFile(seqfile_path(queuedir), create_lock=False, wait=wait_lock) as sf:
+    with SeqFile(seqfile_path(queuedir), create_lock=False, wait=wait_lock or 0.0) as sf:
         click.echo(sf.next)
 
 
 @cli.command("queue-set-next", context_settings=CONTEXT)
-@queuedir_opt
-@wait_lock_opt
+@opt.queuedir()
+@opt.wait_lock()
 @click.argument("nextid", type=click.IntRange(0, 2**64 - 1), metavar="ID")
-def queue_set_next_cmd(queuedir: str, wait_lock: float, nextid: int) -> None:
+def queue_set_next_cmd(queuedir: str, wait_lock: float | None, nextid: int) -> None:
     """Set the queue's next sequence number."""
     from fspl_gateway.core.queue import seqfile_path
     from fspl_gateway.core.seqfile import SeqFile
 
-    with SeqFile(seqfile_path(queuedir), create_lock=False, wait=wait_lock) as sf:
+    with SeqFile(seqfile_path(queuedir), create_lock=False, wait=wait_lock or 0.0) as sf:
         sf.set(nextid)
 
 
 @cli.command("queue-process", context_settings=CONTEXT)
-@queuedir_opt
-@decoder_opt
-@click.option("--on-error", type=click.Choice(["delete", "leave", "retry"], case_sensitive=False),
-              default="retry", metavar="ONERROR", help="On a failed job: delete, leave or retry (default).")
-@click.option("--order-by", type=click.Choice(["sequence", "timestamp"], case_sensitive=False),
-              default="sequence", metavar="ORDERING", help="sequence (default) or timestamp.")
+@opt.queuedir()
+@opt.decoder()
+@opt.on_error()
+@opt.order_by()
 @click.option("--never-delete", is_flag=True, help="Never delete processed job files.")
 @click.option("-n", "--maxjobs", type=click.IntRange(0), metavar="JOBS", help="Run at most JOBS jobs.")
-@click.option("--output-to", type=click.Choice(["passboth", "saveboth"], case_sensitive=False),
-              default="passboth", metavar="DEST",
-              help="passboth (default) or saveboth (to jobs/<file>.out).")
-@wait_lock_opt
-@process_opts
-def queue_process_cmd(queuedir: str, decoder: str | None, on_error: str, order_by: str,
-                      never_delete: bool, maxjobs: int | None, output_to: str, wait_lock: float,
+@opt.output_to()
+@opt.wait_lock()
+@opt.process()
+def queue_process_cmd(queuedir: str, decoder: str | None, on_error: OnError, order_by: OrderBy,
+                      never_delete: bool, maxjobs: int | None, output_to: OutputTo,
+                      wait_lock: float | None,
                       allow_job_params: bool, ignore_payload: bool, timeout: int | None,
                       command: str, params: tuple[str, ...]) -> None:
     """Run the queue's jobs through COMMAND."""
     from fspl_gateway.core.process import ProcessOpts, QueueProcessOpts, queue_process
 
     proc = ProcessOpts(command, list(params), allow_job_params, ignore_payload, timeout)
-    queue_process(QueueProcessOpts(queuedir, proc, decoder, on_error.lower(), order_by.lower(),
-                                   never_delete, maxjobs, output_to.lower(), wait_lock))
+    queue_process(QueueProcessOpts(queuedir, proc, decoder, on_error, order_by, never_delete,
+                                   maxjobs, output_to, wait_lock or 0.0))
 
 
 # -- stdin side ------------------------------------------------------------------------
@@ -362,7 +332,7 @@ def stdin_payload_cmd() -> None:
 
 
 @cli.command("stdin-process", context_settings=CONTEXT)
-@process_opts
+@opt.process()
 def stdin_process_cmd(allow_job_params: bool, ignore_payload: bool, timeout: int | None,
                       command: str, params: tuple[str, ...]) -> None:
     """Run the packet on stdin through COMMAND (payload on its stdin)."""

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import click
 
-from fspl_gateway.cli.main import CONTEXT, queuedir_opt
+from fspl_gateway.cli import options as opt
+from fspl_gateway.cli.options import CONTEXT
 
 
 @click.command("export", context_settings=CONTEXT)
-@queuedir_opt
+@opt.queuedir("The outbox queue to export.", metavar="OUTBOX")
 @click.option("--to", "dest", required=True, metavar="DIR|FILE.iso",
+              shell_complete=opt.complete_file,
               help="A mounted stick's directory, or an ISO image to create (ready to burn).")
 @click.option("--keep", is_flag=True, help="Keep the exported jobs in the outbox.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing ISO image.")
@@ -30,33 +32,33 @@ def export_cmd(queuedir: str, dest: str, keep: bool, overwrite: bool, volume_id:
 
 
 @click.command("import", context_settings=CONTEXT)
-@queuedir_opt
+@opt.queuedir("The queue to import into.", metavar="QUEUE")
 @click.option("--from", "source", required=True, metavar="DIR|FILE.iso",
+              shell_complete=opt.complete_file,
               help="A mounted stick/CD directory or an ISO image (read without mounting).")
 @click.option("--good-only", is_flag=True,
-              help="If the manifest check fails for some jobs, import the good ones anyway.")
+              help="If the manifest check fails for some jobs, import the good ones anyway "
+                   "(exit 3).")
 @click.option("--no-manifest", is_flag=True, help="Import media that carries no manifest.")
-@click.option("--decoder", default=None, metavar="CMD", help="Decoder for reading headers.")
-@click.option("--wait-lock", type=click.FloatRange(min=0), default=None, metavar="SECONDS",
-              help="Wait for another sync/import of the same queue.")
+@opt.decoder()
+@opt.wait_lock()
 def import_cmd(queuedir: str, source: str, good_only: bool, no_manifest: bool,
                decoder: str | None, wait_lock: float | None) -> None:
     """Verify the media's MANIFEST.sha256 and import its jobs (never writes the media)."""
-    from fspl_gateway.core.errors import EXIT_PARTIAL, FsplError
+    from fspl_gateway.cli.sync import finish
+    from fspl_gateway.core.errors import PartialFailure
     from fspl_gateway.core.log import log
     from fspl_gateway.gateway.media import import_media
     from fspl_gateway.gateway.pull import SyncOptions
 
-    opts = SyncOptions(after_fetch="keep", decoder=decoder, wait_lock=wait_lock)
     res = import_media(source, queuedir, good_only=good_only,
-                       require_manifest=not no_manifest, opts=opts)
-    if res.sync is not None:
-        log.info("import: %s", res.sync.summary())
+                       require_manifest=not no_manifest,
+                       opts=SyncOptions(decoder=decoder, wait_lock=wait_lock))
     if res.rejected:
         log.warning("import: %d jobs rejected by the manifest check: %s", len(res.rejected),
                     ", ".join(res.rejected[:10]))
-    bad = res.rejected or (res.sync is not None and bool(getattr(res.sync, "exit_code", 0)))
-    if bad:
-        err = FsplError("import finished, but some jobs were rejected or quarantined")
-        err.exit_code = EXIT_PARTIAL
-        raise err
+    if res.sync is not None:
+        finish(res.sync, "import")
+    if res.rejected:
+        raise PartialFailure(f"import: {len(res.rejected)} rejected by the manifest check "
+                             "(see the messages above)")

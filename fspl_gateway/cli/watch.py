@@ -5,11 +5,16 @@ from __future__ import annotations
 import json
 import logging
 import sys
+from typing import TYPE_CHECKING
 
 import click
 
-from fspl_gateway.cli.main import CONTEXT
-from fspl_gateway.core.errors import EXIT_ERROR, FsplError, UsageError
+from fspl_gateway.cli import options as opt
+from fspl_gateway.cli.options import CONTEXT
+from fspl_gateway.core.errors import FsplError, UsageError
+
+if TYPE_CHECKING:
+    from fspl_gateway.core.process import OrderBy
 
 
 def _level_name() -> str:
@@ -24,9 +29,8 @@ def _level_name() -> str:
 
 
 @click.command("watch", context_settings=CONTEXT)
-@click.option("--config", "config_file", default=None, metavar="FILE",
-              help="Config file with [pipelines.NAME] tables (default: $FSPL_GW_CONFIG, "
-                   "else ~/.config/fspl-gw/config.toml).")
+@opt.config("Config file with [pipelines.NAME] tables (default: $FSPL_GW_CONFIG, else "
+            "~/.config/fspl-gw/config.toml).")
 def watch_cmd(config_file: str | None) -> None:
     """Run the config file's pipelines until SIGTERM/SIGINT (SIGHUP reloads the config).
 
@@ -40,40 +44,29 @@ def watch_cmd(config_file: str | None) -> None:
         raise FsplError("stopped before the running jobs finished (grace period exceeded)")
 
 
-class StatusFailed(FsplError):
-    exit_code = EXIT_ERROR
-
-
 @click.command("status", context_settings=CONTEXT)
-@click.option("-q", "--queuedir", "queues", multiple=True, metavar="QUEUE",
-              help="A queue directory (repeatable).")
-@click.option("--config", "config_file", default=None, metavar="FILE",
-              help="Show every queue of this config file's pipelines (the default when "
-                   "no -q is given).")
-@click.option("-d", "--decoder", default=None, metavar="DECODECMD",
-              help="Decode job files through this shell command to read their headers "
-                   "(with -q).")
-@click.option("--order-by", type=click.Choice(["sequence", "timestamp"], case_sensitive=False),
-              default="sequence", show_default=True,
-              help="How the -q queues are processed (timestamp queues are never blocked).")
+@opt.queuedir("A queue directory (repeatable).", metavar="QUEUE", multiple=True)
+@opt.config("Show every queue of this config file's pipelines (the default when no -q is "
+            "given).")
+@opt.decoder()
+@opt.order_by("How the -q queues are processed (timestamp queues are never blocked).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-@click.option("--metrics-file", default=None, metavar="PATH",
+@click.option("--metrics-file", default=None, metavar="PATH", shell_complete=opt.complete_file,
               help="Also write Prometheus text-format metrics to PATH (atomically).")
 @click.option("--quiet", "-Q", is_flag=True, help="Print nothing (with --metrics-file).")
-def status_cmd(queues: tuple[str, ...], config_file: str | None, decoder: str | None,
-               order_by: str, as_json: bool, metrics_file: str | None, quiet: bool) -> None:
+def status_cmd(queuedirs: tuple[str, ...], config_file: str | None, decoder: str | None,
+               order_by: OrderBy, as_json: bool, metrics_file: str | None, quiet: bool) -> None:
     """Show each queue's next seq, pending jobs, blocking gap, oldest job, quarantined
     files and the last sync/push of each remote.  Exit 1 if a queue cannot be read."""
     from fspl_gateway.gateway.status import collect, render_rich, render_text, write_metrics
 
-    targets: list[tuple[str, str | None, str]] = [(qd, decoder, order_by.lower())
-                                                  for qd in queues]
-    if config_file is not None or not queues:
+    targets: list[tuple[str, str | None, str]] = [(qd, decoder, order_by) for qd in queuedirs]
+    if config_file is not None or not queuedirs:
         from fspl_gateway.gateway.watch import pipelines
 
         cfg = pipelines.load(config_file)
         from_cfg = pipelines.status_targets(cfg)
-        if not from_cfg and not queues:
+        if not from_cfg and not queuedirs:
             raise UsageError("no queue to show: give -q QUEUE or --config FILE with "
                              "[pipelines.NAME] tables")
         have = {t[0] for t in targets}
@@ -94,5 +87,5 @@ def status_cmd(queues: tuple[str, ...], config_file: str | None, decoder: str | 
             click.echo(render_text(statuses), nl=False)
     bad = [s for s in statuses if s.error]
     if bad:
-        raise StatusFailed(f"{len(bad)} queue(s) could not be read: "
+        raise FsplError(f"{len(bad)} queue(s) could not be read: "
                            + "; ".join(s.error or "" for s in bad))

@@ -3,12 +3,7 @@
 The CLI turns any :class:`FsplError` into a one-line ``Error: …`` message on stderr and
 the exception's ``exit_code``; nothing that a user can cause ends in a traceback.
 
-Exit codes (documented in the README):
-
-* 0 — success, including "nothing to do"
-* 1 — an error (I/O, lock busy, bad packet on stdin, failing command under Retry, …)
-* 2 — usage error (bad option or argument; click's own convention)
-* 3 — sync/push finished but some jobs were quarantined or failed
+Exit codes: :data:`EXIT_CODES` (the README's table and the man page say the same).
 """
 
 from __future__ import annotations
@@ -17,6 +12,19 @@ EXIT_OK = 0
 EXIT_ERROR = 1
 EXIT_USAGE = 2
 EXIT_PARTIAL = 3
+
+#: Every exit code and when it is used.
+EXIT_CODES = {
+    EXIT_OK: 'success, including "nothing to do", unparsable files skipped, --maxjobs '
+             "reached, a sync, push or import that found its queue busy",
+    EXIT_ERROR: "an error: I/O, lock busy, missing job id, duplicate sequence number, a "
+                "failing command under --on-error retry, a transport error",
+    EXIT_USAGE: "usage: unknown option, bad value, unknown remote in the config file, a "
+                "remote that cannot serve the command (multi-host workers on a transport "
+                "without atomic no-clobber writes)",
+    EXIT_PARTIAL: "a sync, push or import finished, but some jobs were quarantined, "
+                  "rejected or failed",
+}
 
 
 class FsplError(Exception):
@@ -94,7 +102,8 @@ class NotSupportedError(TransportError):
     """The transport cannot do this at all (e.g. delete on a CD image)."""
 
 
-class QuarantinedError(FsplError):
-    """A fetched file was set aside in quarantine (bad header, name clash)."""
+class PartialFailure(FsplError):
+    """A run (sync, push, import) finished, but some jobs were quarantined, conflicting,
+    rejected or failed; the others were done.  The only error with exit code 3."""
 
     exit_code = EXIT_PARTIAL

@@ -13,6 +13,7 @@ import signal
 import subprocess
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any
 
 from fspl_gateway.core import queue as q
@@ -22,9 +23,30 @@ from fspl_gateway.core.log import log
 from fspl_gateway.core.packet import Command, Meta, read_header_fd
 from fspl_gateway.core.seqfile import SeqFile
 
-ON_ERROR = ("delete", "leave", "retry")
-ORDER_BY = ("sequence", "timestamp")
-OUTPUT_TO = ("passboth", "saveboth")
+
+class OnError(StrEnum):
+    """What happens to a job whose command failed (fspl's ``--on-error``)."""
+
+    DELETE = "delete"  # remove the job, advance nextseq
+    LEAVE = "leave"  # leave the job in place, advance nextseq
+    RETRY = "retry"  # leave the job and nextseq; stop with an error (the default)
+
+
+class OrderBy(StrEnum):
+    """The order in which jobs run (fspl's ``--order-by``)."""
+
+    SEQUENCE = "sequence"  # strictly by seq, from nextseq, no gaps (the default)
+    TIMESTAMP = "timestamp"  # every job, by creation time; nextseq left alone
+    #: Internal, not a command-line value: every job by seq, nextseq left alone (worker
+    #: queues, whose sequence numbers are not contiguous).
+    SEQ_SORTED = "seq-sorted"
+
+
+class OutputTo(StrEnum):
+    """Where a job's stdout and stderr go (fspl's ``--output-to``)."""
+
+    PASSBOTH = "passboth"  # to ours (the default)
+    SAVEBOTH = "saveboth"  # to ``jobs/<file>.out``
 
 
 @dataclass
@@ -41,11 +63,11 @@ class QueueProcessOpts:
     queuedir: str
     proc: ProcessOpts
     decoder: str | None = None
-    on_error: str = "retry"
-    order_by: str = "sequence"
+    on_error: OnError = OnError.RETRY
+    order_by: OrderBy = OrderBy.SEQUENCE
     never_delete: bool = False
     maxjobs: int | None = None
-    output_to: str = "passboth"
+    output_to: OutputTo = OutputTo.PASSBOTH
     wait_lock: float = 0.0
 
 
@@ -188,10 +210,10 @@ def stdin_process(opts: ProcessOpts, fd: int = 0) -> None:
 
 
 def _select(opts: QueueProcessOpts) -> list[q.Job] | dict[int, q.Job]:
-    if opts.order_by == "sequence":
+    if opts.order_by == OrderBy.SEQUENCE:
         return q.scan_map(opts.queuedir, opts.decoder)
     jobs = list(q.scan(opts.queuedir, opts.decoder))
-    if opts.order_by == "seq-sorted":  # internal (worker queues): all jobs, by seq
+    if opts.order_by == OrderBy.SEQ_SORTED:
         jobs.sort(key=lambda j: j.meta.seq)
     else:
         jobs.sort(key=lambda j: j.meta.ctime)
@@ -206,7 +228,7 @@ def queue_process(opts: QueueProcessOpts) -> int:
     alone (but locked).  "seq-sorted" (internal, for worker queues whose sequence numbers
     are not contiguous): every job by seq, nextseq left alone.  Failure under retry raises JobFailedError, leaving the job.
     """
-    by_seq = opts.order_by == "sequence"
+    by_seq = opts.order_by == OrderBy.SEQUENCE
     done = 0
     limit = opts.maxjobs
     with SeqFile(q.seqfile_path(opts.queuedir), create_lock=False,
@@ -227,10 +249,10 @@ def queue_process(opts: QueueProcessOpts) -> int:
                 break
             done += 1
             res = _run_queued(opts, job)
-            if res.success or opts.on_error in ("delete", "leave"):
+            if res.success or opts.on_error in (OnError.DELETE, OnError.LEAVE):
                 if by_seq:
                     seqf.increment()
-                if (res.success or opts.on_error == "delete") and not opts.never_delete:
+                if (res.success or opts.on_error == OnError.DELETE) and not opts.never_delete:
                     path = os.path.join(q.jobs_dir(opts.queuedir), job.filename)
                     try:
                         os.unlink(path)
@@ -245,7 +267,7 @@ def queue_process(opts: QueueProcessOpts) -> int:
 
 def _run_queued(opts: QueueProcessOpts, job: q.Job) -> JobResult:
     out_fd = None
-    if opts.output_to == "saveboth":
+    if opts.output_to == OutputTo.SAVEBOTH:
         out_path = os.path.join(q.jobs_dir(opts.queuedir), job.filename + ".out")
         out_fd = os.open(out_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
     try:

@@ -31,6 +31,7 @@ from fspl_gateway.core.fsutil import AtomicWriter, copy_fd, fsync_dir, move_nocl
 from fspl_gateway.core.layout import QueueLayout
 from fspl_gateway.core.log import log
 from fspl_gateway.core.packet import ENV_PREFIX, Command, Meta
+from fspl_gateway.core.process import OnError, OrderBy
 from fspl_gateway.core.seqfile import SeqFile
 
 
@@ -68,8 +69,8 @@ class DisperseOpts:
     incoming: str
     workers: list[str]
     per_worker: int = 1
-    order_by: str = "sequence"
-    on_error: str = "retry"
+    order_by: OrderBy = OrderBy.SEQUENCE
+    on_error: OnError = OnError.RETRY
     never_delete: bool = False
     key: str | None = None
     wait_lock: float = 0.0
@@ -228,7 +229,7 @@ def disperse(opts: DisperseOpts) -> DisperseResult:
     for w in opts.workers:
         if not os.path.isdir(q.jobs_dir(w)):
             raise QueueError(f"{w} is not a queue directory (no jobs/ in it)")
-    if opts.order_by not in ("sequence", "timestamp"):
+    if opts.order_by not in (OrderBy.SEQUENCE, OrderBy.TIMESTAMP):
         raise QueueError(f"unknown order {opts.order_by!r}")
     with SeqFile(q.seqfile_path(opts.incoming), create_lock=False, wait=opts.wait_lock) as seqf:
         return disperse_locked(opts, seqf)

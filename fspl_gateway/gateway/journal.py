@@ -108,6 +108,13 @@ def _unkey(b: bytes | str) -> str:
     return b if isinstance(b, str) else b.decode("utf-8", "surrogateescape")
 
 
+class Direction(StrEnum):
+    """Which way a run moves jobs; the journal keys its rows by it."""
+
+    PULL = "pull"  # remote → local queue (``fspl-gw sync``)
+    PUSH = "push"  # local outbox → remote (``fspl-gw push``)
+
+
 @dataclass(frozen=True)
 class FileRecord:
     direction: str

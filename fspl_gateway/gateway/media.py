@@ -629,7 +629,7 @@ def import_media(source: str, queue_dir: str, *, good_only: bool = False,
                 log.warning("%s: not importing %d bad jobs: %s", source, len(rejected),
                             ", ".join(rejected))
         o = opts if opts is not None else sync.SyncOptions()
-        o = dataclasses.replace(o, after_fetch="keep")
+        o = dataclasses.replace(o, after_fetch=sync.AfterFetch.KEEP)
         checked = _CheckedMedia(media, digests, allowed)
         res = sync.pull(checked, queue_dir, o)
         return ImportResult(report=report, rejected=rejected, sync=res)

@@ -46,6 +46,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any, TypeVar
 
 from fspl_gateway.core import seqfile
@@ -130,10 +131,16 @@ def sha256_path(path: str) -> str:
 
 
 # -- pull ----------------------------------------------------------------------------
+class AfterFetch(StrEnum):
+    """What becomes of the remote copy once a job is fetched (``--after-fetch``)."""
+
+    DELETE = "delete"  # removed, like ``rclone move`` (the default)
+    KEEP = "keep"  # left; the journal stops it being fetched again
+
+
 @dataclass
 class SyncOptions:
-    #: "delete" (default, like ``rclone move``) or "keep" the remote copy once fetched.
-    after_fetch: str = "delete"
+    after_fetch: AfterFetch = AfterFetch.DELETE
     #: Shell command that decodes a job file (stdin) to a packet (stdout).
     decoder: str | None = None
     dry_run: bool = False
@@ -180,7 +187,8 @@ def pull(transport: Transport, queue_dir: str | os.PathLike[str],
          opts: SyncOptions | None = None) -> SyncResult:
     """Pull new jobs from ``transport`` into the queue ``queue_dir`` (see module doc)."""
     opts = opts or SyncOptions()
-    check_options(opts.after_fetch, opts.concurrency, opts.max_jobs, opts.retry.attempts)
+    check_options(opts.after_fetch, AfterFetch, opts.concurrency, opts.max_jobs,
+                  opts.retry.attempts)
     qdir = os.fspath(queue_dir)
     if not os.path.isdir(QueueLayout(qdir).jobs):
         raise QueueError(f"{qdir} is not a queue directory (no jobs/ in it)")

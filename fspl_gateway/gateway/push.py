@@ -26,6 +26,7 @@ import hashlib
 import os
 import threading
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any
 
 from fspl_gateway.core.errors import (
@@ -61,10 +62,16 @@ from fspl_gateway.gateway.runframe import (
 from fspl_gateway.transports.base import RemoteEntry, Transport, is_safe_name
 
 
+class AfterPush(StrEnum):
+    """What becomes of the local job once it is on the remote (``--after-push``)."""
+
+    DELETE = "delete"  # removed from the outbox (the default)
+    KEEP = "keep"  # left; the journal stops it being pushed again
+
+
 @dataclass
 class PushOptions:
-    #: "delete" (default) or "keep" the local job once it is on the remote.
-    after_push: str = "delete"
+    after_push: AfterPush = AfterPush.DELETE
     decoder: str | None = None
     dry_run: bool = False
     max_jobs: int | None = None
@@ -105,7 +112,8 @@ def push(transport: Transport, outbox_dir: str | os.PathLike[str],
          opts: PushOptions | None = None) -> PushResult:
     """Push the jobs of ``outbox_dir`` to ``transport`` (see the module doc)."""
     opts = opts or PushOptions()
-    check_options(opts.after_push, opts.concurrency, opts.max_jobs, opts.retry.attempts)
+    check_options(opts.after_push, AfterPush, opts.concurrency, opts.max_jobs,
+                  opts.retry.attempts)
     qdir = os.fspath(outbox_dir)
     if not os.path.isdir(QueueLayout(qdir).jobs):
         raise QueueError(f"{qdir} is not a queue directory (no jobs/ in it)")

@@ -16,6 +16,7 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Protocol, TypeVar
 
 from fspl_gateway.core import seqfile
@@ -78,10 +79,11 @@ ResT = TypeVar("ResT", bound=RunResult)
 EngineFactory = Callable[[Transport, str, OptT, "Journal | None", ResT], Engine]
 
 
-def check_options(cleanup: str, concurrency: int, max_jobs: int | None, attempts: int) -> None:
+def check_options(cleanup: str, policies: type[StrEnum], concurrency: int,
+                  max_jobs: int | None, attempts: int) -> None:
     """UsageError for options that no run can use."""
-    if cleanup not in ("delete", "keep"):
-        raise UsageError(f"bad clean-up policy {cleanup!r} (delete or keep)")
+    if cleanup not in set(policies):
+        raise UsageError(f"bad clean-up policy {cleanup!r} ({' or '.join(policies)})")
     if concurrency < 1:
         raise UsageError("concurrency must be at least 1")
     if max_jobs is not None and max_jobs < 0:

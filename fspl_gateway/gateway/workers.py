@@ -27,6 +27,9 @@ from fspl_gateway.core.errors import JobFailedError, LockBusyError
 from fspl_gateway.core.layout import QueueLayout
 from fspl_gateway.core.log import log
 from fspl_gateway.core.process import (
+    OnError,
+    OrderBy,
+    OutputTo,
     ProcessOpts,
     QueueProcessOpts,
     die_with_parent,
@@ -49,9 +52,9 @@ class WorkersOpts:
     workdir: str
     proc: ProcessOpts
     key: str | None = None
-    order_by: str = "sequence"
-    on_error: str = "retry"
-    output_to: str = "passboth"
+    order_by: OrderBy = OrderBy.SEQUENCE
+    on_error: OnError = OnError.RETRY
+    output_to: OutputTo = OutputTo.PASSBOTH
     never_delete: bool = False
     follow: bool = False
     poll: float = 0.5
@@ -100,7 +103,7 @@ def _run_one(opts: WorkersOpts, worker: str) -> bool:
     with open(marker, "wb") as f:
         f.write(jobs[0].filename.encode("utf-8", "surrogateescape"))
     try:
-        queue_process(QueueProcessOpts(worker, opts.proc, None, opts.on_error, "seq-sorted",
+        queue_process(QueueProcessOpts(worker, opts.proc, None, opts.on_error, OrderBy.SEQ_SORTED,
                                        opts.never_delete, 1, opts.output_to, wait_lock=5.0))
     finally:
         try:

@@ -32,12 +32,7 @@ JOB_SIZE = 75_000
 
 
 def cli_cmd() -> list[str]:
-    try:
-        import fspl_gateway.cli.main  # noqa: F401
-
-        return [sys.executable, "-m", "fspl_gateway"]
-    except ImportError:
-        return [sys.executable, "-m", "fspl_gateway.cli.sync"]
+    return [sys.executable, "-m", "fspl_gateway"]
 
 
 def job_files(d: Path) -> dict[str, bytes]:
@@ -167,8 +162,8 @@ def test_file_size_limit_is_a_clean_error(tmp_path: Path) -> None:
         "import resource, signal, sys\n"
         "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
         "resource.setrlimit(resource.RLIMIT_FSIZE, (500_000, 500_000))\n"
-        "from fspl_gateway.cli.sync import main\n"
-        "sys.exit(main(sys.argv[1:]))\n")
+        "from fspl_gateway.cli.main import main\n"
+        "main(sys.argv[1:])\n")
     r = subprocess.run([sys.executable, "-c", code, "sync", "-t", "local", "-r", str(remote),
                         "-q", str(qdir), "--concurrency", "1"],
                        capture_output=True, text=True, timeout=60)

@@ -494,13 +494,8 @@ def test_stale_temporaries_are_cleaned(remote: Path, queue: Path) -> None:
 
 # -- the CLI -------------------------------------------------------------------------
 def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    """``fspl-gw ARGS``: the main CLI when it exists, else cli_sync's stand-alone entry."""
-    try:
-        import fspl_gateway.cli.main  # noqa: F401
-
-        cmd = [sys.executable, "-m", "fspl_gateway"]
-    except ImportError:
-        cmd = [sys.executable, "-m", "fspl_gateway.cli.sync"]
+    """``fspl-gw ARGS`` in a subprocess, with no config file of the user's."""
+    cmd = [sys.executable, "-m", "fspl_gateway"]
     full_env = {**os.environ, "XDG_CONFIG_HOME": "/nonexistent-fspl-gw-test", **(env or {})}
     return subprocess.run([*cmd, *args], capture_output=True, text=True, env=full_env,
                           timeout=60)

@@ -46,15 +46,17 @@ import os
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from enum import StrEnum
+from typing import Any, TypeVar
 
 from fspl_gateway.core.errors import ConfigError
+from fspl_gateway.core.process import OnError, OrderBy, OutputTo
 from fspl_gateway.gateway import config as cfgmod
+from fspl_gateway.gateway.journal import Direction
+from fspl_gateway.gateway.pull import AfterFetch
+from fspl_gateway.gateway.push import AfterPush
 
-DIRECTIONS = ("pull", "push")
-ON_ERROR = ("delete", "leave", "retry")
-ORDER_BY = ("sequence", "timestamp")
-OUTPUT_TO = ("passboth", "saveboth")
+E = TypeVar("E", bound=StrEnum)
 
 _PIPELINE_KEYS = {
     "remote", "queue", "direction", "interval", "after", "decoder", "concurrency", "retries",
@@ -70,21 +72,22 @@ class Pipeline:
     name: str
     queue: str
     remote: str | None = None
-    direction: str = "pull"
+    direction: Direction = Direction.PULL
     interval: float = 60.0
-    after: str = "delete"
+    #: AfterFetch for a pull pipeline, AfterPush for a push pipeline.
+    after: AfterFetch | AfterPush = AfterFetch.DELETE
     decoder: str | None = None
     concurrency: int = 4
     retries: int = 5
     #: queue-process: command and its fixed arguments (empty: do not process).
     process: tuple[str, ...] = ()
-    on_error: str = "retry"
-    order_by: str = "sequence"
+    on_error: OnError = OnError.RETRY
+    order_by: OrderBy = OrderBy.SEQUENCE
     allow_job_params: bool = False
     ignore_payload: bool = False
     timeout: float | None = None
     never_delete: bool = False
-    output_to: str = "passboth"
+    output_to: OutputTo = OutputTo.PASSBOTH
     #: fspl-gw workers: N (0: not used) and the command.
     workers: int = 0
     command: tuple[str, ...] = ()
@@ -130,18 +133,24 @@ class _Table:
     def err(self, key: str, msg: str) -> ConfigError:
         return ConfigError(f"config file {self.path}: {self.where}.{key} {msg}")
 
-    def str_(self, key: str, default: str | None = None, choices: tuple[str, ...] = ()
-             ) -> str | None:
+    def str_(self, key: str, default: str | None = None) -> str | None:
         v = self.data.get(key, default)
         if v is None:
             return None
         if not isinstance(v, str) or not v:
             raise self.err(key, "must be a non-empty string")
-        if choices:
-            v = v.lower()
-            if v not in choices:
-                raise self.err(key, f"must be one of {', '.join(choices)} (not {v!r})")
         return v
+
+    def enum_(self, key: str, default: E, choices: tuple[E, ...] = ()) -> E:
+        """One of ``default``'s enum values (case-insensitive), or one of ``choices``."""
+        v = self.str_(key)
+        if v is None:
+            return default
+        allowed = choices or tuple(type(default))
+        for member in allowed:
+            if member == v.lower():
+                return member
+        raise self.err(key, f"must be one of {', '.join(allowed)} (not {v.lower()!r})")
 
     def num(self, key: str, default: float | None, *, minimum: float = 0.0,
             integer: bool = False) -> float | None:
@@ -192,7 +201,7 @@ def _pipeline(path: str, name: str, data: Any, remotes: Mapping[str, Any]) -> Pi
     if remote is not None and remote not in remotes:
         known = ", ".join(sorted(remotes)) or "none"
         raise t.err("remote", f"names {remote!r}, which is not a [remotes.X] table (known: {known})")
-    direction = t.str_("direction", "pull", DIRECTIONS) or "pull"
+    direction = t.enum_("direction", Direction.PULL)
     process = t.argv("process")
     workers = int(t.num("workers", 0, integer=True) or 0)
     command = t.argv("command")
@@ -202,7 +211,7 @@ def _pipeline(path: str, name: str, data: Any, remotes: Mapping[str, Any]) -> Pi
         raise t.err("command", "is required with workers")
     if command and not workers:
         raise t.err("command", "is used with workers = N (for one at a time, use process)")
-    if direction == "push":
+    if direction == Direction.PUSH:
         if remote is None:
             raise t.err("remote", "is required for a push pipeline")
         if process or workers:
@@ -214,18 +223,19 @@ def _pipeline(path: str, name: str, data: Any, remotes: Mapping[str, Any]) -> Pi
     return Pipeline(
         name=name, queue=_path(queue, base), remote=remote, direction=direction,
         interval=float(t.num("interval", 60.0, minimum=0.05) or 60.0),
-        after=t.str_("after", "delete", ("delete", "keep")) or "delete",
+        after=t.enum_("after", AfterPush.DELETE if direction == Direction.PUSH
+                      else AfterFetch.DELETE),
         decoder=t.str_("decoder"),
         concurrency=int(t.num("concurrency", 4, minimum=1, integer=True) or 4),
         retries=int(t.num("retries", 5, minimum=1, integer=True) or 5),
         process=process,
-        on_error=t.str_("on_error", "retry", ON_ERROR) or "retry",
-        order_by=t.str_("order_by", "sequence", ORDER_BY) or "sequence",
+        on_error=t.enum_("on_error", OnError.RETRY),
+        order_by=t.enum_("order_by", OrderBy.SEQUENCE, (OrderBy.SEQUENCE, OrderBy.TIMESTAMP)),
         allow_job_params=t.bool_("allow_job_params"),
         ignore_payload=t.bool_("ignore_payload"),
         timeout=float(timeout) if timeout is not None else None,
         never_delete=t.bool_("never_delete"),
-        output_to=t.str_("output_to", "passboth", OUTPUT_TO) or "passboth",
+        output_to=t.enum_("output_to", OutputTo.PASSBOTH),
         workers=workers, command=command, key=t.str_("key"))
 
 
@@ -282,7 +292,7 @@ def load(explicit: str | None = None) -> WatchConfig:
         if p.remote is None:
             continue
         k = (p.queue, p.direction)
-        if k in seen and p.direction == "push":
+        if k in seen and p.direction == Direction.PUSH:
             raise ConfigError(f"config file {path}: pipelines {seen[k]} and {p.name} push the "
                               f"same outbox {p.queue}")
         seen.setdefault(k, p.name)
@@ -297,9 +307,9 @@ def status_targets(cfg: WatchConfig) -> list[tuple[str, str | None, str]]:
         cur = out.get(p.queue)
         if cur is None or (p.process or p.workers):
             out[p.queue] = (p.queue, p.decoder or (cur[1] if cur else None),
-                            p.order_by if (p.process or p.workers) else (cur[2] if cur else "sequence"))
+                            p.order_by if (p.process or p.workers) else (cur[2] if cur else OrderBy.SEQUENCE))
     if cfg.watch.media_queue and cfg.watch.media_queue not in out:
-        out[cfg.watch.media_queue] = (cfg.watch.media_queue, None, "sequence")
+        out[cfg.watch.media_queue] = (cfg.watch.media_queue, None, OrderBy.SEQUENCE)
     return list(out.values())
 
 

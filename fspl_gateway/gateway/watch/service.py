@@ -292,11 +292,10 @@ class PipelineRunner:
     # -- remote ----------------------------------------------------------------------
     def _transport(self) -> Transport:
         if self.transport is None:
-            from fspl_gateway.transports.base import create
+            from fspl_gateway.gateway.remotes import open_remote
 
             assert self.spec is not None
-            self.transport = StopAwareTransport(
-                create(self.spec.transport, self.spec.location, self.spec.options), self.stop)
+            self.transport = StopAwareTransport(open_remote(self.spec), self.stop)
         return self.transport
 
     def _poll_remote(self) -> None:
@@ -334,7 +333,7 @@ class PipelineRunner:
     def _longpoll_main(self) -> None:
         """Wait on the remote (its own transport instance) and wake the pipeline when it
         may have changed; errors back off like polls do, and the interval polls go on."""
-        from fspl_gateway.transports.base import create
+        from fspl_gateway.gateway.remotes import open_remote
 
         p = self.pipe
         assert self.spec is not None
@@ -345,7 +344,7 @@ class PipelineRunner:
             while not self.stop.is_set():
                 try:
                     if t is None:
-                        t = create(self.spec.transport, self.spec.location, self.spec.options)
+                        t = open_remote(self.spec)
                     changed = t.wait_for_change(max(p.interval, 1.0))
                 except Exception as e:  # noqa: BLE001 - FsplError or an unmapped SDK error
                     failures += 1
@@ -401,10 +400,10 @@ class PipelineRunner:
             pass
 
     def _pull(self, t: Transport) -> None:
-        from fspl_gateway.gateway.pull import RetryPolicy, SyncOptions, pull
+        from fspl_gateway.gateway.pull import AfterFetch, RetryPolicy, SyncOptions, pull
 
         p = self.pipe
-        opts = SyncOptions(after_fetch=p.after, decoder=p.decoder, concurrency=p.concurrency,
+        opts = SyncOptions(after_fetch=AfterFetch(p.after), decoder=p.decoder, concurrency=p.concurrency,
                            retry=RetryPolicy(attempts=p.retries), progress=False)
         res = pull(t, p.queue, opts)
         if res.locked_out:
@@ -417,12 +416,12 @@ class PipelineRunner:
 
     def _push(self, t: Transport) -> None:
         from fspl_gateway.gateway.pull import RetryPolicy
-        from fspl_gateway.gateway.push import PushOptions, push
+        from fspl_gateway.gateway.push import AfterPush, PushOptions, push
 
         p = self.pipe
         batch = max(8, p.concurrency * 2)
         while not self.stop.is_set():
-            opts = PushOptions(after_push=p.after, decoder=p.decoder, max_jobs=batch,
+            opts = PushOptions(after_push=AfterPush(p.after), decoder=p.decoder, max_jobs=batch,
                                concurrency=p.concurrency, retry=RetryPolicy(attempts=p.retries),
                                progress=False)
             res = push(t, p.queue, opts)
