@@ -54,7 +54,7 @@ from fspl_gateway.core.errors import (
 )
 from fspl_gateway.core.fsutil import TMP_PREFIX, AtomicWriter, fsync_dir, write_all
 from fspl_gateway.core.packet import read_header_path
-from fspl_gateway.transports.base import Capabilities, RemoteEntry, Transport, is_job_name
+from fspl_gateway.transports.base import Capabilities, RemoteEntry, is_job_name
 from fspl_gateway.transports.media import (
     JOBS_DIR,
     MANIFEST_NAME,
@@ -64,6 +64,7 @@ from fspl_gateway.transports.media import (
     parse_manifest,
 )
 from fspl_gateway.transports.media import verify_manifest as _verify_transport
+from fspl_gateway.transports.wrapper import DelegatingTransport
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +73,7 @@ __all__ = ["ExportResult", "ImportResult", "ManifestReport", "MediaCheckError", 
 
 _CHUNK = 1 << 20
 _JOLIET_BAD = set('*/:;?\\')
+_READ_ONLY = Capabilities(can_write=False, can_delete=False, atomic_noclobber=False)
 
 
 @dataclass
@@ -530,52 +532,43 @@ class _HashTee:
         return True
 
 
-class _CheckedMedia(Transport):
+class _CheckedMedia(DelegatingTransport):
     """What import hands the sync engine: the media, read-only, showing only the jobs
     that passed the manifest check, and re-checking each one's sha256 while it is
     fetched (a stick that rots between the check and the copy gives IntegrityError)."""
 
-    name = "media"
-    capabilities = Capabilities(can_write=False, can_delete=False, atomic_noclobber=False)
-
     def __init__(self, media: MediaTransport, digests: dict[str, str] | None,
                  allowed: set[str]) -> None:
-        super().__init__(media.location, media.options)
-        self.media = media
+        super().__init__(media)
         self.digests = digests
         self.allowed = allowed
 
-    def list(self) -> Iterator[RemoteEntry]:
-        return iter([e for e in self.media.list() if e.name in self.allowed])
+    @property
+    def capabilities(self) -> Capabilities:  # type: ignore[override]
+        return _READ_ONLY
 
-    def _check(self, name: str) -> None:
+    def list(self) -> Iterator[RemoteEntry]:
+        return iter([e for e in self.inner.list() if e.name in self.allowed])
+
+    def before(self, op: str, name: str) -> None:
         self.check_name(name)
+        if op == "write_new":
+            raise NotSupportedError("import never writes to the media")
+        if op == "delete":
+            raise NotSupportedError("import never deletes from the media")
         if name not in self.allowed:
             raise RemoteNotFoundError(f"{name} did not pass the manifest check")
 
-    def open(self, name: str) -> BinaryIO:
-        self._check(name)
-        return self.media.open(name)
-
     def fetch(self, name: str, dst: BinaryIO, entry: RemoteEntry | None = None) -> int:
-        self._check(name)
         if self.digests is None:
-            return self.media.fetch(name, dst, entry)
+            return super().fetch(name, dst, entry)
+        self.before("fetch", name)
         tee = _HashTee(dst)
-        n = self.media.fetch(name, tee, entry)  # type: ignore[arg-type]
+        n = self.inner.fetch(name, tee, entry)  # type: ignore[arg-type]
         if tee.h.hexdigest() != self.digests[name]:
             raise IntegrityError(f"{name}: bytes read from the media no longer match "
                                  "the manifest (failing media?)")
         return n
-
-    def write_new(self, name: str, src: BinaryIO, size: int) -> RemoteEntry:
-        raise NotSupportedError("import never writes to the media")
-
-    def delete(self, name: str) -> None:
-        raise NotSupportedError("import never deletes from the media")
-
-    def describe(self) -> str:
-        return self.media.describe()
 
 
 def import_media(source: str, queue_dir: str, *, good_only: bool = False,

@@ -47,8 +47,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
-from typing import Any, BinaryIO
+from typing import Any
 
 from fspl_gateway.core import queue as q
 from fspl_gateway.core.errors import (
@@ -56,14 +55,14 @@ from fspl_gateway.core.errors import (
     FsplError,
     LockBusyError,
     QueueError,
-    RemoteNotFoundError,
 )
 from fspl_gateway.core.fsutil import atomic_write
 from fspl_gateway.core.log import log
 from fspl_gateway.gateway.config import RemoteSpec
 from fspl_gateway.gateway.journal import Journal, gw_dir
 from fspl_gateway.gateway.watch import pipelines as pl
-from fspl_gateway.transports.base import RemoteEntry, Transport
+from fspl_gateway.gateway.watch.stopaware import StopAwareTransport
+from fspl_gateway.transports.base import Transport
 
 #: Backoff of a failing remote: interval × 2^failures, at most this many intervals …
 BACKOFF_INTERVALS = 32
@@ -124,50 +123,6 @@ def _ensure_queue(qdir: str, append_only: bool) -> None:
 
             SeqFile(q.seqfile_path(qdir)).close()
     log.info("created %squeue %s", "append-only " if append_only else "", qdir)
-
-
-class StopAwareTransport(Transport):
-    """Delegates to a transport; once ``stop`` is set, no new download starts (open and
-    fetch report the file as gone, which the pull engine skips quietly: nothing staged,
-    nothing linked, the remote copy left for the next run).  A download already running
-    completes and is linked into ``jobs/`` as usual."""
-
-    def __init__(self, inner: Transport, stop: threading.Event) -> None:
-        super().__init__(inner.location, inner.options)
-        self.inner = inner
-        self.stop = stop
-        self.name = inner.name  # type: ignore[misc]
-        self.capabilities = inner.capabilities  # type: ignore[misc]
-
-    def _check(self, name: str) -> None:
-        if self.stop.is_set():
-            raise RemoteNotFoundError(f"{name}: not fetched, stopping")
-
-    def list(self) -> Iterator[RemoteEntry]:
-        return self.inner.list()
-
-    def open(self, name: str) -> BinaryIO:
-        self._check(name)
-        return self.inner.open(name)
-
-    def fetch(self, name: str, dst: BinaryIO, entry: RemoteEntry | None = None) -> int:
-        self._check(name)
-        return self.inner.fetch(name, dst, entry)
-
-    def write_new(self, name: str, src: BinaryIO, size: int) -> RemoteEntry:
-        return self.inner.write_new(name, src, size)
-
-    def delete(self, name: str) -> None:
-        self.inner.delete(name)
-
-    def cleanup_temporaries(self) -> int:
-        return self.inner.cleanup_temporaries()
-
-    def close(self) -> None:
-        self.inner.close()
-
-    def describe(self) -> str:
-        return self.inner.describe()
 
 
 # -- one pipeline -----------------------------------------------------------------------
