@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import logging
 import os
 import re
 import stat
@@ -48,10 +47,11 @@ from fspl_gateway.core.errors import (
     RemoteNotFoundError,
     TransportError,
 )
+from fspl_gateway.core.log import get_logger
 from fspl_gateway.transports.base import Capabilities, RemoteEntry, Transport, is_job_name
 from fspl_gateway.transports.local import LocalTransport, open_regular_nofollow
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 MANIFEST_NAME = "MANIFEST.sha256"
 JOBS_DIR = "jobs"

@@ -36,7 +36,6 @@ from __future__ import annotations
 import errno
 import hashlib
 import io
-import logging
 import os
 import stat
 from collections.abc import Iterator
@@ -53,6 +52,7 @@ from fspl_gateway.core.errors import (
     TransportError,
 )
 from fspl_gateway.core.fsutil import TMP_PREFIX, AtomicWriter, fsync_dir, write_all
+from fspl_gateway.core.log import get_logger
 from fspl_gateway.core.packet import read_header_path
 from fspl_gateway.transports.base import Capabilities, RemoteEntry, is_job_name
 from fspl_gateway.transports.media import (
@@ -66,7 +66,7 @@ from fspl_gateway.transports.media import (
 from fspl_gateway.transports.media import verify_manifest as _verify_transport
 from fspl_gateway.transports.wrapper import DelegatingTransport
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 __all__ = ["ExportResult", "ImportResult", "ManifestReport", "MediaCheckError", "export_dir",
            "export_iso", "import_media", "verify_manifest"]
