@@ -65,6 +65,7 @@ from fspl_gateway.core.errors import (
     UsageError,
 )
 from fspl_gateway.core.fsutil import atomic_write, fsync_dir, move_noclobber, tmp_name
+from fspl_gateway.core.hashing import sha256_hex as sha256_path
 from fspl_gateway.core.log import TRACE, log
 from fspl_gateway.core.packet import Meta, read_header, read_header_file
 from fspl_gateway.core.queue import OpenJob, jobs_dir, seqfile_path
@@ -206,16 +207,6 @@ def run_parallel(items: Iterable[T], fn: Callable[[T], None], concurrency: int,
                 pass
     if errors:
         raise errors[0]
-
-
-def sha256_path(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb", buffering=0) as f:
-        while True:
-            b = f.read(1 << 20)
-            if not b:
-                return h.hexdigest()
-            h.update(b)
 
 
 def fmt_seconds(s: float) -> str:

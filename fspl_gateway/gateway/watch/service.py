@@ -480,7 +480,7 @@ class PipelineRunner:
 # -- media ------------------------------------------------------------------------------
 def _media_candidates(root: str) -> list[str]:
     """Directories one or two levels below ``root`` that carry an export manifest."""
-    from fspl_gateway.transports.media import JOBS_DIR, MANIFEST_NAME
+    from fspl_gateway.mediafmt.manifest import JOBS_DIR, MANIFEST_NAME
 
     out: list[str] = []
 
@@ -501,7 +501,7 @@ def _media_candidates(root: str) -> list[str]:
 
 
 def _media_key(path: str) -> list[int] | None:
-    from fspl_gateway.transports.media import MANIFEST_NAME
+    from fspl_gateway.mediafmt.manifest import MANIFEST_NAME
 
     try:
         st = os.stat(path)
