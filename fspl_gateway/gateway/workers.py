@@ -60,6 +60,11 @@ class WorkersOpts:
         return self.worker_paths
 
 
+def default_workdir(incoming: str) -> str:
+    """Where the worker queues of ``incoming`` live unless told: ``INCOMING.workers``."""
+    return incoming.rstrip("/") + ".workers"
+
+
 def _state_dir(worker: str) -> str:
     d = os.path.join(worker, ".fspl-gw")
     os.makedirs(d, exist_ok=True)
