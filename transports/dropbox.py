@@ -44,7 +44,6 @@ import contextlib
 import hashlib
 import http.client
 import io
-import logging
 import os
 import random
 import re
@@ -68,9 +67,10 @@ from fspl_gateway.core.errors import (
     TransientError,
     TransportError,
 )
+from fspl_gateway.core.log import get_logger
 from fspl_gateway.transports.base import Capabilities, RemoteEntry, Transport
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 #: Dropbox hashes content in blocks of this size.
 HASH_BLOCK = 4 * 1024 * 1024

@@ -50,7 +50,6 @@ from __future__ import annotations
 
 import errno
 import fcntl
-import logging
 import os
 import resource
 import stat
@@ -66,9 +65,10 @@ from fspl_gateway.core.errors import (
 )
 from fspl_gateway.core.fsutil import TMP_PREFIX, AtomicWriter, copy_stream, fsync_dir
 from fspl_gateway.core.layout import jobs_dir
+from fspl_gateway.core.log import get_logger
 from fspl_gateway.transports.base import RemoteEntry, Transport
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 DEFAULT_TMP_MAX_AGE_MIN = 60
 DEFAULT_TMP_GRACE_S = 60

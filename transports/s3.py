@@ -46,7 +46,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import io
-import logging
 import re
 import time
 import zlib
@@ -68,9 +67,10 @@ from fspl_gateway.core.errors import (
     TransientError,
     TransportError,
 )
+from fspl_gateway.core.log import get_logger
 from fspl_gateway.transports.base import Capabilities, RemoteEntry, Transport
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 KIB = 1024
 MIB = 1024 * KIB

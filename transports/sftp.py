@@ -59,7 +59,6 @@ import contextlib
 import errno
 import hashlib
 import io
-import logging
 import os
 import posixpath
 import re
@@ -110,10 +109,11 @@ from fspl_gateway.core.errors import (
     TransportError,
 )
 from fspl_gateway.core.fsutil import TMP_PREFIX
+from fspl_gateway.core.log import get_logger
 from fspl_gateway.transports.base import Capabilities, RemoteEntry, Transport
 from fspl_gateway.transports.local import pid_alive
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 DEFAULT_PASSPHRASE_ENV = "FSPL_GW_SSH_PASSPHRASE"
 #: SFTP request size when the server does not announce ``limits@openssh.com``.

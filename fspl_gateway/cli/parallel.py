@@ -77,7 +77,7 @@ def workers_cmd(queuedir: str, n: int, workdir: str | None, key: str | None, ord
     from fspl_gateway.core.errors import FsplError
     from fspl_gateway.core.layout import jobs_dir
     from fspl_gateway.core.process import ProcessOpts
-    from fspl_gateway.gateway.workers import WorkersOpts, run_workers
+    from fspl_gateway.gateway.workers import WorkersOpts, default_workdir, run_workers
 
     proc = ProcessOpts(command, list(params), allow_job_params, ignore_payload, timeout)
     if remote is not None or transport is not None:
@@ -86,7 +86,7 @@ def workers_cmd(queuedir: str, n: int, workdir: str | None, key: str | None, ord
         return
     if not os.path.isdir(jobs_dir(queuedir)):
         raise FsplError(f"{queuedir} is not a queue directory (no jobs/ in it)")
-    opts = WorkersOpts(queuedir, n, workdir or queuedir.rstrip("/") + ".workers", proc, key,
+    opts = WorkersOpts(queuedir, n, workdir or default_workdir(queuedir), proc, key,
                        order_by, on_error, output_to, never_delete, follow, poll, grace)
     code = run_workers(opts)
     if code:

@@ -1,15 +1,8 @@
 """Sneakernet: export an outbox queue to a USB stick or an ISO image, import it back.
 
-Media layout (directory media and ISO images alike)::
-
-    <root>/jobs/fspl-*.fspl     job files, byte-identical to the outbox
-    <root>/MANIFEST.sha256      "<sha256 hex>  jobs/<name>" per job (sha256sum format,
-                                paths relative to <root>; `cd <root> && sha256sum -c
-                                MANIFEST.sha256` checks a mounted stick or CD)
-
-In an ISO image the names are carried by Rock Ridge (1.09) and Joliet; the plain ISO 9660
-names are generated (``/JOBS/J0000001.FSP;1``, ``/MANIFEST.SHA;1``).  A name that Joliet
-cannot hold (over 64 characters, or ``*/:;?\\``) is in Rock Ridge only.
+The media layout (``jobs/`` + ``MANIFEST.sha256``) and the ISO images are
+:mod:`fspl_gateway.mediafmt`'s; this module decides what goes onto a media and what
+comes off it, and when a job may leave the outbox.
 
 Functions (the CLI's ``fspl-gw export`` / ``import`` call these; every failure is an
 :class:`~fspl_gateway.core.errors.FsplError` with a one-line message):
@@ -34,14 +27,11 @@ media.
 from __future__ import annotations
 
 import errno
-import hashlib
-import io
-import logging
 import os
 import stat
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any, BinaryIO, cast
+from typing import Any, BinaryIO
 
 from fspl_gateway.core import layout
 from fspl_gateway.core.errors import (
@@ -53,26 +43,32 @@ from fspl_gateway.core.errors import (
     RemoteNotFoundError,
     TransportError,
 )
-from fspl_gateway.core.fsutil import TMP_PREFIX, AtomicWriter, fsync_dir, write_all
+from fspl_gateway.core.fsutil import TMP_PREFIX, AtomicWriter, fsync_dir
+from fspl_gateway.core.hashing import HashingWriter, copy_hashing, sha256_file
+from fspl_gateway.core.log import get_logger
 from fspl_gateway.core.packet import read_header_path
-from fspl_gateway.transports.base import Capabilities, RemoteEntry, Transport, is_job_name
-from fspl_gateway.transports.media import (
+from fspl_gateway.mediafmt.iso import ImageJob, write_image
+from fspl_gateway.mediafmt.manifest import (
     JOBS_DIR,
     MANIFEST_NAME,
     ManifestReport,
-    MediaTransport,
     format_manifest,
+    job_digests,
+    job_path,
     parse_manifest,
+    read_manifest_file,
+    write_manifest,
 )
-from fspl_gateway.transports.media import verify_manifest as _verify_transport
+from fspl_gateway.transports.base import Capabilities, RemoteEntry, is_job_name
+from fspl_gateway.transports.media import MediaTransport
+from fspl_gateway.transports.wrapper import DelegatingTransport
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 __all__ = ["ExportResult", "ImportResult", "ManifestReport", "MediaCheckError", "export_dir",
            "export_iso", "import_media", "verify_manifest"]
 
-_CHUNK = 1 << 20
-_JOLIET_BAD = set('*/:;?\\')
+_READ_ONLY = Capabilities(can_write=False, can_delete=False, atomic_noclobber=False)
 
 
 @dataclass
@@ -144,47 +140,18 @@ def _outbox_jobs(outbox: str) -> tuple[list[_Job], int]:
     return jobs, bad
 
 
-def _open_nofollow(path: str) -> io.FileIO:
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    return io.FileIO(fd, "rb")
+def _hash_file(path: str, *, drop_cache: bool = False) -> str:
+    """sha256 of a file on the media or in the outbox (never through a symlink)."""
+    return sha256_file(path, follow_symlinks=False, drop_cache=drop_cache)[0]
 
 
-def _hash_file(path: str, *, drop_cache: bool = False) -> tuple[str, int]:
-    """sha256 of a file, streamed.  ``drop_cache`` first asks the kernel to forget its
-    cached pages, so that a just-written copy is read back from the device."""
-    with _open_nofollow(path) as f:
-        if drop_cache:
-            try:
-                os.posix_fadvise(f.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
-            except OSError:
-                pass
-        h = hashlib.sha256()
-        n = 0
-        buf = bytearray(_CHUNK)
-        view = memoryview(buf)
-        while True:
-            k = f.readinto(buf)
-            if not k:
-                return h.hexdigest(), n
-            h.update(view[:k])
-            n += k
-
-
-def _copy_hash(src_path: str, dst: BinaryIO) -> tuple[str, int]:
-    """Copy a file into ``dst`` (raw) while hashing it; (hex, bytes)."""
-    h = hashlib.sha256()
-    n = 0
-    buf = bytearray(_CHUNK)
-    view = memoryview(buf)
-    fd = dst.fileno()
-    with _open_nofollow(src_path) as f:
-        while True:
-            k = f.readinto(buf)
-            if not k:
-                return h.hexdigest(), n
-            h.update(view[:k])
-            write_all(fd, view[:k])
-            n += k
+def _copy_hash(src_path: str, dst_fd: int) -> tuple[str, int]:
+    """Copy a file (never through a symlink) into ``dst_fd`` while hashing it."""
+    fd = os.open(src_path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        return copy_hashing(fd, dst_fd)
+    finally:
+        os.close(fd)
 
 
 def _media_error(what: str, e: OSError) -> TransportError:
@@ -254,8 +221,8 @@ def export_dir(outbox_queue_dir: str, dest_dir: str, *, keep: bool = False) -> E
         st = os.lstat(target)
         if not stat.S_ISREG(st.st_mode):
             raise RemoteExistsError(f"{target} exists and is not a regular file")
-        src_hex, _ = _hash_file(j.path)
-        dst_hex, _ = _hash_file(target)
+        src_hex = _hash_file(j.path)
+        dst_hex = _hash_file(target)
         if src_hex != dst_hex:
             raise RemoteExistsError(f"{target} already exists on the media with different "
                                     "bytes; nothing exported")
@@ -270,7 +237,7 @@ def export_dir(outbox_queue_dir: str, dest_dir: str, *, keep: bool = False) -> E
         except OSError as e:
             raise _media_error(what, e) from None
         try:
-            hexd, n = _copy_hash(j.path, w.file)
+            hexd, n = _copy_hash(j.path, w.fileno())
             w.commit()
         except FileExistsError:
             w.abort()
@@ -282,7 +249,7 @@ def export_dir(outbox_queue_dir: str, dest_dir: str, *, keep: bool = False) -> E
             w.abort()
             raise
         final = os.path.join(mjobs, j.name)
-        back, m = _hash_file(final, drop_cache=True)
+        back, m = sha256_file(final, follow_symlinks=False, drop_cache=True)
         if back != hexd or m != n:
             os.unlink(final)
             fsync_dir(mjobs)
@@ -307,8 +274,7 @@ def _write_dir_manifest(dest: str, fresh: dict[str, str]) -> None:
     if os.path.lexists(mpath):
         if not stat.S_ISREG(os.lstat(mpath).st_mode):
             raise TransportError(f"{mpath} is not a regular file; refusing to replace it")
-        with _open_nofollow(mpath) as f:
-            old, malformed = parse_manifest(f)
+        old, malformed = read_manifest_file(mpath)
         if malformed:
             log.warning("%s: %d malformed lines dropped", mpath, len(malformed))
     entries: dict[str, str] = {}
@@ -319,7 +285,7 @@ def _write_dir_manifest(dest: str, fresh: dict[str, str]) -> None:
             if not de.is_file(follow_symlinks=False):
                 log.warning("media: %s is not a regular file; left out of the manifest", de.path)
                 continue
-            rel = f"{JOBS_DIR}/{de.name}"
+            rel = job_path(de.name)
             if de.name in fresh:
                 entries[rel] = fresh[de.name]
             elif rel in old:
@@ -327,71 +293,14 @@ def _write_dir_manifest(dest: str, fresh: dict[str, str]) -> None:
             else:
                 log.warning("media: %s was not in the manifest; adding its current hash",
                             de.path)
-                entries[rel] = _hash_file(de.path)[0]
+                entries[rel] = _hash_file(de.path)
     try:
-        with AtomicWriter(dest, MANIFEST_NAME, clobber=True) as w:
-            write_all(w.fileno(), format_manifest(entries))
+        write_manifest(dest, entries)
     except OSError as e:
         raise _media_error(f"writing {mpath}", e) from None
 
 
 # -- export to an ISO image ----------------------------------------------------------
-class _LazyFile(io.RawIOBase):
-    """A read-only file object for pycdlib's add_fp that holds a descriptor only while
-    pycdlib copies from it (so thousands of jobs do not exhaust file descriptors)."""
-
-    mode = "rb"
-
-    def __init__(self, path: str, size: int) -> None:
-        super().__init__()
-        self.path = path
-        self.size = size
-        self._f: io.FileIO | None = None
-        self._pos = 0
-
-    def _file(self) -> io.FileIO:
-        if self._f is None:
-            self._f = _open_nofollow(self.path)
-            self._f.seek(self._pos)
-        return self._f
-
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def seek(self, offset: int, whence: int = 0) -> int:
-        base = {0: 0, 1: self._pos, 2: self.size}[whence]
-        self._pos = base + offset
-        if self._f is not None:
-            self._f.seek(self._pos)
-        return self._pos
-
-    def tell(self) -> int:
-        return self._pos
-
-    def readinto(self, b: Any) -> int:
-        n = self._file().readinto(b) or 0
-        self._pos += n
-        if n == 0 or self._pos >= self.size:
-            self._release()
-        return n
-
-    def _release(self) -> None:
-        if self._f is not None:
-            self._f.close()
-            self._f = None
-
-    def close(self) -> None:
-        self._release()
-        super().close()
-
-
-def _joliet_ok(name: str) -> bool:
-    return len(name) <= 64 and not (set(name) & _JOLIET_BAD)
-
-
 def export_iso(outbox_queue_dir: str, iso_path: str, *, keep: bool = False,
                overwrite: bool = False, volume_id: str = "FSPL_JOBS") -> ExportResult:
     """Build an ISO 9660 image (Rock Ridge 1.09 + Joliet) holding every valid job of the
@@ -403,9 +312,6 @@ def export_iso(outbox_queue_dir: str, iso_path: str, *, keep: bool = False,
     Job files are streamed into pycdlib, never held in memory.  Jobs leave the outbox
     (unless ``keep``) after that verification.
     """
-    import pycdlib
-    from pycdlib.pycdlibexception import PyCdlibException
-
     iso_path = os.path.abspath(iso_path)
     out_dir = os.path.dirname(iso_path)
     if not os.path.isdir(out_dir):
@@ -415,33 +321,15 @@ def export_iso(outbox_queue_dir: str, iso_path: str, *, keep: bool = False,
     jobs, bad = _outbox_jobs(outbox_queue_dir)
     res = ExportResult(skipped_bad=bad, target=iso_path)
 
-    digests = {f"{JOBS_DIR}/{j.name}": _hash_file(j.path)[0] for j in jobs}
+    digests = {job_path(j.name): _hash_file(j.path) for j in jobs}
     manifest = format_manifest(digests)
 
-    iso = pycdlib.PyCdlib()
-    lazies: list[_LazyFile] = []
     w: AtomicWriter | None = None
     try:
-        iso.new(interchange_level=3, joliet=3, rock_ridge="1.09",
-                vol_ident=volume_id[:32], app_ident_str="fspl-gateway")
-        iso.add_directory(iso_path="/JOBS", rr_name=JOBS_DIR, joliet_path="/" + JOBS_DIR)
-        for i, j in enumerate(jobs, 1):
-            lz = _LazyFile(j.path, j.size)
-            lazies.append(lz)
-            jp = f"/{JOBS_DIR}/{j.name}" if _joliet_ok(j.name) else None
-            if jp is None:
-                log.info("%s: name too long or not allowed for Joliet; Rock Ridge only", j.name)
-            iso.add_fp(cast(BinaryIO, lz), j.size, iso_path=f"/JOBS/J{i:07d}.FSP;1", rr_name=j.name,
-                       joliet_path=jp, file_mode=0o100444)
-            res.bytes += j.size
-        iso.add_fp(io.BytesIO(manifest), len(manifest), iso_path="/MANIFEST.SHA;1",
-                   rr_name=MANIFEST_NAME, joliet_path="/" + MANIFEST_NAME, file_mode=0o100444)
-
         w = AtomicWriter(out_dir, os.path.basename(iso_path), clobber=overwrite)
-        bw = io.BufferedWriter(w.file, buffer_size=_CHUNK)
-        iso.write_fp(bw, blocksize=_CHUNK)
-        bw.flush()
-        bw.detach()
+        write_image(w.file, [ImageJob(j.name, j.path, j.size) for j in jobs], manifest,
+                    volume_id=volume_id, where=iso_path)
+        res.bytes = sum(j.size for j in jobs)
         os.fsync(w.fileno())
         try:
             os.posix_fadvise(w.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
@@ -457,21 +345,10 @@ def export_iso(outbox_queue_dir: str, iso_path: str, *, keep: bool = False,
         if w is not None:
             w.abort()
         raise _media_error(f"writing {iso_path}", e) from None
-    except PyCdlibException as e:
-        if w is not None:
-            w.abort()
-        raise TransportError(f"building {iso_path}: {e}") from None
     except BaseException:
         if w is not None:
             w.abort()
         raise
-    finally:
-        for lz in lazies:
-            lz.close()
-        try:
-            iso.close()
-        except PyCdlibException:
-            pass
     res.exported = len(jobs)
     res.names = [j.name for j in jobs]
     if not keep:
@@ -484,7 +361,7 @@ def _verify_image(path: str, digests: dict[str, str]) -> None:
     match it, with nothing missing or extra."""
     with MediaTransport(path) as t:
         assert isinstance(t, MediaTransport)
-        report = _verify_transport(t)
+        report = t.verify_manifest()
         with t.open_manifest() as mf:
             entries, _ = parse_manifest(mf)
     if entries != digests or not report.clean or len(report.ok) != len(digests):
@@ -497,10 +374,10 @@ def verify_manifest(source: str | MediaTransport) -> ManifestReport:
     """Check the jobs of a media (a directory, an ISO file, or a MediaTransport) against
     its MANIFEST.sha256, streaming every file; see :class:`ManifestReport`."""
     if isinstance(source, MediaTransport):
-        return _verify_transport(source)
+        return source.verify_manifest()
     with MediaTransport(source, {"read_only": True}) as t:
         assert isinstance(t, MediaTransport)
-        return _verify_transport(t)
+        return t.verify_manifest()
 
 
 class MediaCheckError(TransportError):
@@ -512,71 +389,43 @@ class MediaCheckError(TransportError):
         self.report = report
 
 
-class _HashTee:
-    """A write-only file object that hashes what passes through to ``dst``."""
-
-    def __init__(self, dst: BinaryIO) -> None:
-        self.dst = dst
-        self.h = hashlib.sha256()
-
-    def write(self, b: Any) -> int:
-        self.h.update(b)
-        n = self.dst.write(b)
-        return len(b) if n is None else n
-
-    def flush(self) -> None:
-        self.dst.flush()
-
-    def writable(self) -> bool:
-        return True
-
-
-class _CheckedMedia(Transport):
+class _CheckedMedia(DelegatingTransport):
     """What import hands the sync engine: the media, read-only, showing only the jobs
     that passed the manifest check, and re-checking each one's sha256 while it is
     fetched (a stick that rots between the check and the copy gives IntegrityError)."""
 
-    name = "media"
-    capabilities = Capabilities(can_write=False, can_delete=False, atomic_noclobber=False)
-
     def __init__(self, media: MediaTransport, digests: dict[str, str] | None,
                  allowed: set[str]) -> None:
-        super().__init__(media.location, media.options)
-        self.media = media
+        super().__init__(media)
         self.digests = digests
         self.allowed = allowed
 
-    def list(self) -> Iterator[RemoteEntry]:
-        return iter([e for e in self.media.list() if e.name in self.allowed])
+    @property
+    def capabilities(self) -> Capabilities:  # type: ignore[override]
+        return _READ_ONLY
 
-    def _check(self, name: str) -> None:
+    def list(self) -> Iterator[RemoteEntry]:
+        return iter([e for e in self.inner.list() if e.name in self.allowed])
+
+    def before(self, op: str, name: str) -> None:
         self.check_name(name)
+        if op == "write_new":
+            raise NotSupportedError("import never writes to the media")
+        if op == "delete":
+            raise NotSupportedError("import never deletes from the media")
         if name not in self.allowed:
             raise RemoteNotFoundError(f"{name} did not pass the manifest check")
 
-    def open(self, name: str) -> BinaryIO:
-        self._check(name)
-        return self.media.open(name)
-
     def fetch(self, name: str, dst: BinaryIO, entry: RemoteEntry | None = None) -> int:
-        self._check(name)
         if self.digests is None:
-            return self.media.fetch(name, dst, entry)
-        tee = _HashTee(dst)
-        n = self.media.fetch(name, tee, entry)  # type: ignore[arg-type]
-        if tee.h.hexdigest() != self.digests[name]:
+            return super().fetch(name, dst, entry)
+        self.before("fetch", name)
+        tee = HashingWriter(dst)
+        n = self.inner.fetch(name, tee, entry)  # type: ignore[arg-type]
+        if tee.hexdigest() != self.digests[name]:
             raise IntegrityError(f"{name}: bytes read from the media no longer match "
                                  "the manifest (failing media?)")
         return n
-
-    def write_new(self, name: str, src: BinaryIO, size: int) -> RemoteEntry:
-        raise NotSupportedError("import never writes to the media")
-
-    def delete(self, name: str) -> None:
-        raise NotSupportedError("import never deletes from the media")
-
-    def describe(self) -> str:
-        return self.media.describe()
 
 
 def import_media(source: str, queue_dir: str, *, good_only: bool = False,
@@ -602,7 +451,7 @@ def import_media(source: str, queue_dir: str, *, good_only: bool = False,
 
     media = MediaTransport(source, {"read_only": True})
     try:
-        report = _verify_transport(media)
+        report = media.verify_manifest()
         listed_jobs = {e.name for e in media.list() if is_job_name(e.name)}
         digests: dict[str, str] | None
         if not report.manifest_found:
@@ -616,8 +465,7 @@ def import_media(source: str, queue_dir: str, *, good_only: bool = False,
         else:
             with media.open_manifest() as mf:
                 entries, _ = parse_manifest(mf)
-            digests = {p[len(JOBS_DIR) + 1:]: h for p, h in entries.items()
-                       if p.startswith(JOBS_DIR + "/")}
+            digests = job_digests(entries)
             allowed = {n for n in report.ok if is_job_name(n)}
             rejected = report.bad
             if not report.clean and not good_only:

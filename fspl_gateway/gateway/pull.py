@@ -68,6 +68,7 @@ from fspl_gateway.core.fsutil import (
     move_noclobber,
     tmp_name,
 )
+from fspl_gateway.core.hashing import sha256_hex as sha256_path
 from fspl_gateway.core.layout import QueueLayout
 from fspl_gateway.core.log import TRACE, log
 from fspl_gateway.core.packet import Meta, read_header, read_header_file
@@ -120,14 +121,6 @@ def with_retries(fn: Callable[[], T], what: str, policy: RetryPolicy,
             attempt += 1
 
 
-def sha256_path(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb", buffering=0) as f:
-        while True:
-            b = f.read(1 << 20)
-            if not b:
-                return h.hexdigest()
-            h.update(b)
 
 
 # -- pull ----------------------------------------------------------------------------

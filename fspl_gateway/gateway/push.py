@@ -22,7 +22,6 @@ Locking, dry run, concurrency, retries and exit codes as for sync.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import threading
 from dataclasses import dataclass, field
@@ -43,6 +42,7 @@ from fspl_gateway.core.errors import (
     TransportError,
 )
 from fspl_gateway.core.fsutil import fsync_dir
+from fspl_gateway.core.hashing import hash_fd, sha256_stream
 from fspl_gateway.core.layout import QueueLayout
 from fspl_gateway.core.log import TRACE, log
 from fspl_gateway.core.packet import read_header_fd
@@ -299,13 +299,8 @@ class _Pusher:
 
     def _remote_sha256(self, name: str) -> str:
         def read() -> str:
-            h = hashlib.sha256()
             with self.t.open(name) as s:
-                while True:
-                    b = s.read(1 << 20)
-                    if not b:
-                        return h.hexdigest()
-                    h.update(b)
+                return sha256_stream(s)[0]
         return with_retries(read, f"reading {name} back", self.opts.retry, self.stop)
 
     def _exists(self, name: str, size: int, sha: str, remote_size: int | None) -> None:
@@ -363,12 +358,5 @@ class _Pusher:
 
 def _digests(fd: int) -> tuple[int, str, str]:
     """(size, sha256, md5) of a whole file, read with pread (offset untouched)."""
-    sha, md5 = hashlib.sha256(), hashlib.md5(usedforsecurity=False)
-    off = 0
-    while True:
-        b = os.pread(fd, 1 << 20, off)
-        if not b:
-            return off, sha.hexdigest(), md5.hexdigest()
-        sha.update(b)
-        md5.update(b)
-        off += len(b)
+    size, (sha, md5) = hash_fd(fd, ("sha256", "md5"))
+    return size, sha, md5

@@ -76,6 +76,11 @@ def _layout(worker: str) -> QueueLayout:
     return lay
 
 
+def default_workdir(incoming: str) -> str:
+    """Where the worker queues of ``incoming`` live unless told: ``INCOMING.workers``."""
+    return incoming.rstrip("/") + ".workers"
+
+
 def _check_interrupted(worker: str) -> None:
     lay = _layout(worker)
     marker = lay.running

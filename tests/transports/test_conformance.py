@@ -2,7 +2,9 @@
 
 Parametrized over :data:`tests.transports.backends.BACKENDS`; for each name the fixture
 ``backend_<name>`` is looked up, and the whole row is skipped while a transport's
-backend module is still a placeholder (the fixture does not exist yet).
+backend module is still a placeholder (the fixture does not exist yet).  Every backend
+also runs wrapped in each of :data:`~tests.transports.backends.WRAPPERS` (``local+watch``
+…): a wrapper must pass the same suite as what it wraps.
 
 A backend is described by :class:`tests.transports.backends.Backend`.  Optional
 ``extra`` keys used here:
@@ -33,7 +35,7 @@ from fspl_gateway.core.errors import (
 )
 from fspl_gateway.transports.base import RemoteEntry, Transport, is_job_name
 from tests.helpers import PatternReader, peak_rss_during
-from tests.transports.backends import BACKENDS, Backend
+from tests.transports.backends import BACKENDS, WRAPPERS, Backend, wrapped
 
 MiB = 1 << 20
 #: Peak-RSS growth allowed while streaming the big file.
@@ -43,16 +45,16 @@ HOSTILE_NAMES = ["../x", "a/b", "/etc/passwd", "x\x00y", "a\nb", "\x1b[31mred", 
                  "", ".", "..", "back\\slash", "x" * 256]
 
 
-@pytest.fixture(params=BACKENDS)
+@pytest.fixture(params=[*BACKENDS, *(f"{b}+{w}" for w in WRAPPERS for b in BACKENDS)])
 def backend(request: pytest.FixtureRequest) -> Backend:
-    name = request.param
+    name, _, wrapper = request.param.partition("+")
     try:
         b = request.getfixturevalue(f"backend_{name}")
     except pytest.FixtureLookupError:
         pytest.skip(f"no conformance backend for {name!r} yet (fixture backend_{name} "
                     "is not defined)")
     assert isinstance(b, Backend)
-    return b
+    return wrapped(b, wrapper) if wrapper else b
 
 
 @pytest.fixture
