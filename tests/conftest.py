@@ -48,5 +48,6 @@ def queue(tmp_path: Path) -> Path:
     q.queue_init(str(path))
     return path
 
+
 # Real peers nobody here wrote (issue 12): s3rver from npm, rclone serve sftp + uploader.
 pytest_plugins += ["tests.fixtures.s3rver", "tests.fixtures.rclone"]
