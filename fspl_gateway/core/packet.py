@@ -27,7 +27,6 @@ import time
 import zlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any, BinaryIO
 
 import msgpack
@@ -45,8 +44,12 @@ MAX_META_LEN = 64 << 20
 ENV_PREFIX = b"FSPL_SET_"
 _U64 = (1 << 64) - 1
 _I64_MIN, _I64_MAX = -(1 << 63), (1 << 63) - 1
-# datetime's range: year 1 .. 9999
-_SECS_MIN, _SECS_MAX = -62135596800, 253402300799
+_U32 = (1 << 32) - 1
+# The ctimes fspl can show as dates: chrono's range, years -262144 ..= 262143, in UTC and
+# in local time (fspl decodes any i64/u32 pair but panics rendering one outside this).
+# Nanoseconds of 10⁹ and more are chrono's leap-second form (see _rfc3339).
+_SECS_MIN, _SECS_MAX = -8334632851200, 8210298412799
+_NANOS_SHOWN_MAX = 1_999_999_999
 
 
 @dataclass(frozen=True)
@@ -74,13 +77,13 @@ class Meta:
     cmd: CmdType = "NOP"
 
     # -- times ---------------------------------------------------------------------
+    # Both raise PacketError for a ctime fspl cannot show (it panics there); such a job
+    # still decodes and, being NOP or Fail, runs, as with fspl.
     def rfc3339_utc(self) -> str:
-        dt = datetime.fromtimestamp(self.ctime[0], UTC)
-        return dt.isoformat(timespec="seconds").replace("+00:00", "Z")
+        return _rfc3339(*self.ctime, local=False)
 
     def rfc3339_local(self) -> str:
-        dt = datetime.fromtimestamp(self.ctime[0], UTC).astimezone()
-        return dt.isoformat(timespec="seconds")
+        return _rfc3339(*self.ctime, local=True)
 
     # -- environment ---------------------------------------------------------------
     def env_vars(self, filename: bytes | None = None,
@@ -113,6 +116,71 @@ class Meta:
     @property
     def kind(self) -> str:
         return "Command" if isinstance(self.cmd, Command) else self.cmd
+
+
+def _civil_from_days(days: int) -> tuple[int, int, int]:
+    """(year, month, day) of the proleptic Gregorian calendar, ``days`` after 1970-01-01
+    (H. Hinnant's algorithm: exact integers for any year, unlike :mod:`datetime`)."""
+    z = days + 719468
+    era, doe = divmod(z, 146097)
+    yoe = (doe - doe // 1460 + doe // 36524 - doe // 146096) // 365
+    doy = doe - (365 * yoe + yoe // 4 - yoe // 100)
+    mp = (5 * doy + 2) // 153
+    d = doy - (153 * mp + 2) // 5 + 1
+    m = mp + 3 if mp < 10 else mp - 9
+    return yoe + era * 400 + (m <= 2), m, d
+
+
+_GREGORIAN_CYCLE = 146097 * 86400  # 400 years: calendar and weekdays repeat
+
+
+def _tz_is_rule() -> bool:
+    """Whether $TZ is a POSIX rule (``CET-1CEST,M3.5.0,M10.5.0/3``) rather than a zone
+    file: the C library reads it as a file first, as chrono does."""
+    tz = os.environ.get("TZ", "").removeprefix(":")
+    if not tz:
+        return False
+    base = os.environ.get("TZDIR") or "/usr/share/zoneinfo"
+    return not os.path.isfile(tz if tz.startswith("/") else os.path.join(base, tz))
+
+
+def _local_offset(secs: int) -> int:
+    """The local UTC offset (seconds) at ``secs``, as chrono finds it.  glibc applies a
+    POSIX $TZ rule's DST only from 1970 on; chrono applies it in every year, so an earlier
+    instant is moved ahead by whole 400-year cycles (the rule gives the same offset)."""
+    if secs < 0 and _tz_is_rule():
+        secs += -(secs // _GREGORIAN_CYCLE) * _GREGORIAN_CYCLE
+    return time.localtime(secs).tm_gmtoff
+
+
+def _rfc3339(secs: int, nanos: int, *, local: bool) -> str:
+    """A ctime as fspl (chrono's ``to_rfc3339_opts(Secs, …)``) writes it: ``Z`` in UTC,
+    else the local ``±HH:MM`` with the offset's seconds dropped (old local mean times such
+    as +09:18:59); a year outside 0..9999 gets a sign and at least four digits
+    (``+10000``, ``-0001``); nanoseconds of 10⁹ and more (a leap second) add one to the
+    seconds field without carrying (``23:59:60``, or ``00:00:01`` for (0, 10⁹)).
+    Computed with integers: :mod:`datetime` stops at years 1 and 9999."""
+    offset = 0
+    if _SECS_MIN <= secs <= _SECS_MAX and local:
+        offset = _local_offset(secs)
+    if not (_SECS_MIN <= secs + offset <= _SECS_MAX and _SECS_MIN <= secs <= _SECS_MAX
+            and nanos <= _NANOS_SHOWN_MAX):
+        where = "local time" if local else "UTC"
+        raise PacketError(f"ctime ({secs} s, {nanos} ns) cannot be shown as a date in {where} "
+                          "(fspl's range is the years -262144 to 262143)")
+    days, sod = divmod(secs + offset, 86400)
+    y, mo, d = _civil_from_days(days)
+    hh, rem = divmod(sod, 3600)
+    mi, ss = divmod(rem, 60)
+    if nanos >= 1_000_000_000:
+        ss += 1
+    year = f"{y:04d}" if 0 <= y <= 9999 else f"{y:+05d}"
+    if not local:
+        zone = "Z"
+    else:
+        a = abs(offset)
+        zone = f"{'-' if offset < 0 else '+'}{a // 3600:02d}:{a // 60 % 60:02d}"
+    return f"{year}-{mo:02d}-{d:02d}T{hh:02d}:{mi:02d}:{ss:02d}{zone}"
 
 
 # -- encoding ----------------------------------------------------------------------
@@ -220,8 +288,8 @@ def decode_meta(data: bytes) -> Meta:
     ct = _field(m, b"ctime", 1, "ctime")
     if not isinstance(ct, list) or len(ct) != 2:
         raise PacketError("metadata: ctime is not a (secs, nanos) pair")
-    secs = _as_int(ct[0], _SECS_MIN, _SECS_MAX, "ctime seconds")
-    nanos = _as_int(ct[1], 0, 1_999_999_999, "ctime nanoseconds")
+    secs = _as_int(ct[0], _I64_MIN, _I64_MAX, "ctime seconds")  # as fspl: (i64, u32)
+    nanos = _as_int(ct[1], 0, _U32, "ctime nanoseconds")
     return Meta(seq, (secs, nanos), _decode_cmd(_field(m, b"cmd_type", 2, "cmd_type")))
 
 

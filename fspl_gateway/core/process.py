@@ -17,7 +17,7 @@ from enum import StrEnum
 from typing import Any
 
 from fspl_gateway.core import queue as q
-from fspl_gateway.core.errors import FsplError, JobFailedError
+from fspl_gateway.core.errors import FsplError, JobFailedError, PacketError
 from fspl_gateway.core.libc import libc_function
 from fspl_gateway.core.log import log
 from fspl_gateway.core.packet import Command, Meta, read_header_fd
@@ -84,13 +84,18 @@ class BadJobEnv(FsplError):
 def build_env(meta: Meta, filename: str | None, queuedir: str | None) -> dict[bytes, bytes]:
     """The command's environment: ours plus the job's FSPL_* variables.
 
-    A variable name that the OS cannot carry (``=`` or NUL in it, NUL in a value) raises
-    BadJobEnv, which fails that job without stopping the run.
+    A variable name that the OS cannot carry (``=`` or NUL in it, NUL in a value) or a
+    ctime that cannot be shown as a date raises BadJobEnv, which fails that job without
+    stopping the run.
     """
     env = dict(os.environb)
     fn = os.fsencode(filename) if filename is not None else None
     qd = os.fsencode(queuedir) if queuedir is not None else None
-    for k, v in meta.env_vars(fn, qd):
+    try:
+        variables = meta.env_vars(fn, qd)
+    except PacketError as e:  # a ctime fspl cannot show either (it panics on it)
+        raise BadJobEnv(f"job {meta.seq}: {e}") from None
+    for k, v in variables:
         if b"=" in k or b"\0" in k or b"\0" in v or not k:
             raise BadJobEnv(f"job {meta.seq}: cannot set environment variable {k!r} "
                             "(names may not contain '=' or NUL, values may not contain NUL)")

@@ -105,8 +105,11 @@ class SeqFile:
         return prev
 
     def increment(self) -> int:
-        """Advance by one; return the value before (the one just handed out/processed)."""
-        return self.set(self.next + 1)
+        """Advance by one; return the value before (the one just handed out/processed).
+
+        After 2⁶⁴−1 comes 0, as with fspl (a u64 that wraps): refusing to advance would
+        leave a processed job in place to run again on every queue-process."""
+        return self.set((self.next + 1) % (1 << 64))
 
     def close(self) -> None:
         if self._lock_fd is not None:

@@ -85,24 +85,50 @@ class Config:
     remotes: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
+#: A config file is a few KiB; reading stops past this (a device or a wrong file).
+MAX_CONFIG_BYTES = 4 << 20
+
+
+def read_toml(path: str) -> tuple[dict[str, Any], int]:
+    """The parsed TOML of config file ``path`` and its st_mode.  Anything wrong with it
+    (unreadable, too big, not UTF-8, not TOML) is a one-line ConfigError; only a missing
+    file raises FileNotFoundError, for the caller to judge."""
+    try:
+        with open(path, "rb") as f:
+            raw = f.read(MAX_CONFIG_BYTES + 1)
+            mode = os.fstat(f.fileno()).st_mode
+    except FileNotFoundError:
+        raise
+    except IsADirectoryError:
+        raise ConfigError(f"config file {path} is a directory") from None
+    except OSError as e:
+        raise ConfigError(f"cannot read config file {path}: {e.strerror}") from None
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"config file {path} is larger than {MAX_CONFIG_BYTES >> 20} MiB")
+    try:
+        text = raw.decode("utf-8-sig")  # a leading BOM (some editors write one) is fine
+    except UnicodeDecodeError as e:
+        line = raw.count(b"\n", 0, e.start) + 1
+        raise ConfigError(f"config file {path} is not UTF-8 text (byte 0x{raw[e.start]:02x} "
+                          f"on line {line}); save it as UTF-8") from None
+    try:
+        return tomllib.loads(text), mode
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"config file {path} is not valid TOML: {e}") from None
+    except RecursionError:
+        raise ConfigError(f"config file {path} is not valid TOML: nested too deeply") from None
+
+
 def load(explicit: str | None = None) -> Config:
     """Read the config file (see the module doc for where).  A missing default file is an
     empty config; a missing explicit file, bad TOML or a bad remote table is ConfigError."""
     path, named = config_path(explicit)
     try:
-        with open(path, "rb") as f:
-            data = tomllib.load(f)
-            mode = os.fstat(f.fileno()).st_mode
+        data, mode = read_toml(path)
     except FileNotFoundError:
         if named:
             raise ConfigError(f"config file {path} does not exist") from None
         return Config(None, {})
-    except IsADirectoryError:
-        raise ConfigError(f"config file {path} is a directory") from None
-    except tomllib.TOMLDecodeError as e:
-        raise ConfigError(f"config file {path} is not valid TOML: {e}") from None
-    except OSError as e:
-        raise ConfigError(f"cannot read config file {path}: {e.strerror}") from None
     remotes = data.get("remotes", {})
     if not isinstance(remotes, dict):
         raise ConfigError(f"config file {path}: [remotes] must be a table")

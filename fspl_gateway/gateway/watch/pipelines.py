@@ -43,7 +43,6 @@ file, the table and the key.
 from __future__ import annotations
 
 import os
-import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -279,10 +278,9 @@ def load(explicit: str | None = None) -> WatchConfig:
         return WatchConfig(None)
     path = base.path
     try:
-        with open(path, "rb") as f:
-            data = tomllib.load(f)
-    except (OSError, tomllib.TOMLDecodeError) as e:  # changed since cfgmod read it
-        raise ConfigError(f"cannot read config file {path}: {e}") from None
+        data, _ = cfgmod.read_toml(path)  # again: changed since cfgmod read it?
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} disappeared while it was read") from None
     raw = data.get("pipelines", {})
     if not isinstance(raw, dict):
         raise ConfigError(f"config file {path}: [pipelines] must be a table")
