@@ -25,6 +25,7 @@ LAZY_COMMANDS = {
     "workers": ("fspl_gateway.cli.parallel:workers_cmd", "Process one queue with N parallel workers"),
     "watch": ("fspl_gateway.cli.watch:watch_cmd", "Run the gateway's pipelines continuously"),
     "status": ("fspl_gateway.cli.watch:status_cmd", "Show queue and remote status"),
+    "keygen": ("fspl_gateway.cli.keys:keygen_cmd", "Make a minisign key pair for signing jobs"),
 }
 
 LICENSE_TEXT = """fspl-gateway {v}

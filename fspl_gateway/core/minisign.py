@@ -65,7 +65,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from fspl_gateway.core.errors import FsplError
-from fspl_gateway.core.fsutil import CHUNK
+from fspl_gateway.core.fsutil import CHUNK, AtomicWriter
 
 SIG_ALG = b"Ed"
 SIG_ALG_HASHED = b"ED"
@@ -395,6 +395,37 @@ def generate_keypair(comment: str = "minisign secret key") -> SecretKey:
     pk = priv.public_key().public_bytes(serialization.Encoding.Raw,
                                         serialization.PublicFormat.Raw)
     return SecretKey(os.urandom(KEYNUM_BYTES), seed + pk, comment)
+
+
+def save_keypair(key: SecretKey, secret_path: str, public_path: str,
+                 passphrase: str | bytes | None, *, overwrite: bool = False,
+                 opslimit: int = OPSLIMIT_SENSITIVE, memlimit: int = MEMLIMIT_SENSITIVE) -> None:
+    """Write the secret key (mode 0600, encrypted unless ``passphrase`` is None) and the
+    public key file, each whole or not at all; refuse existing files unless ``overwrite``."""
+    if not overwrite:
+        refuse_existing(secret_path, public_path)
+    secret_text = key.to_file_text(passphrase, opslimit=opslimit, memlimit=memlimit)
+    os.makedirs(os.path.dirname(os.path.abspath(secret_path)), mode=0o700, exist_ok=True)
+    _write_key_file(secret_path, secret_text, 0o600, overwrite)
+    _write_key_file(public_path, key.public_key.to_file_text(), 0o644, overwrite)
+
+
+def refuse_existing(*paths: str) -> None:
+    """KeyFileError if any of these key files exists already."""
+    for p in paths:
+        if os.path.lexists(p):
+            raise KeyFileError(f"{p} already exists (overwrite it with --force)")
+
+
+def _write_key_file(path: str, text: str, mode: int, overwrite: bool) -> None:
+    d = os.path.dirname(os.path.abspath(path))
+    try:
+        with AtomicWriter(d, os.path.basename(path), clobber=overwrite, mode=mode) as w:
+            w.file.write(text.encode())
+    except FileExistsError:
+        raise KeyFileError(f"{path} already exists (overwrite it with --force)") from None
+    except OSError as e:
+        raise KeyFileError(f"cannot write {path}: {e.strerror}") from None
 
 
 def secret_key_is_encrypted(text: str) -> bool:

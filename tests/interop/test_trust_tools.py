@@ -17,6 +17,7 @@ import pytest
 
 from fspl_gateway.core import agecrypt, jobsig
 from fspl_gateway.core import minisign as ms
+from tests.helpers import run_gw
 
 MINISIGN = shutil.which("minisign")
 AGE = shutil.which("age")
@@ -406,3 +407,22 @@ def test_age_streams_through_pipes_not_python(tmp_path: Path, age_id: tuple[Path
     assert hashlib.sha256(plain).hexdigest() == digest
     assert plain.startswith(b"*FILESPOOLER") and plain.endswith(payload.read_bytes())
     assert peak < 2 << 20, f"Python allocated {peak} bytes while age moved {size}"
+
+
+# -- fspl-gw keygen --------------------------------------------------------------------
+@pytest.mark.parametrize("encrypted", [True, False], ids=["passphrase", "unencrypted"])
+def test_keygen_pairs_work_in_minisign(tmp_path: Path, data: Path, encrypted: bool) -> None:
+    env = {k: v for k, v in os.environ.items() if k != "FSPL_GW_KEY_PASSPHRASE"}
+    args = ["keygen", "-s", str(tmp_path / "sender.key")]
+    if encrypted:
+        env["FSPL_GW_KEY_PASSPHRASE"] = "from the environment"
+    else:
+        args.append("--unencrypted")
+    r = run_gw(*args, env=env)
+    assert r.returncode == 0, r.stderr
+    inline = r.stdout.decode().splitlines()[1].removeprefix("public key: ")
+    r = _run("minisign", "-S", "-s", tmp_path / "sender.key", "-m", data, "-t", "keygen'd",
+             input=b"from the environment\n" if encrypted else None)
+    assert r.returncode == 0, r.stderr
+    assert _run("minisign", "-V", "-p", tmp_path / "sender.pub", "-m", data).returncode == 0
+    assert _minisign_verify(inline, data).returncode == 0
