@@ -32,6 +32,7 @@ LAZY_COMMANDS = {
     "workers": "fspl_gateway.cli.parallel:workers_cmd",
     "watch": "fspl_gateway.cli.watch:watch_cmd",
     "status": "fspl_gateway.cli.watch:status_cmd",
+    "keygen": "fspl_gateway.cli.keys:keygen_cmd",
 }
 
 LICENSE_TEXT = """fspl-gateway {v}
