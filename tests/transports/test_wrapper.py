@@ -15,7 +15,8 @@ import pytest
 
 from fspl_gateway.core import queue as q
 from fspl_gateway.core.errors import NotSupportedError, RemoteNotFoundError, TransportError
-from fspl_gateway.gateway.pull import RetryPolicy, SyncOptions, pull
+from fspl_gateway.gateway.pull import SyncOptions, pull
+from fspl_gateway.gateway.retry import RetryPolicy
 from fspl_gateway.gateway.watch.stopaware import StopAwareTransport
 from fspl_gateway.transports.base import Capabilities, RemoteEntry, Transport
 from fspl_gateway.transports.local import LocalTransport
@@ -24,7 +25,7 @@ from tests.unit.test_sync import job_set, local_jobs, make_remote, remote_jobs
 
 #: Public members of Transport that are helpers computed from forwarded ones, not
 #: forwarded themselves (each is checked for that below).
-HELPERS = {"check_name", "require"}
+HELPERS = {"check_name", "require", "safe_names"}
 
 #: An argument for each parameter name of a Transport method.
 ARGS: dict[str, Any] = {
