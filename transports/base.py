@@ -34,6 +34,13 @@ retry may fix (connection dropped, 5xx, throttling), ``RemoteNotFoundError``,
 ``RemoteExistsError``, ``IntegrityError``, ``AuthError``, ``HostKeyError``,
 ``NotSupportedError``, and ``TransportError`` for the rest.  Never log secrets.
 
+Options: a transport declares them as :attr:`Transport.options_schema` (an
+:class:`~fspl_gateway.transports.options.OptionSchema`); the base class parses what it is
+given through that one parser (unknown keys and bad values are ConfigError, exit 2) and
+hands the subclass :attr:`Transport.settings` (every option, typed, defaults filled in)
+and :attr:`Transport.options` (the options the caller set, typed).  A transport that
+declares no schema gets its options as given.
+
 Registration: an entry point in the group ``fspl_gateway.transports`` whose name is the
 transport name (``local``, ``s3``, …) and whose object is the Transport subclass.  The
 module is imported only when that transport is used, so SDKs never load for core
@@ -50,6 +57,7 @@ from dataclasses import dataclass
 from typing import Any, BinaryIO, ClassVar
 
 from fspl_gateway.core.errors import ConfigError, NotSupportedError, TransportError
+from fspl_gateway.transports.options import OptionSchema, OptionValues
 
 ENTRY_POINT_GROUP = "fspl_gateway.transports"
 
@@ -79,15 +87,25 @@ class Transport(abc.ABC):
 
     ``location`` is the transport-specific address of the remote queue directory (the
     directory that holds ``jobs/``); ``options`` are transport-specific settings from the
-    config file or flags (strings, ints, bools).
+    config file or flags (strings, ints, bools), parsed through :attr:`options_schema`.
     """
 
     name: ClassVar[str] = "?"
     capabilities: ClassVar[Capabilities] = Capabilities()
+    #: The options this transport takes (None: not declared, options passed as given).
+    options_schema: ClassVar[OptionSchema | None] = None
 
     def __init__(self, location: str, options: Mapping[str, Any] | None = None) -> None:
         self.location = location
-        self.options: dict[str, Any] = dict(options or {})
+        raw = dict(options or {})
+        schema = type(self).options_schema
+        if schema is None:
+            #: Every option with its value (given, else environment, else default).
+            self.settings = OptionValues(raw, raw)
+        else:
+            self.settings = schema.parse(raw, self.name)
+        #: The options the caller set (parsed when a schema is declared).
+        self.options: dict[str, Any] = self.settings.given_options()
 
     # -- the interface -------------------------------------------------------------
     @abc.abstractmethod

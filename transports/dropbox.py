@@ -12,15 +12,10 @@ Authentication (options first, then environment variables; never logged):
 * or a short-lived access token: ``access_token`` / ``FSPL_GW_DROPBOX_ACCESS_TOKEN``
   (it expires after a few hours; the transport then fails with a clear AuthError).
 
-Other options: ``ca_bundle`` (a PEM file of CA certificates to trust instead of the
-system's; also ``FSPL_GW_DROPBOX_CA_BUNDLE``), ``chunk_size`` (bytes per upload request;
-files up to this size go in one ``files/upload`` call, bigger ones through an upload
-session; default 8 MiB, at most 128 MiB), ``retries`` (attempts per API call on
-throttling, 5xx and connection errors; default 5), ``max_retry_sleep`` (cap in seconds
-of one wait between attempts, Retry-After included; default 60), ``timeout`` (seconds
-of socket inactivity; default 100), ``longpoll_timeout`` (the longest one
-:meth:`~DropboxTransport.wait_for_change` longpoll waits, in seconds; default 120;
-Dropbox accepts 30–480 and may add up to 90 s of jitter).
+Every option (credentials, ``ca_bundle``, ``chunk_size``, timeouts) is declared in
+:data:`OPTIONS`, with its environment fallback; the README's table is generated from it.
+``longpoll_timeout`` is the longest one :meth:`~DropboxTransport.wait_for_change` longpoll
+waits (Dropbox accepts 30–480 s and may add up to 90 s of jitter).
 
 Change notification: :meth:`~DropboxTransport.wait_for_change` takes a cursor of
 ``jobs/`` once (``list_folder/get_latest_cursor``), then waits on
@@ -69,6 +64,7 @@ from fspl_gateway.core.errors import (
 )
 from fspl_gateway.core.log import get_logger
 from fspl_gateway.transports.base import Capabilities, RemoteEntry, Transport
+from fspl_gateway.transports.options import Option, OptionSchema, OptionType
 
 log = get_logger(__name__)
 
@@ -88,6 +84,31 @@ ENV_APP_KEY = "FSPL_GW_DROPBOX_APP_KEY"
 ENV_APP_SECRET = "FSPL_GW_DROPBOX_APP_SECRET"
 ENV_ACCESS_TOKEN = "FSPL_GW_DROPBOX_ACCESS_TOKEN"
 ENV_CA_BUNDLE = "FSPL_GW_DROPBOX_CA_BUNDLE"
+
+OPTIONS = OptionSchema(
+    Option("refresh_token", OptionType.STR, secret=True, env=(ENV_REFRESH_TOKEN,),
+           help="OAuth refresh token (preferred; needs the app key)."),
+    Option("app_key", OptionType.STR, secret=True, env=(ENV_APP_KEY,),
+           help="The app key of your Dropbox app."),
+    Option("app_secret", OptionType.STR, secret=True, env=(ENV_APP_SECRET,),
+           help="The app secret (not needed for PKCE refresh tokens)."),
+    Option("access_token", OptionType.STR, secret=True, env=(ENV_ACCESS_TOKEN,),
+           help="A short-lived access token instead of a refresh token."),
+    Option("ca_bundle", OptionType.PATH, env=(ENV_CA_BUNDLE,),
+           help="CA certificates (PEM) to trust instead of the system's (proxies, tests)."),
+    Option("chunk_size", OptionType.SIZE, default=DEFAULT_CHUNK, minimum=1, maximum=MAX_CHUNK,
+           help="Files up to this size in one upload request, bigger ones in upload "
+                "sessions of such parts."),
+    Option("retries", OptionType.INT, default=5, minimum=1, maximum=100, unit="attempts",
+           help="Attempts per API call on throttling, 5xx and connection errors."),
+    Option("max_retry_sleep", OptionType.DURATION, default=60.0,
+           help="The longest wait between attempts (Retry-After included)."),
+    Option("timeout", OptionType.DURATION, default=100.0, minimum=0.1,
+           help="Socket inactivity timeout."),
+    Option("longpoll_timeout", OptionType.DURATION, default=120.0, minimum=LONGPOLL_MIN,
+           maximum=LONGPOLL_MAX,
+           help="The longest one longpoll waits for a change (`watch`)."),
+)
 
 #: What may break a connection mid-request or mid-body: worth a retry.
 _NETWORK_ERRORS: tuple[type[BaseException], ...] = (
@@ -249,6 +270,7 @@ class _Download(io.RawIOBase):
 class DropboxTransport(Transport):
     name = "dropbox"
     capabilities = Capabilities(can_write=True, can_delete=True, atomic_noclobber=True)
+    options_schema = OPTIONS
 
     def __init__(self, location: str, options: Mapping[str, Any] | None = None) -> None:
         super().__init__(location, options)
@@ -261,19 +283,17 @@ class DropboxTransport(Transport):
             raise ConfigError(f"dropbox: bad location {location!r}")
         self.root = loc  # "" for the Dropbox root
         self.jobs_path = f"{loc}/jobs"
-        self.chunk_size = self._int_opt("chunk_size", DEFAULT_CHUNK, 1, MAX_CHUNK)
-        self.retries = self._int_opt("retries", 5, 1, 100)
-        self.max_retry_sleep = self._float_opt("max_retry_sleep", 60.0)
-        self.timeout = self._float_opt("timeout", 100.0)
-        self.longpoll_timeout = self._int_opt("longpoll_timeout", 120, LONGPOLL_MIN,
-                                              LONGPOLL_MAX)
+        o = self.settings
+        self.chunk_size: int = o["chunk_size"]
+        self.retries: int = o["retries"]
+        self.max_retry_sleep: float = o["max_retry_sleep"]
+        self.timeout: float = o["timeout"]
+        self.longpoll_timeout = int(o["longpoll_timeout"])
         self._cursor: str | None = None
         self._longpoll_not_before = 0.0
 
-        access = self._secret("access_token", ENV_ACCESS_TOKEN)
-        refresh = self._secret("refresh_token", ENV_REFRESH_TOKEN)
-        app_key = self._secret("app_key", ENV_APP_KEY)
-        app_secret = self._secret("app_secret", ENV_APP_SECRET)
+        access, refresh = o["access_token"], o["refresh_token"]
+        app_key, app_secret = o["app_key"], o["app_secret"]
         if not (access or refresh):
             raise AuthError(
                 f"no Dropbox credentials: set {ENV_REFRESH_TOKEN} and {ENV_APP_KEY} (and "
@@ -284,7 +304,7 @@ class DropboxTransport(Transport):
                             f"(or the app_key option)")
         self._can_refresh = bool(refresh)
 
-        ca = self.options.get("ca_bundle") or os.environ.get(ENV_CA_BUNDLE) or None
+        ca = o["ca_bundle"]
         session = None
         if ca:
             if not os.path.isfile(ca):
@@ -304,33 +324,6 @@ class DropboxTransport(Transport):
             )
         except dbx_exc.BadInputException as e:
             raise AuthError(f"dropbox: bad credentials configuration: {_short(e)}") from None
-
-    # -- options ----------------------------------------------------------------------
-    def _secret(self, key: str, env: str) -> str | None:
-        v = self.options.get(key)
-        if v in (None, ""):
-            v = os.environ.get(env)
-        return str(v).strip() if v else None
-
-    def _int_opt(self, key: str, default: int, lo: int, hi: int) -> int:
-        v = self.options.get(key, default)
-        try:
-            n = int(v)
-        except (TypeError, ValueError):
-            raise ConfigError(f"dropbox: option {key} must be an integer, not {v!r}") from None
-        if not lo <= n <= hi:
-            raise ConfigError(f"dropbox: option {key} must be between {lo} and {hi}, not {n}")
-        return n
-
-    def _float_opt(self, key: str, default: float) -> float:
-        v = self.options.get(key, default)
-        try:
-            f = float(v)
-        except (TypeError, ValueError):
-            raise ConfigError(f"dropbox: option {key} must be a number, not {v!r}") from None
-        if f < 0:
-            raise ConfigError(f"dropbox: option {key} must not be negative")
-        return f
 
     def describe(self) -> str:
         return f"dropbox:{self.root or '/'}"

@@ -35,15 +35,16 @@ Temporaries (``cleanup_temporaries``): our writers name temporaries
 ``fsutil.TMP_PREFIX + "<pid>-<random>-<final name>"``.  A leftover is removed when it is
 a regular file and either
 
-1. its last modification is older than ``tmp_max_age`` minutes (option, default 60), or
+1. its last modification is older than ``tmp_max_age`` (option, default 1 hour), or
 2. the writer pid in its name is not a live process *on this host* and the file has not
-   been modified for ``tmp_grace`` seconds (option, default 60).
+   been modified for ``tmp_grace`` (option, default 60 seconds).
 
 Rule 2 clears the debris of a killed local writer quickly; the grace period protects a
 writer on another host sharing the directory (NFS, Syncthing), whose pid means nothing
 here but which keeps the mtime fresh while it writes.  Nothing else is ever touched.
 
-Options: ``tmp_max_age`` (minutes, int), ``tmp_grace`` (seconds, int).
+Options (:data:`OPTIONS`): ``tmp_max_age`` and ``tmp_grace``, durations: a plain number
+is seconds (``tmp_max_age`` was minutes in fspl-gw 0.1: write ``60m`` for the old ``60``).
 """
 
 from __future__ import annotations
@@ -67,11 +68,20 @@ from fspl_gateway.core.fsutil import TMP_PREFIX, AtomicWriter, copy_stream, fsyn
 from fspl_gateway.core.layout import jobs_dir
 from fspl_gateway.core.log import get_logger
 from fspl_gateway.transports.base import RemoteEntry, Transport
+from fspl_gateway.transports.options import Option, OptionSchema, OptionType
 
 log = get_logger(__name__)
 
-DEFAULT_TMP_MAX_AGE_MIN = 60
-DEFAULT_TMP_GRACE_S = 60
+DEFAULT_TMP_MAX_AGE_S = 3600.0
+DEFAULT_TMP_GRACE_S = 60.0
+
+OPTIONS = OptionSchema(
+    Option("tmp_max_age", OptionType.DURATION, default=DEFAULT_TMP_MAX_AGE_S,
+           help="Remove a leftover temporary of ours untouched for this long."),
+    Option("tmp_grace", OptionType.DURATION, default=DEFAULT_TMP_GRACE_S,
+           help="Remove sooner a leftover whose writer process on this host is gone, once "
+                "untouched for this long."),
+)
 #: File systems on a local disk (or in memory): one thread is fastest there.
 LOCAL_DISK_FS = frozenset({
     "ext2", "ext3", "ext4", "xfs", "btrfs", "f2fs", "jfs", "reiserfs", "zfs", "bcachefs",
@@ -135,7 +145,7 @@ def tmp_writer_pid(name: str) -> int | None:
     return int(head) if head.isdigit() else None
 
 
-def cleanup_tmp_dir(dirpath: str, *, max_age_min: float = DEFAULT_TMP_MAX_AGE_MIN,
+def cleanup_tmp_dir(dirpath: str, *, max_age_s: float = DEFAULT_TMP_MAX_AGE_S,
                     grace_s: float = DEFAULT_TMP_GRACE_S, now: float | None = None) -> int:
     """Remove stale temporaries of ours in ``dirpath`` (the rule is in the module doc).
     Returns how many were removed."""
@@ -157,7 +167,7 @@ def cleanup_tmp_dir(dirpath: str, *, max_age_min: float = DEFAULT_TMP_MAX_AGE_MI
                 continue
             idle = now - st.st_mtime
             pid = tmp_writer_pid(de.name)
-            stale = idle > max_age_min * 60 or (
+            stale = idle > max_age_s or (
                 pid is not None and idle >= grace_s and not pid_alive(pid))
             if not stale:
                 continue
@@ -199,13 +209,14 @@ class LocalTransport(Transport):
     """A remote queue that is a directory (see the module documentation)."""
 
     name = "local"
+    options_schema = OPTIONS
 
     def __init__(self, location: str, options: Mapping[str, Any] | None = None) -> None:
         super().__init__(location, options)
         self.root = os.path.abspath(os.path.expanduser(location))
         self.jobs_dir = jobs_dir(self.root)
-        self.tmp_max_age_min = float(self.options.get("tmp_max_age", DEFAULT_TMP_MAX_AGE_MIN))
-        self.tmp_grace_s = float(self.options.get("tmp_grace", DEFAULT_TMP_GRACE_S))
+        self.tmp_max_age_s: float = self.settings["tmp_max_age"]
+        self.tmp_grace_s: float = self.settings["tmp_grace"]
         self._same_dev: dict[str, bool] = {}
 
     # -- helpers -------------------------------------------------------------------
@@ -386,7 +397,7 @@ class LocalTransport(Transport):
 
     def cleanup_temporaries(self) -> int:
         self._require_jobs_dir()
-        return cleanup_tmp_dir(self.jobs_dir, max_age_min=self.tmp_max_age_min,
+        return cleanup_tmp_dir(self.jobs_dir, max_age_s=self.tmp_max_age_s,
                                grace_s=self.tmp_grace_s)
 
     def describe(self) -> str:

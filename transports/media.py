@@ -44,7 +44,9 @@ from fspl_gateway.core.log import get_logger
 from fspl_gateway.mediafmt.iso import IsoFile, IsoImage
 from fspl_gateway.mediafmt.manifest import MANIFEST_NAME, ManifestReport, verify
 from fspl_gateway.transports.base import Capabilities, RemoteEntry, Transport, is_job_name
+from fspl_gateway.transports.local import OPTIONS as LOCAL_OPTIONS
 from fspl_gateway.transports.local import LocalTransport, open_regular_nofollow
+from fspl_gateway.transports.options import Option, OptionSchema, OptionType
 
 log = get_logger(__name__)
 
@@ -52,20 +54,23 @@ _READ_ONLY = Capabilities(can_write=False, can_delete=False, atomic_noclobber=Fa
 _WRITABLE = Capabilities()
 
 
-def _truthy(v: Any) -> bool:
-    if isinstance(v, str):
-        return v.strip().lower() in ("1", "true", "yes", "on")
-    return bool(v)
+#: ``read_only`` plus the local transport's options (for a stick's temporaries).
+OPTIONS = OptionSchema(
+    Option("read_only", OptionType.BOOL, default=False,
+           help="Directory media: refuse writes and deletes (import sets it); an ISO image "
+                "is always read-only."),
+) + LOCAL_OPTIONS
 
 
-# -- the transport -------------------------------------------------------------------
 class MediaTransport(Transport):
     """A stick/CD directory or an ISO image (see the module documentation).
 
-    Options: ``read_only`` (bool; directory media only — an image is always read-only).
+    Options (:data:`OPTIONS`): ``read_only`` (directory media only — an image is always
+    read-only) and the local transport's ``tmp_max_age``/``tmp_grace``.
     """
 
     name = "media"
+    options_schema = OPTIONS
 
     def __init__(self, location: str, options: Mapping[str, Any] | None = None) -> None:
         super().__init__(location, options)
@@ -76,11 +81,12 @@ class MediaTransport(Transport):
             self.is_iso = True
         else:
             self.is_iso = False
-        read_only = self.is_iso or _truthy(self.options.get("read_only", False))
+        read_only = self.is_iso or bool(self.settings["read_only"])
         self.capabilities = _READ_ONLY if read_only else _WRITABLE  # type: ignore[misc]
         #: Entries in ``jobs/`` refused by the last ``list`` (name, reason).
         self.refused: list[tuple[str, str]] = []
-        self._dir = None if self.is_iso else LocalTransport(self.path, self.options)
+        local_opts = {k: v for k, v in self.options.items() if k in LOCAL_OPTIONS}
+        self._dir = None if self.is_iso else LocalTransport(self.path, local_opts)
         self._iso: IsoImage | None = None
         self._old: list[IsoImage] = []
         self._lock = threading.RLock()  # the sync engine fetches from several threads

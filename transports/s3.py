@@ -6,26 +6,10 @@ standard chain (environment, profiles, instance roles); the endpoint from the st
 ``AWS_ENDPOINT_URL``/``AWS_ENDPOINT_URL_S3`` variables (botocore honours them) or the
 ``endpoint_url`` option.
 
-Options (strings from a config file or ``-o key=value`` are accepted):
-
-==========================  =========================================================
-``endpoint_url``            S3-compatible endpoint, e.g. ``http://127.0.0.1:9000``
-``region``                  region name (default: boto3's chain)
-``profile``                 a profile of ``~/.aws/config`` / ``~/.aws/credentials``
-``path_style``              bool: path-style addressing (MinIO, Ceph, …); default false
-``multipart_threshold``     size above which uploads are multipart; default ``64MiB``
-``multipart_chunksize``     part size (≥ 5 MiB); default ``16MiB``
-``max_attempts``            attempts per request, first one included (botocore's
-                            standard retry mode); default 3; 1 = no retries
-``connect_timeout``         seconds; default 10
-``read_timeout``            seconds; default 60
-``conditional_writes``      bool, default true: create with ``If-None-Match: *`` so an
-                            existing job is never overwritten.  false = for stores that
-                            lack it: a racy HEAD-then-PUT (``atomic_noclobber`` false)
-``max_pool_connections``    HTTP connections kept open (shared by all threads of one
-                            transport: one boto3 client serves them all); default 10,
-                            raised to the caller's concurrency by ``set_concurrency``
-==========================  =========================================================
+Options: :data:`OPTIONS` (parsed by :mod:`fspl_gateway.transports.options`; the README's
+table is generated from it).  ``conditional_writes=false`` makes writes a racy
+HEAD-then-PUT (``atomic_noclobber`` false).  One boto3 client serves all threads of one
+transport; ``set_concurrency`` raises its HTTP pool to the caller's concurrency.
 
 ``delete_many`` removes up to 1,000 objects per DeleteObjects request (quiet mode: only
 failures come back, each mapped like a single delete's error).
@@ -50,7 +34,6 @@ import re
 import time
 import zlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any, BinaryIO, NoReturn
 from urllib.parse import urlsplit, urlunsplit
 
@@ -69,12 +52,10 @@ from fspl_gateway.core.errors import (
 )
 from fspl_gateway.core.log import get_logger
 from fspl_gateway.transports.base import Capabilities, RemoteEntry, Transport
+from fspl_gateway.transports.options import MIB, Option, OptionSchema, OptionType
 
 log = get_logger(__name__)
 
-KIB = 1024
-MIB = 1024 * KIB
-GIB = 1024 * MIB
 MIN_PART = 5 * MIB
 MAX_PARTS = 10_000
 #: Keys per DeleteObjects request (the S3 limit).
@@ -99,50 +80,49 @@ _TRANSIENT_CODES = {
 _NOT_IMPLEMENTED_CODES = {"NotImplemented", "501"}
 
 
-# -- option and location parsing ---------------------------------------------------------
-
-_SIZE_RE = re.compile(r"^\s*(\d+)\s*([kmgt]?)(i?b?)\s*$", re.IGNORECASE)
+# -- options and location ------------------------------------------------------------
 
 
-def parse_size(value: Any, what: str = "size") -> int:
-    """``67108864``, ``"67108864"``, ``"64MiB"``, ``"64M"`` (binary), ``"64MB"`` (decimal)."""
-    if isinstance(value, bool):
-        raise ConfigError(f"{what}: expected a size such as 64MiB, got {value!r}")
-    if isinstance(value, int):
-        if value < 0:
-            raise ConfigError(f"{what}: must not be negative, got {value}")
-        return value
-    m = _SIZE_RE.match(str(value))
-    if not m:
-        raise ConfigError(f"{what}: expected a size such as 64MiB or 67108864, got {value!r}")
-    n, unit, suffix = int(m.group(1)), m.group(2).lower(), m.group(3).lower()
-    if not unit:
-        if suffix not in ("", "b"):
-            raise ConfigError(f"{what}: bad unit in {value!r}")
-        return n
-    base = 1000 if suffix == "b" else 1024  # MB = 10^6; M and MiB = 2^20
-    return n * base ** "kmgt".index(unit) * base
-
-
-def parse_bool(value: Any, what: str = "option") -> bool:
-    if isinstance(value, bool):
-        return value
-    s = str(value).strip().lower()
-    if s in ("1", "true", "yes", "on", "y"):
-        return True
-    if s in ("0", "false", "no", "off", "n", ""):
-        return False
-    raise ConfigError(f"{what}: expected true or false, got {value!r}")
-
-
-def _parse_number(value: Any, what: str, kind: Callable[[str], Any]) -> Any:
+def _http_url(url: str) -> str | None:
+    """What is wrong with an endpoint URL (never repeating a password), or None."""
     try:
-        v = kind(str(value).strip())
+        u = urlsplit(url)
+        ok = u.scheme in ("http", "https") and bool(u.hostname)
+        _ = u.port  # a bad port raises ValueError
     except ValueError:
-        raise ConfigError(f"{what}: expected a number, got {value!r}") from None
-    if v <= 0:
-        raise ConfigError(f"{what}: must be positive, got {value!r}")
-    return v
+        ok = False
+    if not ok:
+        return f"expected http(s)://HOST[:PORT], got {_redact_url(url)!r}"
+    return None
+
+
+OPTIONS = OptionSchema(
+    Option("endpoint_url", OptionType.STR, check=_http_url,
+           default_doc="`$AWS_ENDPOINT_URL_S3`, `$AWS_ENDPOINT_URL` (read by botocore)",
+           help="S3-compatible endpoint, e.g. `http://minio:9000` (MinIO, Ceph, …)."),
+    Option("region", OptionType.STR, default_doc="boto3's chain", help="Region name."),
+    Option("profile", OptionType.STR, default_doc="boto3's chain",
+           help="A profile of `~/.aws/config` / `~/.aws/credentials`."),
+    Option("path_style", OptionType.BOOL, default=False,
+           help="Path-style addressing (MinIO, Ceph, …)."),
+    Option("multipart_threshold", OptionType.SIZE, default=64 * MIB,
+           help="Uploads above this size are multipart."),
+    Option("multipart_chunksize", OptionType.SIZE, default=16 * MIB, minimum=MIN_PART,
+           help="Part size of a multipart upload (S3 parts are at least 5MiB)."),
+    Option("max_attempts", OptionType.INT, default=3, minimum=1, unit="attempts",
+           help="botocore's connection-level attempts per HTTP request (standard retry "
+                "mode), first one included; 1 = none.  Retries of whole operations are "
+                "`--retries`."),
+    Option("connect_timeout", OptionType.DURATION, default=10.0, minimum=0.1,
+           help="Connection timeout."),
+    Option("read_timeout", OptionType.DURATION, default=60.0, minimum=0.1,
+           help="Socket read timeout."),
+    Option("conditional_writes", OptionType.BOOL, default=True,
+           help="Create with `If-None-Match: *`, so that an existing job is never "
+                "overwritten; `false` for stores that lack it (then a racy check-then-put)."),
+    Option("max_pool_connections", OptionType.INT, default=10, minimum=1, unit="connections",
+           help="HTTP connections kept open; raised to `--concurrency`."),
+)
 
 
 _BUCKET_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{1,254}$")
@@ -168,69 +148,17 @@ def parse_location(location: str) -> tuple[str, str]:
     return bucket, prefix
 
 
-@dataclass(frozen=True)
-class S3Options:
-    endpoint_url: str | None = None
-    region: str | None = None
-    profile: str | None = None
-    path_style: bool = False
-    multipart_threshold: int = 64 * MIB
-    multipart_chunksize: int = 16 * MIB
-    max_attempts: int = 3
-    connect_timeout: float = 10.0
-    read_timeout: float = 60.0
-    conditional_writes: bool = True
-    max_pool_connections: int = 10
-
-
-def parse_options(options: Mapping[str, Any]) -> S3Options:
-    """Validate the transport options (see the module docstring)."""
-    known = set(S3Options.__dataclass_fields__)
-    unknown = sorted(set(options) - known)
-    if unknown:
-        raise ConfigError(
-            f"unknown s3 option(s): {', '.join(unknown)} (known: {', '.join(sorted(known))})"
-        )
-    kw: dict[str, Any] = {}
-    for key in ("endpoint_url", "region", "profile"):
-        v = options.get(key)
-        if v is not None and str(v).strip():
-            kw[key] = str(v).strip()
-    if "endpoint_url" in kw:
-        u = urlsplit(kw["endpoint_url"])
-        if u.scheme not in ("http", "https") or not u.hostname:
-            raise ConfigError(f"s3 option endpoint_url: expected http(s)://HOST[:PORT], got {_redact_url(kw['endpoint_url'])!r}")
-    for key in ("path_style", "conditional_writes"):
-        if key in options:
-            kw[key] = parse_bool(options[key], f"s3 option {key}")
-    for key in ("multipart_threshold", "multipart_chunksize"):
-        if key in options:
-            kw[key] = parse_size(options[key], f"s3 option {key}")
-    for key in ("max_attempts", "max_pool_connections"):
-        if key in options:
-            kw[key] = _parse_number(options[key], f"s3 option {key}", int)
-    for key in ("connect_timeout", "read_timeout"):
-        if key in options:
-            kw[key] = _parse_number(options[key], f"s3 option {key}", float)
-    opts = S3Options(**kw)
-    if opts.multipart_chunksize < MIN_PART:
-        raise ConfigError(
-            f"s3 option multipart_chunksize: S3 parts must be at least 5MiB, got {opts.multipart_chunksize}"
-        )
-    return opts
-
-
 def _redact_url(url: str) -> str:
-    """Drop user:password@ from a URL for messages."""
+    """Drop user:password@ from a URL for messages (also from one that does not parse)."""
     try:
         u = urlsplit(url)
+        if u.username or u.password:
+            host = u.hostname or ""
+            netloc = f"{host}:{u.port}" if u.port else host
+            return urlunsplit((u.scheme, netloc, u.path, u.query, u.fragment))
+        return url
     except ValueError:
-        return "<bad url>"
-    if u.username or u.password:
-        host = u.hostname or ""
-        netloc = f"{host}:{u.port}" if u.port else host
-        return urlunsplit((u.scheme, netloc, u.path, u.query, u.fragment))
-    return url
+        return re.sub(r"(//)[^/?#]*@", r"\1", url)
 
 
 def _one_line(s: object, limit: int = 300) -> str:
@@ -396,36 +324,37 @@ def _read_exactly(src: BinaryIO, n: int, what: str) -> bytes:
 class S3Transport(Transport):
     name = "s3"
     capabilities = Capabilities()
+    options_schema = OPTIONS
 
     def __init__(self, location: str, options: Mapping[str, Any] | None = None) -> None:
         super().__init__(location, options)
         self.bucket, self.prefix = parse_location(location)
         self.jobs_prefix = f"{self.prefix}/jobs/" if self.prefix else "jobs/"
-        self.opts = parse_options(self.options)
-        if not self.opts.conditional_writes:
+        self.opts = self.settings
+        if not self.opts['conditional_writes']:
             self.capabilities = Capabilities(atomic_noclobber=False)  # type: ignore[misc]
         self._pool_size = 0
         self._session: Any = None
-        self._client = self._make_client(self.opts.max_pool_connections)
+        self._client = self._make_client(self.opts['max_pool_connections'])
 
     def _make_client(self, pool: int) -> Any:
         """One boto3 client (thread-safe; sessions are not, so it is made here, once)
         with an HTTP pool of ``pool`` connections."""
         config = Config(
-            retries={"mode": "standard", "total_max_attempts": self.opts.max_attempts},
-            connect_timeout=self.opts.connect_timeout,
-            read_timeout=self.opts.read_timeout,
-            s3={"addressing_style": "path" if self.opts.path_style else "auto"},
+            retries={"mode": "standard", "total_max_attempts": self.opts['max_attempts']},
+            connect_timeout=self.opts['connect_timeout'],
+            read_timeout=self.opts['read_timeout'],
+            s3={"addressing_style": "path" if self.opts['path_style'] else "auto"},
             max_pool_connections=pool,
         )
         try:
             if self._session is None:  # one session: its loader keeps the parsed model
-                self._session = boto3.session.Session(profile_name=self.opts.profile,
-                                                      region_name=self.opts.region)
-            client = self._session.client("s3", endpoint_url=self.opts.endpoint_url,
+                self._session = boto3.session.Session(profile_name=self.opts['profile'],
+                                                      region_name=self.opts['region'])
+            client = self._session.client("s3", endpoint_url=self.opts['endpoint_url'],
                                           config=config)
         except bce.ProfileNotFound:
-            raise ConfigError(f"s3: AWS profile {self.opts.profile!r} not found") from None
+            raise ConfigError(f"s3: AWS profile {self.opts['profile']!r} not found") from None
         except (bce.BotoCoreError, ValueError) as e:
             raise ConfigError(f"s3: cannot set up the client: {_one_line(e)}") from None
         self._pool_size = pool
@@ -555,12 +484,12 @@ class S3Transport(Transport):
         if size < 0:
             raise TransportError(f"{self._where(name)}: negative size {size}")
         o = self.opts
-        if size <= o.multipart_threshold and (size <= o.multipart_chunksize or _seekable(src)):
+        if size <= o["multipart_threshold"] and (size <= o["multipart_chunksize"] or _seekable(src)):
             return self._put_single(name, src, size)
         return self._put_multipart(name, src, size)
 
     def _cond(self) -> dict[str, str]:
-        return {"IfNoneMatch": "*"} if self.opts.conditional_writes else {}
+        return {"IfNoneMatch": "*"} if self.opts['conditional_writes'] else {}
 
     def _precheck_absent(self, name: str) -> None:
         """Fail early (HEAD) if ``name`` exists.  Racy: the conditional write is the real
@@ -580,7 +509,7 @@ class S3Transport(Transport):
         where = self._where(name)
         h = hashlib.sha256()
         body: Any
-        if size <= self.opts.multipart_chunksize and not _seekable(src):
+        if size <= self.opts['multipart_chunksize'] and not _seekable(src):
             body = _read_exactly(src, size, where)
             h.update(body)
         else:
@@ -596,7 +525,7 @@ class S3Transport(Transport):
                 raise TransportError(f"{where}: source ended early ({got} of {size} bytes)")
             win.seek(0)
             body = win
-        if not self.opts.conditional_writes:
+        if not self.opts['conditional_writes']:
             self._precheck_absent(name)
         try:
             resp = self._client.put_object(
@@ -611,7 +540,7 @@ class S3Transport(Transport):
     def _put_multipart(self, name: str, src: BinaryIO, size: int) -> RemoteEntry:
         where = self._where(name)
         key = self._key(name)
-        part_size = max(self.opts.multipart_chunksize, -(-size // MAX_PARTS))
+        part_size = max(self.opts['multipart_chunksize'], -(-size // MAX_PARTS))
         self._precheck_absent(name)
         try:
             mpu = self._client.create_multipart_upload(Bucket=self.bucket, Key=key, ChecksumAlgorithm="SHA256")
@@ -725,6 +654,6 @@ class S3Transport(Transport):
 
     def describe(self) -> str:
         where = f"s3://{self.bucket}/{self.prefix}".rstrip("/")
-        if self.opts.endpoint_url:
-            where += f" at {_redact_url(self.opts.endpoint_url)}"
+        if self.opts['endpoint_url']:
+            where += f" at {_redact_url(self.opts['endpoint_url'])}"
         return where

@@ -112,6 +112,7 @@ from fspl_gateway.core.fsutil import TMP_PREFIX
 from fspl_gateway.core.log import get_logger
 from fspl_gateway.transports.base import Capabilities, RemoteEntry, Transport
 from fspl_gateway.transports.local import pid_alive
+from fspl_gateway.transports.options import Option, OptionSchema, OptionType
 
 log = get_logger(__name__)
 
@@ -169,35 +170,34 @@ def _tmp_name(final: str) -> str:
 
 
 # -- options and location -------------------------------------------------------------
-def _opt_bool(v: Any, name: str) -> bool:
-    if isinstance(v, bool):
-        return v
-    if isinstance(v, int):
-        return bool(v)
-    s = str(v).strip().lower()
-    if s in ("1", "true", "yes", "on"):
-        return True
-    if s in ("0", "false", "no", "off", ""):
-        return False
-    raise ConfigError(f"sftp option {name}: expected a boolean, got {v!r}")
-
-
-def _opt_num(v: Any, name: str, kind: type = int, minimum: float = 0) -> Any:
-    try:
-        n = kind(v)
-    except (TypeError, ValueError):
-        raise ConfigError(f"sftp option {name}: expected a number, got {v!r}") from None
-    if n < minimum:
-        raise ConfigError(f"sftp option {name}: must be at least {minimum}, got {v!r}")
-    return n
-
-
-def _opt_paths(v: Any) -> list[str]:
-    if v is None or v == "":
-        return []
-    if isinstance(v, (list, tuple)):
-        return [os.path.expanduser(str(x)) for x in v]
-    return [os.path.expanduser(x.strip()) for x in str(v).split(",") if x.strip()]
+OPTIONS = OptionSchema(
+    Option("ssh_config", OptionType.PATH, default_doc="`~/.ssh/config`",
+           help="The SSH config file to read, or `none`."),
+    Option("identity_file", OptionType.PATH, multiple=True,
+           default_doc="the config's IdentityFile, else `~/.ssh/id_{ed25519,ecdsa,rsa}`",
+           help="Private key file(s), comma-separated."),
+    Option("passphrase_env", OptionType.STR, default=DEFAULT_PASSPHRASE_ENV,
+           help="The environment variable holding the key passphrase (never logged)."),
+    Option("allow_agent", OptionType.BOOL, default=True, help="Try ssh-agent keys too."),
+    Option("known_hosts", OptionType.PATH, multiple=True,
+           help="Extra known_hosts file(s); a new key is recorded in the last one."),
+    Option("accept_new_host_key", OptionType.BOOL, default=False,
+           help="Record an unknown host's key (like `StrictHostKeyChecking=accept-new`); a "
+                "changed key is always refused."),
+    Option("connections", OptionType.INT, minimum=1, unit="channels",
+           default_doc=f"`1`, up to {MAX_AUTO_CHANNELS} for `--concurrency`",
+           help="SFTP channels on the one SSH connection."),
+    Option("timeout", OptionType.DURATION, default=30.0, minimum=0.1,
+           help="Connect, handshake and per-request timeout."),
+    Option("connect_retries", OptionType.INT, default=3, minimum=1, unit="attempts",
+           help="Connection attempts before giving up."),
+    Option("retry_backoff", OptionType.DURATION, default=0.5,
+           help="First wait between connection attempts (doubling)."),
+    Option("tmp_max_age", OptionType.DURATION, default=600.0,
+           help="Remove a leftover temporary untouched for this long."),
+    Option("fsync", OptionType.BOOL, default=True,
+           help="Make uploads durable with `fsync@openssh.com` where offered."),
+)
 
 
 @dataclass(frozen=True)
@@ -362,19 +362,13 @@ def _is_conn_error(e: BaseException) -> bool:
 class SFTPTransport(Transport):
     name = "sftp"
     capabilities = Capabilities(can_write=True, can_delete=True, atomic_noclobber=True)
+    options_schema = OPTIONS
 
     def __init__(self, location: str, options: Mapping[str, Any] | None = None) -> None:
         super().__init__(location, options)
-        o = self.options
-        known = {"ssh_config", "identity_file", "passphrase_env", "known_hosts",
-                 "accept_new_host_key", "allow_agent", "connections", "timeout",
-                 "connect_retries", "retry_backoff", "tmp_max_age", "fsync"}
-        unknown = sorted(set(o) - known)
-        if unknown:
-            raise ConfigError(f"unknown sftp option(s): {', '.join(unknown)} "
-                              f"(known: {', '.join(sorted(known))})")
+        o = self.settings
         loc = parse_location(location)
-        cfg = self._ssh_config(o.get("ssh_config"), loc.host)
+        cfg = self._ssh_config(o["ssh_config"], loc.host)
         self.host: str = str(cfg.get("hostname") or loc.host)
         self.user: str = loc.user or str(cfg.get("user") or "") or _local_user()
         try:
@@ -383,24 +377,24 @@ class SFTPTransport(Transport):
             raise ConfigError(f"ssh config: bad Port for {loc.host!r}") from None
         self.path = loc.path
         self.jobs = posixpath.join(self.path, "jobs") if self.path != "." else "jobs"
-        self.identity_files = (_opt_paths(o.get("identity_file"))
+        self.identity_files = (list(o["identity_file"] or ())
                                or [os.path.expanduser(p) for p in cfg.get("identityfile", [])])
         self._explicit_ids = bool(self.identity_files)
-        self.passphrase_env = str(o.get("passphrase_env") or DEFAULT_PASSPHRASE_ENV)
-        self.extra_known_hosts = _opt_paths(o.get("known_hosts"))
+        self.passphrase_env: str = o["passphrase_env"]
+        self.extra_known_hosts: list[str] = list(o["known_hosts"] or ())
         user_known = cfg.get("userknownhostsfile")
         if isinstance(user_known, str):
             user_known = user_known.split()
         self.user_known_hosts = ([os.path.expanduser(p) for p in user_known] if user_known
                                  else [os.path.expanduser("~/.ssh/known_hosts")])
-        self.accept_new = _opt_bool(o.get("accept_new_host_key", False), "accept_new_host_key")
-        self.allow_agent = _opt_bool(o.get("allow_agent", True), "allow_agent")
-        self.max_channels = _opt_num(o.get("connections", 1), "connections", int, 1)
-        self.timeout = _opt_num(o.get("timeout", 30), "timeout", float, 0.1)
-        self.connect_retries = _opt_num(o.get("connect_retries", 3), "connect_retries", int, 1)
-        self.retry_backoff = _opt_num(o.get("retry_backoff", 0.5), "retry_backoff", float, 0)
-        self.tmp_max_age = _opt_num(o.get("tmp_max_age", 600), "tmp_max_age", float, 0)
-        self.use_fsync = _opt_bool(o.get("fsync", True), "fsync")
+        self.accept_new: bool = o["accept_new_host_key"]
+        self.allow_agent: bool = o["allow_agent"]
+        self.max_channels: int = o["connections"] or 1
+        self.timeout: float = o["timeout"]
+        self.connect_retries: int = o["connect_retries"]
+        self.retry_backoff: float = o["retry_backoff"]
+        self.tmp_max_age: float = o["tmp_max_age"]
+        self.use_fsync: bool = o["fsync"]
         self._lock = threading.Condition()
         self._connect_lock = threading.Lock()
         self._conn: _Connection | None = None

@@ -35,6 +35,7 @@ from typing import Any, BinaryIO
 
 from fspl_gateway.core.errors import NotSupportedError, TransportError
 from fspl_gateway.transports.base import Capabilities, RemoteEntry, Transport
+from fspl_gateway.transports.options import OptionSchema, OptionValues
 
 
 class DelegatingTransport(Transport):
@@ -42,8 +43,9 @@ class DelegatingTransport(Transport):
     module documentation)."""
 
     def __init__(self, inner: Transport) -> None:
-        # Transport.__init__ is not called: location, options, name and capabilities
-        # are the inner transport's (properties below), never a copy that could drift.
+        # Transport.__init__ is not called: location, options (given and parsed), name
+        # and capabilities are the inner transport's (properties below), never a copy
+        # that could drift.
         self.inner = inner
 
     # -- the hook ------------------------------------------------------------------
@@ -78,6 +80,18 @@ class DelegatingTransport(Transport):
     @options.setter
     def options(self, value: dict[str, Any]) -> None:
         self.inner.options = value
+
+    @property
+    def settings(self) -> OptionValues:
+        return self.inner.settings
+
+    @settings.setter
+    def settings(self, value: OptionValues) -> None:
+        self.inner.settings = value
+
+    @property
+    def options_schema(self) -> OptionSchema | None:  # type: ignore[override]
+        return self.inner.options_schema
 
     # -- the interface -------------------------------------------------------------
     def list(self) -> Iterator[RemoteEntry]:

@@ -11,13 +11,16 @@ Where: ``--config FILE``, else ``$FSPL_GW_CONFIG``, else ``~/.config/fspl-gw/con
 
 ``--remote NAME`` picks a configured remote; anything that is not a configured name is a
 literal location, and then ``--transport`` is required.  ``-o key=value`` (repeatable)
-overrides the file's options (values stay strings).  :func:`redacted` masks every option
-whose key mentions secret/token/password/key/passphrase, for logs and status; secrets are
-never printed.
+overrides the file's options (values stay strings; the transport parses them through its
+option schema, :mod:`fspl_gateway.transports.options`).  :func:`redacted` masks, for logs
+and status, every option the transport's schema marks secret, and every key the schema
+does not know (or of a transport without a schema) that mentions
+secret/token/password/key/passphrase; secrets are never printed.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import stat
 import tomllib
@@ -27,6 +30,7 @@ from typing import Any
 
 from fspl_gateway.core.errors import ConfigError
 from fspl_gateway.core.log import log
+from fspl_gateway.transports.options import OptionSchema
 
 ENV_VAR = "FSPL_GW_CONFIG"
 SECRET_WORDS = ("secret", "token", "password", "key", "passphrase")
@@ -48,14 +52,31 @@ def config_path(explicit: str | None = None) -> tuple[str, bool]:
     return default_path(), False
 
 
-def is_secret_key(key: str) -> bool:
+@functools.cache
+def _schema(transport: str) -> OptionSchema | None:
+    """The option schema of ``transport`` (None: unknown transport or none declared)."""
+    from fspl_gateway.transports.base import load
+
+    try:
+        return load(transport).options_schema
+    except ConfigError:
+        return None
+
+
+def is_secret_key(key: str, transport: str | None = None) -> bool:
+    """True if option ``key`` holds a secret: the transport's schema says so, or, for a
+    key it does not declare, the key's name mentions one of :data:`SECRET_WORDS`."""
+    schema = _schema(transport) if transport else None
+    known = schema.is_secret(key) if schema is not None else None
+    if known is not None:
+        return known
     k = key.lower()
     return any(w in k for w in SECRET_WORDS)
 
 
-def redacted(options: Mapping[str, Any]) -> dict[str, Any]:
-    """A copy of ``options`` with every secret-looking value masked."""
-    return {k: (MASK if is_secret_key(k) and v not in (None, "") else v)
+def redacted(options: Mapping[str, Any], transport: str | None = None) -> dict[str, Any]:
+    """A copy of ``options`` with every secret value masked (see :func:`is_secret_key`)."""
+    return {k: (MASK if is_secret_key(k, transport) and v not in (None, "") else v)
             for k, v in options.items()}
 
 
@@ -70,7 +91,7 @@ class RemoteSpec:
     name: str | None = None
 
     def redacted(self) -> dict[str, Any]:
-        return redacted(self.options)
+        return redacted(self.options, self.transport)
 
     def __repr__(self) -> str:  # never show secrets, even in a traceback or debug log
         return (f"RemoteSpec(name={self.name!r}, transport={self.transport!r}, "

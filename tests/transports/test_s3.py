@@ -82,19 +82,21 @@ def test_bad_location(location: str) -> None:
 
 
 def test_option_parsing() -> None:
-    o = s3mod.parse_options({"path_style": "true", "multipart_threshold": "64MiB",
-                             "multipart_chunksize": "67108864", "max_attempts": "2",
-                             "read_timeout": "1.5", "conditional_writes": "false",
-                             "region": "eu-west-3", "profile": ""})
-    assert o.path_style is True and o.conditional_writes is False
-    assert o.multipart_threshold == 64 * MIB and o.multipart_chunksize == 64 * MIB
-    assert o.max_attempts == 2 and o.read_timeout == 1.5
-    assert o.region == "eu-west-3" and o.profile is None
-    assert s3mod.parse_options({"path_style": False}).path_style is False
-    assert s3mod.parse_options({}).multipart_threshold == 64 * MIB
-    assert s3mod.parse_options({}).multipart_chunksize == 16 * MIB
-    assert s3mod.parse_size("5M") == 5 * MIB and s3mod.parse_size("5MB") == 5_000_000
-    assert s3mod.parse_size("1 GiB") == 1 << 30 and s3mod.parse_size(7) == 7
+    parse = s3mod.OPTIONS.parse
+    o = parse({"path_style": "true", "multipart_threshold": "64MiB",
+               "multipart_chunksize": "67108864", "max_attempts": "2",
+               "read_timeout": "1.5", "conditional_writes": "false",
+               "region": "eu-west-3", "profile": ""})
+    assert o["path_style"] is True and o["conditional_writes"] is False
+    assert o["multipart_threshold"] == 64 * MIB and o["multipart_chunksize"] == 64 * MIB
+    assert o["max_attempts"] == 2 and o["read_timeout"] == 1.5
+    assert o["region"] == "eu-west-3" and o["profile"] is None
+    assert parse({"path_style": False})["path_style"] is False
+    assert parse({})["multipart_threshold"] == 64 * MIB
+    assert parse({})["multipart_chunksize"] == 16 * MIB
+    assert parse({"multipart_threshold": "5M"})["multipart_threshold"] == 5 * MIB
+    assert parse({"multipart_threshold": "5MB"})["multipart_threshold"] == 5_000_000
+    assert parse({"multipart_threshold": "1 GiB"})["multipart_threshold"] == 1 << 30
     t = S3Transport("bkt", {"endpoint_url": "http://127.0.0.1:9", "path_style": "yes",
                             "region": "eu-west-3", "max_attempts": "4"})
     cfg = t._client.meta.config
@@ -106,7 +108,7 @@ def test_option_parsing() -> None:
 @pytest.mark.parametrize("options,match", [
     ({"path_style": "maybe"}, "path_style"),
     ({"multipart_threshold": "lots"}, "multipart_threshold"),
-    ({"multipart_chunksize": "1MiB"}, "at least 5MiB"),
+    ({"multipart_chunksize": "1MiB"}, "of at least 5MiB"),
     ({"max_attempts": "0"}, "max_attempts"),
     ({"bucket_name": "x"}, "unknown s3 option"),
     ({"endpoint_url": "ftp://user:secret@host"}, "endpoint_url"),

@@ -138,10 +138,15 @@ api_token = "{SECRET}"
 """)
     r = run_cli("-l", "debug", "sync", "--config", str(p), "--remote", "here", "-q",
                 str(queue), "-o", f"password={SECRET}")
-    assert r.returncode == 0, r.stderr
-    assert len(local_jobs(queue)) == 2
+    # the local transport takes no such options: refused (exit 2), the secret not shown
+    assert r.returncode == 2 and "unknown local option 'api_token'" in r.stderr, r.stderr
     assert SECRET not in r.stderr and SECRET not in r.stdout
     assert "***" in r.stderr
+    p.write_text(p.read_text().replace(f'api_token = "{SECRET}"', 'tmp_grace = "5s"'))
+    r = run_cli("-l", "debug", "sync", "--config", str(p), "--remote", "here", "-q",
+                str(queue))
+    assert r.returncode == 0, r.stderr
+    assert len(local_jobs(queue)) == 2
     r = run_cli("sync", "--remote", "here", "-q", str(queue),
                 env={"FSPL_GW_CONFIG": str(p)})
     assert r.returncode == 0, r.stderr

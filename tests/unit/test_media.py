@@ -510,7 +510,7 @@ def test_local_cleanup_temporaries_rule(tmp_path: Path) -> None:
     other.write_bytes(b"job")
     os.utime(other, (now - 10**6, now - 10**6))
 
-    t = LocalTransport(str(tmp_path), {"tmp_max_age": 60, "tmp_grace": 60})
+    t = LocalTransport(str(tmp_path), {"tmp_max_age": "1h", "tmp_grace": 60})
     assert t.cleanup_temporaries() == 2
     assert not dead_old.exists() and not ancient.exists()
     assert dead_fresh.exists() and live.exists() and other.exists()
