@@ -50,6 +50,7 @@ commands.
 from __future__ import annotations
 
 import abc
+import builtins
 import os
 import re
 from collections.abc import Iterator, Mapping, Sequence
@@ -220,6 +221,21 @@ class Transport(abc.ABC):
         characters, empty).  Every ``write_new``/``open``/``delete`` calls this first."""
         if not is_safe_name(name):
             raise TransportError(f"refusing unsafe file name {name!r}")
+
+    def safe_names(self, names: Sequence[str]) -> tuple[builtins.list[str],
+                                                         dict[str, TransportError]]:
+        """Split ``names`` into the safe ones and the error of each unsafe one (for
+        ``delete_many``)."""
+        ok: builtins.list[str] = []
+        errors: dict[str, TransportError] = {}
+        for name in names:
+            try:
+                self.check_name(name)
+            except TransportError as e:
+                errors[name] = e
+                continue
+            ok.append(name)
+        return ok, errors
 
     def require(self, what: str) -> None:
         """Raise NotSupportedError if this transport lacks capability ``what``."""

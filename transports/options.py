@@ -36,7 +36,6 @@ with a warning and ignored.
 from __future__ import annotations
 
 import difflib
-import logging
 import math
 import os
 import re
@@ -46,8 +45,9 @@ from enum import StrEnum
 from typing import Any
 
 from fspl_gateway.core.errors import ConfigError
+from fspl_gateway.core.log import get_logger
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 KIB = 1024
 MIB = 1024 * KIB

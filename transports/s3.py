@@ -589,15 +589,8 @@ class S3Transport(Transport):
             self._raise(e, self._where(name))
 
     def delete_many(self, names: Sequence[str]) -> dict[str, TransportError]:
-        errors: dict[str, TransportError] = {}
-        keys: dict[str, str] = {}
-        for name in names:
-            try:
-                self.check_name(name)
-            except TransportError as e:
-                errors[name] = e
-                continue
-            keys[self._key(name)] = name
+        ok, errors = self.safe_names(names)
+        keys = {self._key(name): name for name in ok}
         todo = list(keys)
         for i in range(0, len(todo), DELETE_BATCH):
             chunk = todo[i:i + DELETE_BATCH]

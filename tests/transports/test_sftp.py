@@ -113,7 +113,7 @@ def test_ssh_config_hostname_user_port_identity(sftp_queue: SFTPQueue, tmp_path:
                       {"ssh_config": str(cfg), "known_hosts": s.known_hosts})
     with t:
         assert (t.host, t.user, t.port) == (s.host, s.user, s.port)
-        assert t.identity_files == [s.identity_file]
+        assert t.auth.identity_files == [s.identity_file]
         assert [e.name for e in t.list()] == ["fspl-a.fspl"]
     # the location wins over the config: a wrong port in the location is really used
     t2 = SFTPTransport(f"myqueue:1{sftp_queue.path}",
@@ -382,7 +382,7 @@ def test_fsync_extension_used_before_rename(logged_queue: SFTPQueue) -> None:
 # -- temporaries ----------------------------------------------------------------------
 def test_cleanup_temporaries_rule(sftp_queue: SFTPQueue) -> None:
     j = sftp_queue.jobs
-    me, tok = sftp._HOST_TAG, sftp._PROC_TOKEN
+    me, tok = sftp.transport._HOST_TAG, sftp.transport._PROC_TOKEN
     dead = subprocess.Popen(["true"])
     dead.wait()
     other_host = "0" * 10 if me != "0" * 10 else "1" * 10
@@ -524,7 +524,7 @@ def test_concurrent_fetches_and_writes(sftp_queue: SFTPQueue) -> None:
             written = [w.result() for w in writes]
             for lst in lists:
                 assert set(blobs) <= set(lst.result())
-        assert t._nchan <= 3
+        assert t.pool.nchan <= 3
         assert t.stats["connects"] == 1
     for i, name in enumerate(written):
         assert (j / name).read_bytes() == _pattern(300_000, seed=100 + i)

@@ -24,7 +24,7 @@ from tests.unit.test_sync import job_set, local_jobs, make_remote, remote_jobs
 
 #: Public members of Transport that are helpers computed from forwarded ones, not
 #: forwarded themselves (each is checked for that below).
-HELPERS = {"check_name", "require"}
+HELPERS = {"check_name", "require", "safe_names"}
 
 #: An argument for each parameter name of a Transport method.
 ARGS: dict[str, Any] = {

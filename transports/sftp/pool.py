@@ -1,0 +1,215 @@
+"""Connections and channels: one SSH connection per transport, carrying a pool of SFTP
+channels (one per concurrent call), reconnected when it drops.
+
+:func:`open_connection` makes one connection: TCP, the SSH handshake (asking first for
+the host key types known for the host), the host key check, public-key authentication.
+:class:`ChannelPool` hands out channels (at most ``max_channels`` at once; a caller waits
+for a free one), drops a channel or the connection that broke, and reconnects on the next
+call, trying ``connect_retries`` times with exponential backoff before a TransientError.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+
+import paramiko
+
+from fspl_gateway.core.errors import (
+    AuthError,
+    RemoteExistsError,
+    RemoteNotFoundError,
+    TransientError,
+    TransportError,
+)
+from fspl_gateway.core.log import get_logger
+from fspl_gateway.transports.sftp.auth import Authenticator
+from fspl_gateway.transports.sftp.hostkeys import HostKeyPolicy
+from fspl_gateway.transports.sftp.protocol import Channel, Connection
+
+log = get_logger(__name__)
+
+#: Seconds between SSH keepalives on an idle connection.
+KEEPALIVE = 30
+
+
+def open_connection(host: str, port: int, timeout: float, hostkeys: HostKeyPolicy,
+                    auth: Authenticator) -> Connection:
+    """One authenticated SSH connection; TransientError when the host cannot be reached
+    (or the link drops), HostKeyError/AuthError when it must not be used."""
+    entry = hostkeys.entry
+    known = hostkeys.load()
+    try:
+        sock = socket.create_connection((host, port), timeout=timeout)
+    except socket.gaierror as e:
+        raise TransientError(f"cannot resolve SSH host {host}: {e.strerror}") from None
+    except OSError as e:
+        why = e.strerror or type(e).__name__
+        raise TransientError(f"cannot connect to {host} port {port}: {why}") from None
+    t = paramiko.Transport(sock)
+    ok = False
+    try:
+        t.banner_timeout = timeout
+        t.auth_timeout = timeout
+        opts = t.get_security_options()
+        opts.key_types = hostkeys.preferred_key_types(known, tuple(opts.key_types))
+        try:
+            t.start_client(timeout=timeout)
+        except (paramiko.SSHException, EOFError, OSError) as e:
+            raise TransientError(f"SSH handshake with {entry} failed: "
+                                 f"{e or type(e).__name__}") from None
+        hostkeys.check(t.get_remote_server_key(), known)
+        try:
+            auth.authenticate(t)
+        except paramiko.SSHException as e:
+            if not t.is_active():
+                raise TransientError(f"connection to {entry} dropped during "
+                                     f"authentication: {e}") from None
+            raise AuthError(f"SSH authentication with {entry} failed: "
+                            f"{type(e).__name__}") from None
+        t.set_keepalive(KEEPALIVE)
+        ok = True
+        return Connection(transport=t, timeout=timeout)
+    finally:
+        if not ok:
+            t.close()
+
+
+class ChannelPool:
+    """Up to ``max_channels`` SFTP channels on one connection made by ``connect``."""
+
+    def __init__(self, connect: Callable[[], Connection], where: str, what: str,
+                 max_channels: int, connect_retries: int, retry_backoff: float) -> None:
+        self._connect = connect
+        self.where = where  # the host entry, for messages
+        self.what = what  # the remote, for messages
+        self.max_channels = max_channels
+        self.connect_retries = connect_retries
+        self.retry_backoff = retry_backoff
+        self._lock = threading.Condition()
+        self._connect_lock = threading.Lock()
+        self._conn: Connection | None = None
+        self._idle: list[Channel] = []
+        self.nchan = 0
+        self._closed = False
+
+    def grow(self, n: int) -> None:
+        """Allow up to ``n`` channels (never fewer than now)."""
+        with self._lock:
+            self.max_channels = max(self.max_channels, n)
+
+    def connection(self) -> Connection:
+        """The live SSH connection, (re)connecting with bounded retries and backoff."""
+        with self._connect_lock:
+            c = self._conn
+            if c is not None and c.transport.is_active():
+                return c
+            if c is not None:
+                c.close()
+                self._conn = None
+            delay = self.retry_backoff
+            for attempt in range(1, self.connect_retries + 1):
+                try:
+                    self._conn = self._connect()
+                    return self._conn
+                except TransientError as e:
+                    if attempt == self.connect_retries:
+                        raise TransientError(f"{e} (after {attempt} attempts)") from None
+                    log.info("sftp: %s; retrying in %.1fs", e, delay)
+                    time.sleep(delay)
+                    delay = min(delay * 2, 30)
+            raise AssertionError("unreachable")
+
+    def new_channel(self) -> Channel:
+        """A channel outside the pool (the caller closes it)."""
+        for attempt in (1, 2):
+            conn = self.connection()
+            try:
+                return Channel(conn)
+            except (paramiko.SSHException, EOFError, OSError) as e:
+                if isinstance(e, paramiko.ChannelException):
+                    # the server refused a channel (e.g. MaxSessions): the link is fine
+                    raise TransientError(f"{self.where} refused an SFTP channel: {e} "
+                                         "(lower the sftp option connections?)") from None
+                # the connection may be dead before paramiko's reader thread noticed:
+                # drop it and try once more on a fresh one
+                with self._connect_lock:
+                    if self._conn is conn:
+                        self._conn = None
+                conn.close()
+                if attempt == 2:
+                    raise TransientError(f"cannot open an SFTP channel on {self.where}: "
+                                         f"{e or type(e).__name__}") from None
+        raise AssertionError("unreachable")
+
+    def acquire(self) -> Channel:
+        with self._lock:
+            if self._closed:
+                raise TransportError(f"{self.what}: transport is closed")
+            while True:
+                while self._idle:
+                    ch = self._idle.pop()
+                    if ch.alive() and ch.conn is self._conn:
+                        return ch
+                    ch.close()
+                    self.nchan -= 1
+                if self.nchan < self.max_channels:
+                    self.nchan += 1
+                    break
+                self._lock.wait()
+        try:
+            return self.new_channel()
+        except BaseException:
+            with self._lock:
+                self.nchan -= 1
+                self._lock.notify()
+            raise
+
+    def release(self, ch: Channel, broken: bool) -> None:
+        with self._lock:
+            if broken or self._closed or not ch.alive():
+                ch.close()
+                self.nchan -= 1
+            else:
+                self._idle.append(ch)
+            self._lock.notify()
+
+    @contextlib.contextmanager
+    def use(self) -> Iterator[Channel]:
+        """A channel of the pool for one call; a channel that broke is not reused."""
+        ch = self.acquire()
+        broken = True
+        try:
+            yield ch
+            broken = False
+        except (RemoteNotFoundError, RemoteExistsError):
+            broken = False
+            raise
+        except TransportError as e:
+            broken = e.transient or not ch.alive()
+            raise
+        finally:
+            self.release(ch, broken)
+
+    def drop_if_dead(self, ch: Channel) -> None:
+        """Forget the connection of ``ch`` if it is gone (the next call reconnects)."""
+        if not ch.conn.transport.is_active():
+            with self._connect_lock:
+                if self._conn is ch.conn:
+                    self._conn = None
+            ch.conn.close()
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            idle, self._idle = self._idle, []
+            self.nchan -= len(idle)
+        for ch in idle:
+            ch.close()
+        with self._connect_lock:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None

@@ -1,0 +1,333 @@
+"""The SFTP transport class: the :class:`~fspl_gateway.transports.base.Transport`
+interface over the package's parts (location, host keys, auth, pool, protocol).
+
+Writes
+    ``write_new`` uploads to a temporary name in ``jobs/`` (``.fspl-gw-tmp-…``, never
+    ``fspl-*.fspl``), fsyncs it, closes it and renames it with the plain SFTP rename,
+    which never overwrites (:mod:`.protocol`); then the directory is fsynced.
+
+Temporaries
+    :meth:`SFTPTransport.cleanup_temporaries` removes our own leftovers: a temporary is
+    removed if its mtime is older than ``tmp_max_age`` (default 10 minutes: a live
+    upload touches it continuously), or, at once, if it was written from this machine
+    (same boot, PID namespace and host name) by a process that no longer exists, or by
+    this very process but is not being written now.
+
+Connections
+    One SSH connection for the life of the object, carrying a pool of up to
+    ``connections`` SFTP channels (default 1, or the caller's concurrency up to
+    :data:`MAX_AUTO_CHANNELS` when it calls ``set_concurrency`` and the option is not
+    set; each call takes one channel, so the transport is thread-safe); :meth:`open`
+    streams use their own extra channel.  A dropped connection raises TransientError for
+    the call in progress; the next call reconnects (:mod:`.pool`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import os
+import posixpath
+import re
+import secrets
+import socket
+import stat
+import threading
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any, BinaryIO
+
+from paramiko.sftp import CMD_FSTAT, SFTP_FLAG_READ
+from paramiko.sftp_attr import SFTPAttributes
+
+from fspl_gateway.core.errors import (
+    ConfigError,
+    IntegrityError,
+    RemoteNotFoundError,
+    TransportError,
+)
+from fspl_gateway.core.fsutil import TMP_PREFIX
+from fspl_gateway.core.log import get_logger
+from fspl_gateway.transports.base import Capabilities, RemoteEntry, Transport
+from fspl_gateway.transports.local import pid_alive
+from fspl_gateway.transports.options import Option, OptionSchema, OptionType
+from fspl_gateway.transports.sftp.auth import DEFAULT_PASSPHRASE_ENV, Authenticator
+from fspl_gateway.transports.sftp.hostkeys import HostKeyPolicy
+from fspl_gateway.transports.sftp.location import (
+    host_entry,
+    local_user,
+    parse_location,
+    ssh_config,
+)
+from fspl_gateway.transports.sftp.pool import ChannelPool, open_connection
+from fspl_gateway.transports.sftp.protocol import Channel, Connection, Protocol, Reader
+
+log = get_logger(__name__)
+
+#: Channels opened for ``set_concurrency`` when the option ``connections`` is not set
+#: (OpenSSH allows 10 sessions per connection by default: MaxSessions).
+MAX_AUTO_CHANNELS = 8
+
+
+# -- identity of this writer (for temporary names) -----------------------------------
+def _host_tag() -> str:
+    parts = [socket.gethostname()]
+    for p in ("/proc/sys/kernel/random/boot_id",):
+        try:
+            with open(p) as f:
+                parts.append(f.read().strip())
+        except OSError:
+            pass
+    try:
+        parts.append(str(os.stat("/proc/self/ns/pid").st_ino))
+    except OSError:
+        pass
+    return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:10]
+
+
+_HOST_TAG = _host_tag()
+#: Random per process: tells our own temporaries from those of a reused PID.
+_PROC_TOKEN = secrets.token_hex(4)
+_INFLIGHT: set[str] = set()
+_INFLIGHT_LOCK = threading.Lock()
+_TMP_RE = re.compile(
+    re.escape(TMP_PREFIX) + r"sftp-(?P<host>[0-9a-f]{10})-(?P<pid>\d+)-(?P<proc>[0-9a-f]{8})-"
+)
+
+
+def _tmp_name(final: str) -> str:
+    name = f"{TMP_PREFIX}sftp-{_HOST_TAG}-{os.getpid()}-{_PROC_TOKEN}-{secrets.token_hex(4)}-{final}"
+    b = name.encode("utf-8", "surrogateescape")
+    if len(b) > 255:
+        name = b[:255].decode("utf-8", "ignore")
+    return name
+
+
+OPTIONS = OptionSchema(
+    Option("ssh_config", OptionType.PATH, default_doc="`~/.ssh/config`",
+           help="The SSH config file to read, or `none`."),
+    Option("identity_file", OptionType.PATH, multiple=True,
+           default_doc="the config's IdentityFile, else `~/.ssh/id_{ed25519,ecdsa,rsa}`",
+           help="Private key file(s), comma-separated."),
+    Option("passphrase_env", OptionType.STR, default=DEFAULT_PASSPHRASE_ENV,
+           help="The environment variable holding the key passphrase (never logged)."),
+    Option("allow_agent", OptionType.BOOL, default=True, help="Try ssh-agent keys too."),
+    Option("known_hosts", OptionType.PATH, multiple=True,
+           help="Extra known_hosts file(s); a new key is recorded in the last one."),
+    Option("accept_new_host_key", OptionType.BOOL, default=False,
+           help="Record an unknown host's key (like `StrictHostKeyChecking=accept-new`); a "
+                "changed key is always refused."),
+    Option("connections", OptionType.INT, minimum=1, unit="channels",
+           default_doc=f"`1`, up to {MAX_AUTO_CHANNELS} for `--concurrency`",
+           help="SFTP channels on the one SSH connection."),
+    Option("timeout", OptionType.DURATION, default=30.0, minimum=0.1,
+           help="Connect, handshake and per-request timeout."),
+    Option("connect_retries", OptionType.INT, default=3, minimum=1, unit="attempts",
+           help="Connection attempts before giving up."),
+    Option("retry_backoff", OptionType.DURATION, default=0.5,
+           help="First wait between connection attempts (doubling)."),
+    Option("tmp_max_age", OptionType.DURATION, default=600.0,
+           help="Remove a leftover temporary untouched for this long."),
+    Option("fsync", OptionType.BOOL, default=True,
+           help="Make uploads durable with `fsync@openssh.com` where offered."),
+)
+
+
+class SFTPTransport(Transport):
+    name = "sftp"
+    capabilities = Capabilities(can_write=True, can_delete=True, atomic_noclobber=True)
+    options_schema = OPTIONS
+
+    def __init__(self, location: str, options: Mapping[str, Any] | None = None) -> None:
+        super().__init__(location, options)
+        o = self.settings
+        loc = parse_location(location)
+        cfg = ssh_config(o["ssh_config"], loc.host)
+        self.host: str = str(cfg.get("hostname") or loc.host)
+        self.user: str = loc.user or str(cfg.get("user") or "") or local_user()
+        try:
+            self.port: int = loc.port or int(cfg.get("port") or 22)
+        except ValueError:
+            raise ConfigError(f"ssh config: bad Port for {loc.host!r}") from None
+        self.path = loc.path
+        self.jobs = posixpath.join(self.path, "jobs") if self.path != "." else "jobs"
+        self.timeout: float = o["timeout"]
+        self.tmp_max_age: float = o["tmp_max_age"]
+        self.use_fsync: bool = o["fsync"]
+        entry = self._host_entry
+        identity_files = (list(o["identity_file"] or ())
+                          or [os.path.expanduser(p) for p in cfg.get("identityfile", [])])
+        self.auth = Authenticator(self.user, entry, identity_files, bool(identity_files),
+                                  o["passphrase_env"], o["allow_agent"])
+        user_known = cfg.get("userknownhostsfile")
+        if isinstance(user_known, str):
+            user_known = user_known.split()
+        self.hostkeys = HostKeyPolicy(
+            entry,
+            [os.path.expanduser(p) for p in user_known] if user_known
+            else [os.path.expanduser("~/.ssh/known_hosts")],
+            list(o["known_hosts"] or ()), o["accept_new_host_key"])
+        #: Counters (for tests and metrics): connects, fsyncs, dir_fsyncs.
+        self.stats: dict[str, int] = {"connects": 0, "fsyncs": 0, "dir_fsyncs": 0}
+        self.pool = ChannelPool(self._connect, entry, self.describe(), o["connections"] or 1,
+                                o["connect_retries"], o["retry_backoff"])
+        self.proto = Protocol(entry, self.pool.drop_if_dead, self.stats)
+
+    def _connect(self) -> Connection:
+        conn = open_connection(self.host, self.port, self.timeout, self.hostkeys, self.auth)
+        self.stats["connects"] += 1
+        return conn
+
+    @property
+    def max_channels(self) -> int:
+        return self.pool.max_channels
+
+    def describe(self) -> str:
+        port = "" if self.port == 22 else f":{self.port}"
+        path = self.path if self.path.startswith("/") else "/~/" + self.path
+        return f"sftp://{self.user}@{self.host}{port}{path}"
+
+    @property
+    def _host_entry(self) -> str:
+        return host_entry(self.host, self.port)
+
+    def _path(self, name: str) -> str:
+        return posixpath.join(self.jobs, name)
+
+    # -- interface -----------------------------------------------------------------
+    def list(self) -> Iterator[RemoteEntry]:
+        entries: list[RemoteEntry] = []
+        with self.pool.use() as ch:
+            for name, attr in self.proto.listdir(ch, self.jobs):
+                # regular files only: directories, symlinks (never followed), fifos … are
+                # not jobs
+                if attr.st_mode is None or not stat.S_ISREG(attr.st_mode):
+                    continue
+                entries.append(RemoteEntry(name=name, size=attr.st_size,
+                                           mtime=float(attr.st_mtime) if attr.st_mtime else None))
+        return iter(entries)
+
+    def open(self, name: str) -> BinaryIO:
+        self.check_name(name)
+        path = self._path(name)
+        # a stream holds its own channel (outside the pool) so that a caller may use
+        # the transport while it reads
+        ch = self.pool.new_channel()
+        try:
+            with self.proto.remote(ch, path, "open"):
+                handle = self.proto.open_handle(ch, path, SFTP_FLAG_READ)
+        except BaseException:
+            ch.close()
+            raise
+        return io.BufferedReader(Reader(self.proto, ch, path, handle), buffer_size=1 << 20)
+
+    def fetch(self, name: str, dst: BinaryIO, entry: RemoteEntry | None = None) -> int:
+        self.check_name(name)
+        path = self._path(name)
+        proto = self.proto
+        n = 0
+        with self.pool.use() as ch:
+            with proto.remote(ch, path, "open"):
+                handle = proto.open_handle(ch, path, SFTP_FLAG_READ)
+            chunks: Iterator[bytes] | None = None
+            try:
+                expected = entry.size if entry is not None else None
+                if expected is None:
+                    with proto.remote(ch, path, "stat"):
+                        t, msg = ch.sftp._request(CMD_FSTAT, handle)
+                        expected = SFTPAttributes._from_msg(msg).st_size
+                chunks = proto.read_chunks(ch, path, handle, expected)
+                for data in chunks:
+                    dst.write(data)  # local errors propagate unchanged
+                    n += len(data)
+            finally:
+                if chunks is not None:
+                    chunks.close()  # type: ignore[attr-defined]
+                with contextlib.suppress(Exception), proto.remote(ch, path, "close"):
+                    proto.close_handle(ch, handle)
+        if entry is not None and entry.size is not None and entry.size != n:
+            raise IntegrityError(f"{path} on {self._host_entry}: read {n} bytes, "
+                                 f"the listing said {entry.size}")
+        return n
+
+    def write_new(self, name: str, src: BinaryIO, size: int) -> RemoteEntry:
+        self.require("can_write")
+        self.check_name(name)
+        final = self._path(name)
+        tmp = self._path(_tmp_name(name))
+        with _INFLIGHT_LOCK:
+            _INFLIGHT.add(posixpath.basename(tmp))
+        try:
+            with self.pool.use() as ch:
+                return self._write_new(ch, name, final, tmp, src, size)
+        finally:
+            with _INFLIGHT_LOCK:
+                _INFLIGHT.discard(posixpath.basename(tmp))
+
+    def _write_new(self, ch: Channel, name: str, final: str, tmp: str, src: BinaryIO,
+                   size: int) -> RemoteEntry:
+        committed = False
+        try:
+            self.proto.write_file(ch, tmp, src, size, name, self.use_fsync)
+            self.proto.rename(ch, tmp, final)
+            committed = True
+            if self.use_fsync and ch.has_fsync:
+                self.proto.fsync_dir(ch, self.jobs)
+            return RemoteEntry(name=name, size=size)
+        finally:
+            if not committed and ch.alive():
+                with contextlib.suppress(Exception):
+                    self.proto.remove(ch, tmp)
+
+    def set_concurrency(self, n: int) -> int:
+        if "connections" not in self.options:
+            self.pool.grow(min(n, MAX_AUTO_CHANNELS))
+        return n
+
+    def delete_many(self, names: Sequence[str]) -> dict[str, TransportError]:
+        """REMOVE requests pipelined on one channel (OpenSSH answers in order)."""
+        self.require("can_delete")
+        ok, errors = self.safe_names(names)
+        todo = [(name, self._path(name)) for name in ok]
+        if not todo:
+            return errors
+        with self.pool.use() as ch:
+            self.proto.remove_many(ch, todo, errors)
+        return errors
+
+    def delete(self, name: str) -> None:
+        self.require("can_delete")
+        self.check_name(name)
+        path = self._path(name)
+        with self.pool.use() as ch:
+            self.proto.remove(ch, path)
+
+    def cleanup_temporaries(self) -> int:
+        now = time.time()
+        removed = 0
+        with self.pool.use() as ch:
+            for name, a in self.proto.listdir(ch, self.jobs):
+                if not name.startswith(TMP_PREFIX) or a.st_mode is None or not stat.S_ISREG(a.st_mode):
+                    continue
+                stale = a.st_mtime is not None and now - a.st_mtime > self.tmp_max_age
+                m = _TMP_RE.match(name)
+                if not stale and m and m.group("host") == _HOST_TAG:
+                    pid = int(m.group("pid"))
+                    if m.group("proc") == _PROC_TOKEN and pid == os.getpid():
+                        with _INFLIGHT_LOCK:
+                            stale = name not in _INFLIGHT
+                    elif pid != os.getpid():
+                        stale = not pid_alive(pid)
+                if not stale:
+                    continue
+                try:
+                    self.proto.remove(ch, self._path(name))
+                    removed += 1
+                    log.info("sftp: removed leftover temporary %s", name)
+                except RemoteNotFoundError:
+                    pass
+        return removed
+
+    def close(self) -> None:
+        self.pool.close()
