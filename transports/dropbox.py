@@ -28,24 +28,26 @@ each 4 MiB block) is computed while streaming, in both directions, and compared 
 one Dropbox reports; uploads never overwrite (``WriteMode.add``, ``autorename=False``):
 an upload session's file appears only at ``finish``, whole.
 
-Retries here are per API call (the SDK's own retry loops are switched off because they
-sleep unbounded): the sync/push engines see a TransientError only once they are spent.
+Retries: none here.  The SDK's own retry loops are switched off (they sleep unbounded)
+and requests retries nothing; each call is made once and its failure classified:
+throttling (429, with Dropbox's backoff as ``retry_after``), 5xx and broken connections
+are TransientError, retried per operation by :mod:`fspl_gateway.gateway.retry`.  A call
+whose answer was lost may have happened: an upload retried after it meets a conflict
+(the caller compares the bytes), a delete retried after it meets "not found".
 """
 
 from __future__ import annotations
 
-import builtins
 import contextlib
 import hashlib
 import http.client
 import io
 import os
-import random
 import re
 import time
 from collections.abc import Callable, Iterator, Mapping
 from datetime import UTC, datetime
-from typing import Any, BinaryIO, TypeVar
+from typing import Any, BinaryIO, NoReturn, TypeVar
 
 import dropbox
 import requests
@@ -99,10 +101,10 @@ OPTIONS = OptionSchema(
     Option("chunk_size", OptionType.SIZE, default=DEFAULT_CHUNK, minimum=1, maximum=MAX_CHUNK,
            help="Files up to this size in one upload request, bigger ones in upload "
                 "sessions of such parts."),
-    Option("retries", OptionType.INT, default=5, minimum=1, maximum=100, unit="attempts",
-           help="Attempts per API call on throttling, 5xx and connection errors."),
-    Option("max_retry_sleep", OptionType.DURATION, default=60.0,
-           help="The longest wait between attempts (Retry-After included)."),
+    Option("retries", OptionType.INT, "", deprecated="operations are retried by the one "
+           "retry policy: `--retries` (a `retries` key of a watch pipeline)"),
+    Option("max_retry_sleep", OptionType.DURATION, "", deprecated="the retry policy honours "
+           "Retry-After up to 5 minutes"),
     Option("timeout", OptionType.DURATION, default=100.0, minimum=0.1,
            help="Socket inactivity timeout."),
     Option("longpoll_timeout", OptionType.DURATION, default=120.0, minimum=LONGPOLL_MIN,
@@ -285,8 +287,6 @@ class DropboxTransport(Transport):
         self.jobs_path = f"{loc}/jobs"
         o = self.settings
         self.chunk_size: int = o["chunk_size"]
-        self.retries: int = o["retries"]
-        self.max_retry_sleep: float = o["max_retry_sleep"]
         self.timeout: float = o["timeout"]
         self.longpoll_timeout = int(o["longpoll_timeout"])
         self._cursor: str | None = None
@@ -332,7 +332,7 @@ class DropboxTransport(Transport):
         self.check_name(name)
         return f"{self.jobs_path}/{name}"
 
-    # -- calls with retries -----------------------------------------------------------
+    # -- calls ------------------------------------------------------------------------
     def _auth_error(self, e: dbx_exc.AuthError) -> AuthError:
         err = e.error
         tag = getattr(err, "_tag", None) or "unknown"
@@ -356,60 +356,42 @@ class DropboxTransport(Transport):
                              f"the app console and authorize again")
         return AuthError(f"Dropbox refused the credentials ({tag})")
 
-    def _call(self, what: str, fn: Callable[..., T], *args: Any,
-              retried: list[bool] | None = None, **kwargs: Any) -> T:
-        """``fn(*args, **kwargs)`` with bounded retries on throttling, 5xx and network
-        errors. ``retried[0]`` becomes True once an attempt failed in a way that may have
-        reached the server (so a later conflict may be our own earlier attempt)."""
-        attempt = 0
-        while True:
-            attempt += 1
-            wait: float | None = None
-            try:
-                return fn(*args, **kwargs)
-            except dbx_exc.ApiError:
-                raise
-            except dbx_exc.AuthError as e:
-                raise self._auth_error(e) from None
-            except dbx_exc.RateLimitError as e:
-                wait = float(e.backoff) if e.backoff is not None else None
-                err: TransportError = TransientError(
-                    f"{what}: Dropbox is rate-limiting us (too_many_requests; "
-                    f"{attempt} attempts)")
-            except dbx_exc.InternalServerError as e:
-                err = TransientError(f"{what}: Dropbox server error {e.status_code} "
-                                     f"({attempt} attempts)")
-                if retried is not None:
-                    retried[0] = True
-            except dbx_exc.BadInputError as e:
-                body = str(getattr(e, "message", "") or e)
-                if "invalid_client" in body:
-                    raise AuthError("Dropbox refused the app key/secret (invalid_client)") from None
-                raise TransportError(f"{what}: Dropbox rejected the request: {_short(body)}") from None
-            except dbx_exc.HttpError as e:
-                if e.status_code in (502, 503, 504):
-                    err = TransientError(f"{what}: Dropbox HTTP {e.status_code}")
-                else:
-                    raise TransportError(f"{what}: Dropbox answered HTTP {e.status_code}: "
-                                         f"{_short(e.body)}") from None
-            except requests.exceptions.SSLError as e:
-                m = (re.search(r"certificate verify failed[^'\"()]*", str(e))
-                     or re.search(r"\[SSL[^\]]*\]", str(e)))
-                reason = m.group(0).strip() if m else type(e).__name__
-                raise TransportError(f"{what}: TLS failure talking to Dropbox ({reason}); "
-                                     f"check ca_bundle") from None
-            except _NETWORK_ERRORS as e:
-                err = TransientError(f"{what}: connection to Dropbox failed "
-                                     f"({type(e).__name__}; {attempt} attempts)")
-                if retried is not None:
-                    retried[0] = True
-            if attempt >= self.retries:
-                raise err
-            if wait is None:
-                wait = min(30.0, 0.5 * 2 ** (attempt - 1)) * (0.5 + random.random() / 2)
-            wait = min(wait, self.max_retry_sleep)
-            log.info("%s: %s; retrying in %.2fs", self.describe(), err, wait)
-            time.sleep(wait)
+    def _call(self, what: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """``fn(*args, **kwargs)`` with its errors classified, once (no retries here: the
+        caller's retry policy retries a TransientError, after at least its
+        ``retry_after``).  Route errors (ApiError) are left to the caller to map."""
+        try:
+            return fn(*args, **kwargs)
+        except dbx_exc.ApiError:
+            raise
+        except dbx_exc.AuthError as e:
+            raise self._auth_error(e) from None
+        except dbx_exc.RateLimitError as e:
+            wait = float(e.backoff) if e.backoff is not None else None
+            raise TransientError(f"{what}: Dropbox is rate-limiting us (too_many_requests"
+                                 + (f"; retry after {wait:g} s)" if wait is not None else ")"),
+                                 retry_after=wait) from None
+        except dbx_exc.InternalServerError as e:
+            raise TransientError(f"{what}: Dropbox server error {e.status_code}") from None
+        except dbx_exc.BadInputError as e:
+            body = str(getattr(e, "message", "") or e)
+            if "invalid_client" in body:
+                raise AuthError("Dropbox refused the app key/secret (invalid_client)") from None
+            raise TransportError(f"{what}: Dropbox rejected the request: {_short(body)}") from None
+        except dbx_exc.HttpError as e:
+            if e.status_code in (502, 503, 504):
+                raise TransientError(f"{what}: Dropbox HTTP {e.status_code}") from None
+            raise TransportError(f"{what}: Dropbox answered HTTP {e.status_code}: "
+                                 f"{_short(e.body)}") from None
+        except requests.exceptions.SSLError as e:
+            m = (re.search(r"certificate verify failed[^'\"()]*", str(e))
+                 or re.search(r"\[SSL[^\]]*\]", str(e)))
+            reason = m.group(0).strip() if m else type(e).__name__
+            raise TransportError(f"{what}: TLS failure talking to Dropbox ({reason}); "
+                                 f"check ca_bundle") from None
+        except _NETWORK_ERRORS as e:
+            raise TransientError(f"{what}: connection to Dropbox failed "
+                                 f"({type(e).__name__})") from None
 
     # -- the interface ----------------------------------------------------------------
     def _folder_error(self, what: str, e: dbx_exc.ApiError) -> TransportError:
@@ -526,7 +508,6 @@ class DropboxTransport(Transport):
         if size < 0:
             raise TransportError(f"{name}: negative size {size}")
         hasher = ContentHasher()
-        retried = [False]
         mode = dbx_files.WriteMode.add
 
         def read_part(n: int, done: int) -> bytes:
@@ -542,11 +523,11 @@ class DropboxTransport(Transport):
                 data = read_part(size, 0)
                 self._check_src_end(src, name, size)
                 meta = self._call(f"{name}: upload", self.dbx.files_upload, data, path,
-                                  mode=mode, autorename=False, mute=True, retried=retried)
+                                  mode=mode, autorename=False, mute=True)
             else:
-                meta = self._upload_session(name, path, size, read_part, src, retried)
+                meta = self._upload_session(name, path, size, read_part, src)
         except dbx_exc.ApiError as e:
-            meta = self._after_upload_error(name, path, e, retried[0], hasher, size)
+            self._upload_error(name, e)
         ours = hasher.hexdigest()
         if meta.size != size or (meta.content_hash and meta.content_hash != ours):
             self._remove_bad(path, meta)
@@ -562,8 +543,7 @@ class DropboxTransport(Transport):
                                  f"bytes; nothing was written to Dropbox")
 
     def _upload_session(self, name: str, path: str, size: int,
-                        read_part: Callable[[int, int], bytes], src: BinaryIO,
-                        retried: builtins.list[bool]) -> Any:
+                        read_part: Callable[[int, int], bytes], src: BinaryIO) -> Any:
         first = read_part(self.chunk_size, 0)
         start = self._call(f"{name}: upload_session/start",
                            self.dbx.files_upload_session_start, first)
@@ -580,44 +560,25 @@ class DropboxTransport(Transport):
         commit = dbx_files.CommitInfo(path=path, mode=dbx_files.WriteMode.add,
                                       autorename=False, mute=True)
         return self._call(f"{name}: upload_session/finish",
-                          self.dbx.files_upload_session_finish, last, cursor, commit,
-                          retried=retried)
+                          self.dbx.files_upload_session_finish, last, cursor, commit)
 
     def _append(self, name: str, part: bytes, cursor: Any) -> None:
-        retried = [False]
         try:
             self._call(f"{name}: upload_session/append", self.dbx.files_upload_session_append_v2,
-                       part, cursor, retried=retried)
+                       part, cursor)
         except dbx_exc.ApiError as e:
-            err = e.error
-            # A retry after a lost response: the server may already have this part.
-            if retried[0] and err.is_incorrect_offset() and \
-                    err.get_incorrect_offset().correct_offset == cursor.offset + len(part):
-                return
             raise TransportError(f"{name}: Dropbox upload session failed: "
-                                 f"{_short(err)}; nothing was written") from None
+                                 f"{_short(e.error)}; nothing was written") from None
 
-    def _after_upload_error(self, name: str, path: str, e: dbx_exc.ApiError, retried: bool,
-                            hasher: ContentHasher, size: int) -> Any:
-        """Map an upload/finish ApiError; returns the metadata when a retried call turns
-        out to have succeeded the first time."""
+    def _upload_error(self, name: str, e: dbx_exc.ApiError) -> NoReturn:
+        """Map an upload/finish ApiError.  A conflict after an attempt whose answer was
+        lost may be that attempt's own file: the caller compares the bytes (push does)."""
         err = e.error
         conflict = False
-        lookup_failed = False
         if isinstance(err, dbx_files.UploadError) and err.is_path():
             conflict = err.get_path().reason.is_conflict()
         elif isinstance(err, dbx_files.UploadSessionFinishError):
             conflict = err.is_path() and err.get_path().is_conflict()
-            lookup_failed = err.is_lookup_failed()
-        if (conflict or lookup_failed) and retried:
-            # Our earlier attempt may have landed: same size and hash → it is ours.
-            try:
-                meta = self._call(f"{name}: get_metadata", self.dbx.files_get_metadata, path)
-            except dbx_exc.ApiError:
-                meta = None
-            if (isinstance(meta, dbx_files.FileMetadata) and meta.size == size
-                    and meta.content_hash == hasher.hexdigest()):
-                return meta
         if conflict:
             raise RemoteExistsError(f"{name}: already exists in Dropbox {self.jobs_path}; "
                                     f"not overwritten") from None
@@ -633,14 +594,11 @@ class DropboxTransport(Transport):
     def delete(self, name: str) -> None:
         self.require("can_delete")
         path = self._path(name)
-        retried = [False]
         try:
-            self._call(f"{name}: delete", self.dbx.files_delete_v2, path, retried=retried)
+            self._call(f"{name}: delete", self.dbx.files_delete_v2, path)
         except dbx_exc.ApiError as e:
             err = e.error
             if err.is_path_lookup() and err.get_path_lookup().is_not_found():
-                if retried[0]:
-                    return  # our earlier attempt removed it
                 raise RemoteNotFoundError(f"{name}: not found in Dropbox "
                                           f"{self.jobs_path}") from None
             raise TransportError(f"{name}: Dropbox delete refused: {_short(err)}") from None

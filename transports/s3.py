@@ -161,6 +161,23 @@ def _redact_url(url: str) -> str:
         return re.sub(r"(//)[^/?#]*@", r"\1", url)
 
 
+def _retry_after(value: object) -> float | None:
+    """An HTTP Retry-After header in seconds (delta-seconds or an HTTP date), or None."""
+    if value is None:
+        return None
+    text = str(value).strip()
+    try:
+        return max(0.0, float(text))
+    except ValueError:
+        pass
+    try:
+        from email.utils import parsedate_to_datetime
+
+        return max(0.0, parsedate_to_datetime(text).timestamp() - time.time())
+    except (TypeError, ValueError, OverflowError):
+        return None
+
+
 def _one_line(s: object, limit: int = 300) -> str:
     text = " ".join(str(s).split())
     return text if len(text) <= limit else text[: limit - 1] + "…"
@@ -399,7 +416,10 @@ class S3Transport(Transport):
             if code in _NOT_FOUND_CODES or status == 404:
                 raise RemoteNotFoundError(f"{where}: not found ({detail})") from None
             if code in _TRANSIENT_CODES or status >= 500 or status == 429:
-                raise TransientError(f"{where}: server error ({detail})") from None
+                headers = e.response.get("ResponseMetadata", {}).get("HTTPHeaders", {}) or {}
+                raise TransientError(f"{where}: server error ({detail})",
+                                     retry_after=_retry_after(headers.get("retry-after"))
+                                     ) from None
             raise TransportError(f"{where}: {detail}") from None
         if isinstance(e, bce.NoCredentialsError | bce.PartialCredentialsError):
             raise AuthError(f"{where}: no usable AWS credentials ({_one_line(e)}); set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or a profile") from None

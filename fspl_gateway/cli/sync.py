@@ -66,8 +66,9 @@ def sync_cmd(config_file: str | None, remote: str, transport: str | None,
              decoder: str | None, dry_run: bool, max_jobs: int | None, concurrency: int,
              retries: int, wait_lock: float | None, progress: bool | None) -> None:
     """Pull new jobs from a remote queue's jobs/ into a local queue."""
-    from fspl_gateway.gateway.pull import RetryPolicy, SyncOptions, pull
+    from fspl_gateway.gateway.pull import SyncOptions, pull
     from fspl_gateway.gateway.remotes import open_remote
+    from fspl_gateway.gateway.retry import RetryPolicy
 
     opts = SyncOptions(after_fetch=after_fetch, decoder=decoder, dry_run=dry_run,
                        max_jobs=max_jobs, concurrency=concurrency,
@@ -92,9 +93,9 @@ def push_cmd(config_file: str | None, remote: str, transport: str | None,
              decoder: str | None, dry_run: bool, max_jobs: int | None, concurrency: int,
              retries: int, wait_lock: float | None, progress: bool | None) -> None:
     """Push the jobs of a local outbox queue to a remote queue's jobs/."""
-    from fspl_gateway.gateway.pull import RetryPolicy
     from fspl_gateway.gateway.push import PushOptions, push
     from fspl_gateway.gateway.remotes import open_remote
+    from fspl_gateway.gateway.retry import RetryPolicy
 
     opts = PushOptions(after_push=after_push, decoder=decoder, dry_run=dry_run,
                        max_jobs=max_jobs, concurrency=concurrency,

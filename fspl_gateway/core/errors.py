@@ -64,16 +64,29 @@ class ConfigError(FsplError):
 
 
 class TransportError(FsplError):
-    """Something a transport could not do. Subclasses say whether retrying may help."""
+    """Something a transport could not do. Subclasses say whether retrying may help.
+
+    Transports classify, they never retry: the one retry policy
+    (:mod:`fspl_gateway.gateway.retry`) acts on :attr:`transient` and :attr:`retry_after`.
+    """
 
     #: True when the same call may succeed later (network drop, 5xx, throttling).
     transient = False
+    #: Seconds the server asked us to wait before trying again (HTTP Retry-After,
+    #: Dropbox's rate-limit backoff), if it said.
+    retry_after: float | None = None
 
 
 class TransientError(TransportError):
-    """A temporary failure: the sync/push engines retry these with backoff."""
+    """A temporary failure: the retry policy tries the operation again after a backoff
+    of at least ``retry_after`` seconds when given."""
 
     transient = True
+
+    def __init__(self, *args: object, retry_after: float | None = None) -> None:
+        super().__init__(*args)
+        if retry_after is not None:
+            self.retry_after = max(0.0, float(retry_after))
 
 
 class RemoteNotFoundError(TransportError):

@@ -18,6 +18,11 @@ owns the job while ``expires`` is in the future.
 * finish: delete the job, then its claims.  Under ``--on-error retry`` a failed job's
   claims are deleted (released) and this host stops with an error.
 
+Every remote call (listing, claims, fetching, deleting) goes through the one retry policy
+(:mod:`fspl_gateway.gateway.retry`, :attr:`HostOpts.retry`): a transient error is retried
+with backoff instead of ending the host.  A claim whose write failed in a way that may
+have reached the store, and then exists, is read back: our own bytes make it ours.
+
 Claim names do not match ``fspl-*.fspl``, so fspl, ``sync`` and queue scans ignore them.
 While leases are valid no two hosts run the same job; a host that stalls past its lease
 may find its job taken over, and then stops running it.  The command of a killed host dies
@@ -40,7 +45,9 @@ import subprocess
 import tempfile
 import threading
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TypeVar
 
 from fspl_gateway.core.errors import (
     ConfigError,
@@ -52,9 +59,12 @@ from fspl_gateway.core.errors import (
 from fspl_gateway.core.log import log
 from fspl_gateway.core.packet import Meta, read_header_fd
 from fspl_gateway.core.process import JobResult, ProcessOpts, run_job
+from fspl_gateway.gateway.retry import RetryPolicy
 from fspl_gateway.transports.base import Transport, is_job_name
 
 CLAIM = ".claim."
+
+T = TypeVar("T")
 
 
 def claim_name(job: str, gen: int) -> str:
@@ -79,6 +89,7 @@ class HostOpts:
     follow: bool = False
     poll: float = 2.0
     max_jobs: int | None = None
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
 
     def __post_init__(self) -> None:
         if not self.host_id:
@@ -110,18 +121,52 @@ class Host:
         self.done = 0
         self.stop = threading.Event()
 
+    def _retry(self, fn: Callable[[], T], what: str) -> T:
+        return self.o.retry.call(fn, what, self.stop)
+
+    def _delete(self, name: str) -> None:
+        """Delete ``name`` (retried); missing is fine (also after an attempt whose answer
+        was lost)."""
+        try:
+            self._retry(lambda: self.t.delete(name), f"deleting {name}")
+        except RemoteNotFoundError:
+            pass
+
     # -- claims ----------------------------------------------------------------------
     def _write_claim(self, job: str, gen: int) -> None:
+        """Create claim generation ``gen`` of ``job``; RemoteExistsError if another host
+        has it."""
+        name = claim_name(job, gen)
         body = json.dumps({"host": self.o.host_id, "gen": gen,
                            "expires": time.time() + self.o.lease}).encode()
-        self.t.write_new(claim_name(job, gen), io.BytesIO(body), len(body))
+        attempts = 0
+
+        def write() -> None:
+            nonlocal attempts
+            attempts += 1
+            self.t.write_new(name, io.BytesIO(body), len(body))
+
+        try:
+            self._retry(write, f"writing claim {name}")
+        except RemoteExistsError:
+            if attempts > 1 and self._read(name) == body:
+                return  # an earlier attempt of ours created it
+            raise
+
+    def _read(self, name: str) -> bytes | None:
+        """The first 4 KiB of ``name`` (retried), or None if it does not exist."""
+        def read() -> bytes:
+            with self.t.open(name) as f:
+                return bytes(f.read(4096))
+        try:
+            return self._retry(read, f"reading claim {name}")
+        except RemoteNotFoundError:
+            return None
 
     def _claim_state(self, job: str, gen: int) -> dict[str, object] | None:
         try:
-            with self.t.open(claim_name(job, gen)) as f:
-                return json.loads(f.read(4096))
-        except RemoteNotFoundError:
-            return None
+            data = self._read(claim_name(job, gen))
+            return None if data is None else json.loads(data)
         except (ValueError, TransportError) as e:
             log.warning("unreadable claim %s: %s", claim_name(job, gen), e)
             return None
@@ -146,9 +191,7 @@ class Host:
     def _delete_claims(self, job: str, upto: int) -> None:
         for g in range(upto + 1):
             try:
-                self.t.delete(claim_name(job, g))
-            except RemoteNotFoundError:
-                pass
+                self._delete(claim_name(job, g))
             except TransportError as e:
                 log.warning("could not delete claim %s: %s", claim_name(job, g), e)
 
@@ -156,7 +199,8 @@ class Host:
     def scan(self) -> tuple[list[str], dict[str, int]]:
         jobs: list[tuple[float, str]] = []
         top: dict[str, int] = {}
-        for e in self.t.list():
+        listing = self._retry(lambda: list(self.t.list()), f"listing {self.t.describe()}")
+        for e in listing:
             c = parse_claim(e.name)
             if c is not None:
                 top[c[0]] = max(top.get(c[0], -1), c[1])
@@ -205,13 +249,19 @@ class Host:
                 old = state["gen"]
                 state["gen"] = old + 1
                 try:
-                    self.t.delete(claim_name(job, old))
+                    self._delete(claim_name(job, old))
                 except TransportError:
                     pass
 
         with tempfile.TemporaryFile(dir=self.o.workdir) as f:
+
+            def fetch() -> int:
+                f.seek(0)
+                f.truncate()
+                return self.t.fetch(job, f)
+
             try:
-                self.t.fetch(job, f)
+                self._retry(fetch, f"fetching {job}")
             except RemoteNotFoundError:
                 self._delete_claims(job, gen)
                 return
@@ -229,10 +279,7 @@ class Host:
         if state["lost"]:
             return
         if res.success or self.o.on_error == "delete":
-            try:
-                self.t.delete(job)
-            except RemoteNotFoundError:
-                pass
+            self._delete(job)
             self._delete_claims(job, g)
             self.done += 1
             log.info("job %d (%s) done on %s", meta.seq, job, self.o.host_id)

@@ -41,13 +41,10 @@ from __future__ import annotations
 
 import hashlib
 import os
-import random
 import threading
-import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any, TypeVar
+from typing import Any
 
 from fspl_gateway.core import seqfile
 from fspl_gateway.core.errors import (
@@ -77,6 +74,7 @@ from fspl_gateway.gateway.concurrency import ParallelMap
 from fspl_gateway.gateway.journal import FileRow, Journal, JournalState, open_existing
 from fspl_gateway.gateway.progress import Progress
 from fspl_gateway.gateway.quarantine import quarantine
+from fspl_gateway.gateway.retry import RetryPolicy
 from fspl_gateway.gateway.runframe import (
     BATCH,
     RunResult,
@@ -86,41 +84,9 @@ from fspl_gateway.gateway.runframe import (
 )
 from fspl_gateway.transports.base import RemoteEntry, Transport, is_job_name, is_safe_name
 
-T = TypeVar("T")
-
 #: Remote files at least this big (or of unknown size) get their header read before the
 #: download, so that an already-processed job is not downloaded at all.
 PEEK_MIN = 1 << 20
-
-
-# -- shared by sync and push ----------------------------------------------------------
-@dataclass
-class RetryPolicy:
-    attempts: int = 5
-    backoff: float = 0.5
-    backoff_max: float = 20.0
-
-
-def with_retries(fn: Callable[[], T], what: str, policy: RetryPolicy,
-                 stop: threading.Event | None = None) -> T:
-    """Call ``fn``; on a transient TransportError (TransientError, IntegrityError) try
-    again after an exponentially growing, jittered delay, at most ``policy.attempts``
-    times in all.  The last error is re-raised."""
-    attempt = 1
-    while True:
-        try:
-            return fn()
-        except TransportError as e:
-            if not e.transient or attempt >= policy.attempts or (stop and stop.is_set()):
-                raise
-            delay = min(policy.backoff_max, policy.backoff * 2 ** (attempt - 1))
-            delay *= random.uniform(0.5, 1.0)
-            log.debug("%s: %s; retrying in %.2f s (attempt %d of %d)", what, e, delay,
-                      attempt + 1, policy.attempts)
-            time.sleep(delay)
-            attempt += 1
-
-
 
 
 # -- pull ----------------------------------------------------------------------------
@@ -211,8 +177,8 @@ class _Puller:
 
     # -- planning ------------------------------------------------------------------
     def _list(self) -> list[RemoteEntry]:
-        return with_retries(lambda: list(self.t.list()), f"listing {self.remote}",
-                            self.opts.retry)
+        return self.opts.retry.call(lambda: list(self.t.list()), f"listing {self.remote}",
+                                    self.stop)
 
     def _plan(self, entries: list[RemoteEntry], known: dict[str, Any]
               ) -> tuple[list[RemoteEntry], list[tuple[RemoteEntry, Any]]]:
@@ -301,8 +267,8 @@ class _Puller:
         self._recover_linking()
         self._clean_staging()
         try:
-            n = with_retries(self.t.cleanup_temporaries, "cleaning up remote temporaries",
-                             self.opts.retry)
+            n = self.opts.retry.call(self.t.cleanup_temporaries,
+                                     "cleaning up remote temporaries", self.stop)
             if n:
                 log.debug("removed %d stale remote temporaries in %s", n, self.remote)
         except NotSupportedError:
@@ -372,7 +338,7 @@ class _Puller:
                 except PacketError:
                     return None
             return meta.seq
-        return with_retries(peek, f"reading the header of {name}", self.opts.retry, self.stop)
+        return self.opts.retry.call(peek, f"reading the header of {name}", self.stop)
 
     def _fetch_one(self, e: RemoteEntry) -> _Staged | None:
         """Download and validate one file into staging (fsynced)."""
@@ -528,7 +494,7 @@ class _Puller:
             return self.t.fetch_to_path(e.name, path, e, link=link)
 
         try:
-            n = with_retries(fetch, f"fetching {e.name}", self.opts.retry, self.stop)
+            n = self.opts.retry.call(fetch, f"fetching {e.name}", self.stop)
         except BaseException as exc:
             self._unlink_quiet(path)
             disk = is_local_disk_error(exc)
@@ -607,7 +573,6 @@ class _Puller:
             return
         pending = list(names)
         deleted: list[str] = []
-        policy = self.opts.retry
         attempt = 1
         try:
             while pending:
@@ -631,20 +596,20 @@ class _Puller:
                     if isinstance(fail, NotSupportedError):
                         self.can_delete = False
                         return
-                    if fail.transient and attempt < policy.attempts and not self.stop.is_set():
+                    if fail.transient:
                         retry.append(n)
                     else:
                         # The job is safe locally and in the journal: the next run deletes it.
                         log.warning("fetched %s but could not delete it from %s: %s", n,
                                     self.remote, fail)
-                if retry:
-                    delay = min(policy.backoff_max, policy.backoff * 2 ** (attempt - 1))
-                    delay *= random.uniform(0.5, 1.0)
-                    log.debug("deleting %d file(s) from %s: %s; retrying in %.2f s "
-                              "(attempt %d of %d)", len(retry), self.remote,
-                              errors[retry[0]], delay, attempt + 1, policy.attempts)
-                    time.sleep(delay)
-                    attempt += 1
+                if retry and not self.opts.retry.pause(
+                        attempt, errors[retry[0]],
+                        f"deleting {len(retry)} file(s) from {self.remote}", self.stop):
+                    for n in retry:
+                        log.warning("fetched %s but could not delete it from %s: %s", n,
+                                    self.remote, errors[n])
+                    retry = []
+                attempt += 1
                 pending = retry
         finally:
             if deleted:

@@ -50,8 +50,9 @@ from fspl_gateway.core.queue import OpenJob, is_job_filename
 from fspl_gateway.gateway.concurrency import ParallelMap
 from fspl_gateway.gateway.journal import Journal, JournalState, open_existing
 from fspl_gateway.gateway.progress import Progress
-from fspl_gateway.gateway.pull import RetryPolicy, sha256_path, with_retries
+from fspl_gateway.gateway.pull import sha256_path
 from fspl_gateway.gateway.quarantine import quarantine
+from fspl_gateway.gateway.retry import RetryPolicy
 from fspl_gateway.gateway.runframe import (
     BATCH,
     RunResult,
@@ -201,8 +202,8 @@ class _Pusher:
 
     def run(self) -> None:
         try:
-            with_retries(self.t.cleanup_temporaries, "cleaning up remote temporaries",
-                         self.opts.retry)
+            self.opts.retry.call(self.t.cleanup_temporaries,
+                                 "cleaning up remote temporaries", self.stop)
         except NotSupportedError:
             pass
         assert self.journal is not None
@@ -214,8 +215,8 @@ class _Pusher:
         else:
             self.res.known = len(done)
         if todo:
-            self.listing = {e.name: e for e in with_retries(
-                lambda: list(self.t.list()), f"listing {self.remote}", self.opts.retry)}
+            self.listing = {e.name: e for e in self.opts.retry.call(
+                lambda: list(self.t.list()), f"listing {self.remote}", self.stop)}
         progress = Progress(self.opts.progress, len(todo), f"push {self.remote}")
         threads = max(1, min(self.opts.concurrency,
                              self.t.set_concurrency(self.opts.concurrency)))
@@ -262,7 +263,11 @@ class _Pusher:
                 except RemoteNotFoundError:
                     pass  # removed remotely since the listing: write it
 
+            attempts = 0
+
             def write() -> RemoteEntry:
+                nonlocal attempts
+                attempts += 1
                 f.seek(0)
                 entry = self.t.write_new(name, f, size)
                 if entry.size is not None and entry.size != size:
@@ -271,9 +276,11 @@ class _Pusher:
                 return entry
 
             try:
-                entry = with_retries(write, f"writing {name}", self.opts.retry, self.stop)
+                entry = self.opts.retry.call(write, f"writing {name}", self.stop)
             except RemoteExistsError:
-                self._exists(name, size, sha, None)
+                # after a failed attempt the name may be our own write whose answer was
+                # lost: the same bytes then count as pushed
+                self._exists(name, size, sha, None, ours=attempts > 1, seq=seq)
                 return
         finally:
             f.close()
@@ -301,21 +308,32 @@ class _Pusher:
         def read() -> str:
             with self.t.open(name) as s:
                 return sha256_stream(s)[0]
-        return with_retries(read, f"reading {name} back", self.opts.retry, self.stop)
+        return self.opts.retry.call(read, f"reading {name} back", self.stop)
 
-    def _exists(self, name: str, size: int, sha: str, remote_size: int | None) -> None:
-        """``name`` is already on the remote: the same bytes → already pushed."""
+    def _exists(self, name: str, size: int, sha: str, remote_size: int | None, *,
+                ours: bool = False, seq: int | None = None) -> None:
+        """``name`` is already on the remote: the same bytes → already pushed (by us,
+        ``ours``: an earlier attempt of this run whose answer was lost)."""
         same = remote_size in (None, size) and self._remote_sha256(name) == sha
         if not same:
             log.error("%s is already on %s with different content; the local job is kept "
                       "in %s", name, self.remote, self.jdir)
             self._count("conflicts")
             return
-        log.debug("%s is already on %s with the same bytes", name, self.remote)
         assert self.journal is not None
-        self.journal.record("push", self.remote, name, state=JournalState.ALREADY_REMOTE,
-                            size=size, sha256=sha)
-        self._count("skipped")
+        if ours:
+            log.debug("%s: an earlier attempt had written it to %s", name, self.remote)
+            self.journal.record("push", self.remote, name, state=JournalState.PUSHED,
+                                size=size, sha256=sha, seq=seq)
+            with self.mutex:
+                self.res.pushed += 1
+                self.res.bytes += size
+                self.res.names.append(name)
+        else:
+            log.debug("%s is already on %s with the same bytes", name, self.remote)
+            self.journal.record("push", self.remote, name, state=JournalState.ALREADY_REMOTE,
+                                size=size, sha256=sha)
+            self._count("skipped")
         self._cleanup_local(os.path.join(self.jdir, name))
 
     def _cleanup_local(self, path: str) -> None:

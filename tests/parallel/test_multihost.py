@@ -175,3 +175,35 @@ def test_refuses_a_transport_without_atomic_noclobber(s3_bucket, tmp_path: Path)
     assert not log.exists()
     keys = [o["Key"] for o in b.client.list_objects_v2(Bucket=b.name).get("Contents", [])]
     assert keys == ["q/jobs/" + name]  # no claim written
+
+
+def test_a_host_survives_a_transient_listing_error(request: pytest.FixtureRequest,
+                                                   tmp_path: Path) -> None:
+    """The connection of the first listing is cut (botocore's own retries off): the retry
+    policy lists again, the job runs.  Before, one transient listing error ended the host."""
+    from urllib.parse import urlsplit
+
+    from fspl_gateway.core.process import ProcessOpts
+    from fspl_gateway.core.queue import new_job_filename
+    from fspl_gateway.gateway.multihost import HostOpts, run_hosts
+    from fspl_gateway.gateway.retry import RetryPolicy
+    from fspl_gateway.transports.s3 import S3Transport
+    from tests.fixtures.tcpproxy import TcpProxy
+
+    b = request.getfixturevalue("s3_bucket")
+    job = new_job_filename()
+    b.client.put_object(Bucket=b.name, Key="q/jobs/" + job, Body=_packet(1))
+    port = urlsplit(b.options["endpoint_url"]).port
+    with TcpProxy(port) as proxy:
+        t = S3Transport(f"s3://{b.name}/q", {**b.options, "max_attempts": 1,
+                                             "endpoint_url": f"http://127.0.0.1:{proxy.port}"})
+        proxy.cut_after(0)  # the first answer (the listing) never arrives
+        opts = HostOpts(ProcessOpts("true"), str(tmp_path / "work"), "h", lease=10,
+                        retry=RetryPolicy(attempts=3, backoff=0.01))
+        try:
+            assert run_hosts(t, opts, 1) == 1
+        finally:
+            t.close()
+        assert proxy.accepted >= 2
+    left = b.client.list_objects_v2(Bucket=b.name, Prefix="q/jobs/").get("Contents", [])
+    assert left == [], "the job and its claims are gone"

@@ -23,6 +23,7 @@ from fspl_gateway.core.errors import (
     TransientError,
     TransportError,
 )
+from fspl_gateway.gateway.retry import RetryPolicy
 from tests.fixtures.dropbox_server import DropboxRemote
 from tests.fixtures.dropbox_standin.hashing import content_hash_bytes
 
@@ -147,7 +148,7 @@ def test_credentials_from_environment(dropbox_remote: DropboxRemote,
     (dropbox_remote.jobs_dir / "fspl-1.fspl").write_bytes(b"env")
     monkeypatch.setenv("FSPL_GW_DROPBOX_ACCESS_TOKEN", dropbox_remote.access_token)
     monkeypatch.setenv("FSPL_GW_DROPBOX_CA_BUNDLE", dropbox_remote.standin.ca)
-    t = DropboxTransport(dropbox_remote.location, {"max_retry_sleep": 0.05})
+    t = DropboxTransport(dropbox_remote.location, {})
     assert [e.name for e in t.list()] == ["fspl-1.fspl"]
 
     s = dropbox_remote.standin
@@ -347,80 +348,176 @@ def test_unicode_names(dropbox_remote: DropboxRemote) -> None:
     assert os.listdir(dropbox_remote.jobs_dir) == []
 
 
-# -- rate limits, 5xx, lost responses -------------------------------------------------
-def test_rate_limit_retried_then_succeeds(dropbox_remote: DropboxRemote) -> None:
+# -- rate limits, 5xx, lost responses: classified here, retried by the one policy -------
+class _Requests:
+    """Requests the stand-in saw per route since this object was made (its counters
+    are for the whole session)."""
+
+    def __init__(self, remote: DropboxRemote) -> None:
+        self.remote = remote
+        self.base = _counts(remote)
+
+    def __call__(self, route: str) -> int:
+        return _delta(self.base, _counts(self.remote), route)
+
+
+FAST = RetryPolicy(attempts=5, backoff=0.01, max_delay=0.05)
+
+
+def test_rate_limit_is_transient_with_retry_after_and_not_retried_here(
+        dropbox_remote: DropboxRemote) -> None:
+    s = dropbox_remote.standin
+    t = dropbox_remote.make()
+    requests = _Requests(dropbox_remote)
+    s.admin("rate_limit", count=1, retry_after=7)
+    with pytest.raises(TransientError, match="rate-limit") as ei:
+        list(t.list())
+    assert type(ei.value) is TransientError and ei.value.retry_after == 7
+    assert requests("files/list_folder") == 1, "the transport never loops"
+    assert list(t.list()) == []
+
+
+def test_rate_limit_retried_by_the_policy_succeeds_on_attempt_3(
+        dropbox_remote: DropboxRemote) -> None:
     s = dropbox_remote.standin
     t = dropbox_remote.make(chunk_size=MiB)
-    s.admin("rate_limit", count=3, retry_after=1)
-    assert list(t.list()) == []
-    assert s.admin("stats")["counts"]["injected_429"] >= 3
-    assert s.admin("stats")["faults_left"]["rate_limit"] == 0
-    # in the middle of an upload session too
+    requests = _Requests(dropbox_remote)
+    s.admin("rate_limit", count=2, retry_after=0)
+    assert FAST.call(lambda: list(t.list()), "list") == []
+    assert requests("files/list_folder") == 3
+    # in the middle of an upload session: the policy starts the upload again
     data = os.urandom(3 * MiB)
-    s.admin("rate_limit", count=2, retry_after=1, route="append_v2")
-    t.write_new("fspl-r.fspl", io.BytesIO(data), len(data))
+    s.admin("rate_limit", count=2, retry_after=0, route="append_v2")
+
+    def write() -> Any:
+        return t.write_new("fspl-r.fspl", io.BytesIO(data), len(data))
+
+    FAST.call(write, "write")
     assert (dropbox_remote.jobs_dir / "fspl-r.fspl").read_bytes() == data
     assert s.admin("stats")["faults_left"]["rate_limit"] == 0
 
 
-def test_rate_limit_honours_retry_after(dropbox_remote: DropboxRemote) -> None:
-    t = dropbox_remote.make(max_retry_sleep=5)
+def test_the_policy_honours_retry_after(dropbox_remote: DropboxRemote) -> None:
+    t = dropbox_remote.make()
     dropbox_remote.standin.admin("rate_limit", count=1, retry_after=1)
     start = time.monotonic()
-    assert list(t.list()) == []
+    assert FAST.call(lambda: list(t.list()), "list") == []
     assert 1.0 <= time.monotonic() - start < 4.5
 
 
-def test_rate_limit_beyond_the_bound_is_transient(dropbox_remote: DropboxRemote) -> None:
+@pytest.mark.parametrize("fault", ["rate_limit", "server_error"])
+def test_budgets_do_not_multiply(dropbox_remote: DropboxRemote, fault: str) -> None:
+    """A permanently failing call: the stand-in sees exactly the policy's attempts (no
+    loop in the transport, no SDK retries underneath)."""
     s = dropbox_remote.standin
-    t = dropbox_remote.make(retries=3)
-    s.admin("rate_limit", count=10, retry_after=1)
-    with pytest.raises(TransientError, match="rate-limit") as ei:
-        list(t.list())
-    assert type(ei.value) is TransientError
-    assert s.admin("stats")["faults_left"]["rate_limit"] == 7, "exactly `retries` attempts"
+    t = dropbox_remote.make()
+    requests = _Requests(dropbox_remote)
+    s.admin(fault, count=100, **({"retry_after": 0} if fault == "rate_limit" else {}))
     with pytest.raises(TransientError):
-        t.write_new("fspl-x.fspl", io.BytesIO(b"x"), 1)
+        RetryPolicy(attempts=3, backoff=0.01).call(lambda: list(t.list()), "list")
+    assert requests("files/list_folder") == 3
+    with pytest.raises(TransientError):
+        RetryPolicy(attempts=4, backoff=0.01).call(
+            lambda: t.write_new("fspl-x.fspl", io.BytesIO(b"x"), 1), "write")
+    assert requests("files/upload") == 4
     assert os.listdir(dropbox_remote.jobs_dir) == []
 
 
-def test_server_errors_retried(dropbox_remote: DropboxRemote) -> None:
+def test_sync_retries_per_operation(dropbox_remote: DropboxRemote, tmp_path: Any) -> None:
+    """Through ``fspl-gw sync --retries 3``: two 429s with Retry-After, then the listing
+    succeeds on attempt 3 after waiting as asked; a permanently failing listing is tried
+    exactly three times (exit 1)."""
+    from fspl_gateway.core import queue as q
+    from tests.unit.test_sync import job_set
+
     s = dropbox_remote.standin
-    t = dropbox_remote.make(retries=3)
-    s.admin("server_error", count=2)
-    t.write_new("fspl-5.fspl", io.BytesIO(b"five"), 4)
-    assert (dropbox_remote.jobs_dir / "fspl-5.fspl").read_bytes() == b"five"
-    s.admin("server_error", count=5)
+    qdir = tmp_path / "q"
+    q.queue_init(str(qdir))
+    jobs = job_set(2)
+    for name, data in jobs.items():
+        (dropbox_remote.jobs_dir / name).write_bytes(data)
+
+    def sync() -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "fspl_gateway", "sync", "-t", "dropbox", "-r",
+             dropbox_remote.location, "-q", str(qdir), "--retries", "3",
+             "-o", f"ca_bundle={s.ca}"],
+            env={**os.environ, "FSPL_GW_DROPBOX_ACCESS_TOKEN": dropbox_remote.access_token},
+            capture_output=True, text=True, timeout=120)
+
+    requests = _Requests(dropbox_remote)
+    s.admin("rate_limit", count=2, retry_after=1, route="list_folder")
+    t0 = time.monotonic()
+    r = sync()
+    assert r.returncode == 0, r.stderr
+    assert time.monotonic() - t0 >= 2.0, "Retry-After was honoured twice"
+    assert requests("files/list_folder") == 3
+    assert sorted(os.listdir(qdir / "jobs")) == sorted(jobs)
+    requests = _Requests(dropbox_remote)
+    s.admin("server_error", count=100, route="list_folder")
+    r = sync()
+    assert r.returncode == 1 and "server error 500" in r.stderr, r.stderr
+    assert requests("files/list_folder") == 3
+
+
+def test_server_errors_are_transient(dropbox_remote: DropboxRemote) -> None:
+    s = dropbox_remote.standin
+    t = dropbox_remote.make()
+    s.admin("server_error", count=1)
     with pytest.raises(TransientError, match="server error 500"):
-        t.delete("fspl-5.fspl")
-    assert (dropbox_remote.jobs_dir / "fspl-5.fspl").exists()
+        t.write_new("fspl-5.fspl", io.BytesIO(b"five"), 4)
+    assert os.listdir(dropbox_remote.jobs_dir) == []
+    t.write_new("fspl-5.fspl", io.BytesIO(b"five"), 4)
+    s.admin("server_error", count=2)
+    FAST.call(lambda: t.delete("fspl-5.fspl"), "delete")
+    assert not (dropbox_remote.jobs_dir / "fspl-5.fspl").exists()
 
 
-def test_lost_responses_are_recognised(dropbox_remote: DropboxRemote) -> None:
-    """The call happened but its answer was lost: the retry must not turn that into a
-    conflict (upload), a failed session (append) or not-found (delete)."""
+def test_lost_responses_are_transient(dropbox_remote: DropboxRemote) -> None:
+    """The call happened but its answer was lost: a TransientError (the caller decides
+    what a conflict or a "not found" on the retry means)."""
     s = dropbox_remote.standin
     t = dropbox_remote.make(chunk_size=MiB)
     s.admin("drop_response", count=1, route="files/upload")
-    t.write_new("fspl-1.fspl", io.BytesIO(b"one"), 3)
-    data = os.urandom(3 * MiB + 5)
-    s.admin("drop_response", count=1, route="append_v2")
-    t.write_new("fspl-2.fspl", io.BytesIO(data), len(data))
-    s.admin("drop_response", count=1, route="finish")
-    t.write_new("fspl-3.fspl", io.BytesIO(data), len(data))
-    assert s.admin("stats")["counts"]["dropped_responses"] >= 3
+    with pytest.raises(TransientError):
+        t.write_new("fspl-1.fspl", io.BytesIO(b"one"), 3)
     assert (dropbox_remote.jobs_dir / "fspl-1.fspl").read_bytes() == b"one"
-    assert (dropbox_remote.jobs_dir / "fspl-2.fspl").read_bytes() == data
-    assert (dropbox_remote.jobs_dir / "fspl-3.fspl").read_bytes() == data
-    s.admin("drop_response", count=1, route="delete")
-    t.delete("fspl-1.fspl")
-    assert not (dropbox_remote.jobs_dir / "fspl-1.fspl").exists()
-    # a real conflict stays a conflict
     with pytest.raises(RemoteExistsError):
-        t.write_new("fspl-2.fspl", io.BytesIO(b"other"), 5)
+        t.write_new("fspl-1.fspl", io.BytesIO(b"one"), 3)
+    s.admin("drop_response", count=1, route="delete")
+    with pytest.raises(TransientError):
+        t.delete("fspl-1.fspl")
+    with pytest.raises(RemoteNotFoundError):
+        t.delete("fspl-1.fspl")
 
 
-# -- downloads ------------------------------------------------------------------------
+@pytest.mark.parametrize("route,size", [("files/upload", 3), ("finish", 3 * MiB + 5),
+                                        ("append_v2", 3 * MiB + 5)])
+def test_push_recognises_its_own_lost_upload(dropbox_remote: DropboxRemote, tmp_path: Any,
+                                             route: str, size: int) -> None:
+    """An upload whose answer was lost is retried by push; the name then exists with our
+    bytes: pushed, not a conflict."""
+    from fspl_gateway.core import queue as q
+    from fspl_gateway.gateway.push import PushOptions, push
+    from tests.unit.test_sync import job_set
+
+    outbox = tmp_path / "outbox"
+    q.queue_init(str(outbox), append_only=True)
+    jobs = job_set(1, size=size)
+    for name, data in jobs.items():
+        (outbox / "jobs" / name).write_bytes(data)
+    s = dropbox_remote.standin
+    requests = _Requests(dropbox_remote)
+    s.admin("drop_response", count=1, route=route)
+    res = push(dropbox_remote.make(chunk_size=MiB), outbox,
+               PushOptions(retry=FAST, progress=False))
+    assert (res.pushed, res.conflicts, res.failed, res.exit_code) == (1, 0, 0, 0)
+    assert requests("dropped_responses") == 1
+    for name, data in jobs.items():
+        assert (dropbox_remote.jobs_dir / name).read_bytes() == data
+    assert os.listdir(outbox / "jobs") == []
+
+
 def test_corrupted_download_is_an_integrity_error(dropbox_remote: DropboxRemote) -> None:
     data = os.urandom(2 * MiB + 3)
     (dropbox_remote.jobs_dir / "fspl-x.fspl").write_bytes(data)
@@ -554,7 +651,7 @@ def test_longpoll_backoff_is_honoured(dropbox_remote: DropboxRemote) -> None:
 
 def test_longpoll_errors(dropbox_remote: DropboxRemote) -> None:
     s = dropbox_remote.standin
-    t = dropbox_remote.make(retries=2)
+    t = dropbox_remote.make()
     assert t.wait_for_change(30) is True
     s.admin("server_error", count=5, route="longpoll")
     with pytest.raises(TransientError, match="longpoll: Dropbox server error 500"):

@@ -11,7 +11,8 @@ import pytest
 
 from fspl_gateway.core import queue as q
 from fspl_gateway.core.errors import IntegrityError
-from fspl_gateway.gateway.pull import RetryPolicy, SyncOptions, pull
+from fspl_gateway.gateway.pull import SyncOptions, pull
+from fspl_gateway.gateway.retry import RetryPolicy
 from fspl_gateway.transports import local as local_mod
 from fspl_gateway.transports.base import RemoteEntry
 from fspl_gateway.transports.local import LocalTransport, fs_type
@@ -19,7 +20,7 @@ from tests.unit.test_sync import job_set, local_jobs, make_remote, remote_jobs
 
 
 def _opts(**kw: Any) -> SyncOptions:
-    kw.setdefault("retry", RetryPolicy(attempts=3, backoff=0.001, backoff_max=0.01))
+    kw.setdefault("retry", RetryPolicy(attempts=3, backoff=0.001, max_delay=0.01))
     kw.setdefault("progress", False)
     return SyncOptions(**kw)
 

@@ -33,6 +33,7 @@ from fspl_gateway.core.errors import (
     TransportError,
 )
 from fspl_gateway.core.fsutil import TMP_PREFIX
+from fspl_gateway.gateway.retry import RetryPolicy
 from tests.fixtures.sshd import SSHD, SFTPQueue, make_sshd
 from tests.helpers import PatternReader
 
@@ -117,8 +118,7 @@ def test_ssh_config_hostname_user_port_identity(sftp_queue: SFTPQueue, tmp_path:
         assert [e.name for e in t.list()] == ["fspl-a.fspl"]
     # the location wins over the config: a wrong port in the location is really used
     t2 = SFTPTransport(f"myqueue:1{sftp_queue.path}",
-                       {"ssh_config": str(cfg), "known_hosts": s.known_hosts,
-                        "connect_retries": 1})
+                       {"ssh_config": str(cfg), "known_hosts": s.known_hosts})
     assert t2.port == 1
     with pytest.raises(TransientError, match="port 1"):
         list(t2.list())
@@ -261,12 +261,38 @@ def test_connection_refused_is_transient(sftp_queue: SFTPQueue) -> None:
         sk.bind(("127.0.0.1", 0))
         port = sk.getsockname()[1]  # bound, not listening: refused
         s = sftp_queue.sshd
-        t = SFTPTransport(f"{s.user}@127.0.0.1:{port}{sftp_queue.path}",
-                          {**sftp_queue.options, "connect_retries": 3, "retry_backoff": 0.05})
-        t0 = time.monotonic()
-        with pytest.raises(TransientError, match="after 3 attempts"):
+        t = SFTPTransport(f"{s.user}@127.0.0.1:{port}{sftp_queue.path}", sftp_queue.options)
+        with pytest.raises(TransientError, match="Connection refused"):
             list(t.list())
-        assert time.monotonic() - t0 >= 0.15  # backoff 0.05 + 0.1
+
+
+def test_connection_attempts_are_the_policys(sftp_queue: SFTPQueue) -> None:
+    """The transport connects once per call (no reconnect loop): a server that is down
+    sees exactly the retry policy's attempts, and the call succeeds once it is back."""
+    from tests.fixtures.tcpproxy import TcpProxy
+
+    s = sftp_queue.sshd
+    (sftp_queue.jobs / "fspl-a.fspl").write_bytes(b"a")
+    with TcpProxy(s.port) as proxy:
+        t = SFTPTransport(f"{s.user}@127.0.0.1:{proxy.port}{sftp_queue.path}",
+                          {**sftp_queue.options, "known_hosts": s.known_hosts})
+        t.hostkeys.entry = f"[{s.host}]:{s.port}"  # the proxy's port is not in known_hosts
+        attempts: list[int] = []
+
+        def listing(cut: int) -> list[str]:
+            attempts.append(1)
+            # the first ``cut`` connections are cut as soon as the server says a word
+            proxy.cut_after(0 if len(attempts) <= cut else None)
+            return [e.name for e in t.list()]
+
+        with pytest.raises(TransientError):
+            RetryPolicy(attempts=3, backoff=0.01).call(lambda: listing(99), "list")
+        assert proxy.accepted == len(attempts) == 3 and t.stats["connects"] == 0
+        attempts.clear()
+        assert RetryPolicy(attempts=3, backoff=0.01).call(lambda: listing(2), "list") == \
+            ["fspl-a.fspl"]
+        assert proxy.accepted == 6 and t.stats["connects"] == 1
+        t.close()
 
 
 # -- operations -----------------------------------------------------------------------
@@ -428,8 +454,11 @@ def killable_queue(killable_sshd: SSHD, sftp_queue: SFTPQueue) -> SFTPQueue:
     return SFTPQueue(sshd=s, path=sftp_queue.path,
                      location=f"{s.user}@{s.host}:{s.port}{sftp_queue.path}",
                      options={**sftp_queue.options, "known_hosts": s.known_hosts,
-                              "retry_backoff": 0.05, "timeout": 10},
+                              "timeout": 10},
                      home=sftp_queue.home)
+
+
+POLICY = RetryPolicy(attempts=3, backoff=0.05)
 
 
 def test_server_dies_mid_fetch(killable_queue: SFTPQueue) -> None:
@@ -450,10 +479,16 @@ def test_server_dies_mid_fetch(killable_queue: SFTPQueue) -> None:
             t.fetch("fspl-big.fspl", sink, entry)  # type: ignore[arg-type]
         assert killed and killed[0] >= 1
         assert sink.n < size
-        # the same transport reconnects and a fresh fetch is complete and right
-        sink2 = HashSink()
-        assert t.fetch("fspl-big.fspl", sink2, entry) == size  # type: ignore[arg-type]
-        assert sink2.h.hexdigest() == _sha(data)
+        # the same transport reconnects (the retry policy tries again: the first call may
+        # still meet the dead connection) and a fresh fetch is complete and right
+        sinks: list[HashSink] = []
+
+        def fetch() -> int:
+            sinks.append(HashSink())
+            return t.fetch("fspl-big.fspl", sinks[-1], entry)  # type: ignore[arg-type]
+
+        assert POLICY.call(fetch, "fetch") == size
+        assert sinks[-1].h.hexdigest() == _sha(data)
         assert t.stats["connects"] == 2
 
 
@@ -475,8 +510,8 @@ def test_server_dies_mid_upload(killable_queue: SFTPQueue) -> None:
         assert "fspl-up.fspl" not in names, "a partial file appeared under the final name"
         leftovers = [n for n in names if n.startswith(TMP_PREFIX)]
         # the dead connection could not remove its temporary: cleanup does (our own
-        # process, not being written any more)
-        assert t.cleanup_temporaries() == len(leftovers)
+        # process, not being written any more), once the policy has reconnected
+        assert POLICY.call(t.cleanup_temporaries, "cleanup") == len(leftovers)
         assert os.listdir(j) == []
         t.write_new("fspl-up.fspl", PatternReader(size, seed=5), size)
         assert hashlib.sha256((j / "fspl-up.fspl").read_bytes()).hexdigest() == \
@@ -490,8 +525,9 @@ def test_server_restarted_between_calls(killable_queue: SFTPQueue) -> None:
         assert [e.name for e in t.list()] == ["fspl-a.fspl"]
         killable_queue.sshd.restart()
         time.sleep(0.2)  # let paramiko see the connection close
-        # the idle channel is found dead and the call reconnects transparently
-        assert [e.name for e in t.list()] == ["fspl-a.fspl"]
+        # the idle channel is found dead and the call reconnects (through the retry
+        # policy, should the dead connection not have been noticed yet)
+        assert POLICY.call(lambda: [e.name for e in t.list()], "list") == ["fspl-a.fspl"]
         assert t.stats["connects"] == 2
 
 

@@ -15,7 +15,8 @@ import pytest
 
 from fspl_gateway.core import queue as q
 from fspl_gateway.core.errors import NotSupportedError, RemoteNotFoundError, TransportError
-from fspl_gateway.gateway.pull import RetryPolicy, SyncOptions, pull
+from fspl_gateway.gateway.pull import SyncOptions, pull
+from fspl_gateway.gateway.retry import RetryPolicy
 from fspl_gateway.gateway.watch.stopaware import StopAwareTransport
 from fspl_gateway.transports.base import Capabilities, RemoteEntry, Transport
 from fspl_gateway.transports.local import LocalTransport

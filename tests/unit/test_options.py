@@ -115,7 +115,7 @@ def test_every_transport_declares_a_valid_schema() -> None:
         schema = load(name).options_schema
         assert schema is not None, name
         for o in schema:
-            assert o.help.strip(), (name, o.name)
+            assert o.help.strip() or o.deprecated, (name, o.name)
             if o.default is not None:  # the defaults pass their own option's checks
                 assert om.parse_value(o, o.default, name) == o.default, (name, o.name)
 
@@ -223,3 +223,19 @@ def test_cli_duration_with_unit_works(tmp_path: Path, queue: Path) -> None:
                 "-o", "tmp_max_age=1h", "-o", "tmp_grace=30s")
     assert r.returncode == 0, r.stderr
     assert len(local_jobs(queue)) == 2
+
+
+def test_options_of_the_deleted_retry_loops_still_load(caplog: pytest.LogCaptureFixture) -> None:
+    """Old configs keep working: the options that fed the transports' own retry loops are
+    accepted with a warning and ignored (the one retry policy retries)."""
+    from fspl_gateway.transports.dropbox import DropboxTransport
+    from fspl_gateway.transports.sftp import SFTPTransport
+
+    t = DropboxTransport("/q", {"access_token": "t", "retries": "3", "max_retry_sleep": "5"})
+    assert "retries" not in t.settings and "retries" not in t.options
+    s = SFTPTransport("u@h/q", {"ssh_config": "none", "connect_retries": 3,
+                                "retry_backoff": "0.5"})
+    assert "connect_retries" not in s.settings
+    for what in ("dropbox option retries", "dropbox option max_retry_sleep",
+                 "sftp option connect_retries", "sftp option retry_backoff"):
+        assert f"{what} is deprecated and ignored" in caplog.text

@@ -28,12 +28,13 @@ from fspl_gateway.core.fsutil import TMP_PREFIX
 from fspl_gateway.core.packet import Meta, encode_header
 from fspl_gateway.core.seqfile import SeqFile
 from fspl_gateway.gateway import journal as jr
-from fspl_gateway.gateway.pull import RetryPolicy, SyncOptions, pull
+from fspl_gateway.gateway.pull import SyncOptions, pull
+from fspl_gateway.gateway.retry import RetryPolicy
 from fspl_gateway.gateway.runframe import take_run_lock
 from fspl_gateway.transports.base import RemoteEntry
 from fspl_gateway.transports.local import LocalTransport
 
-FAST = RetryPolicy(attempts=5, backoff=0.001, backoff_max=0.01)
+FAST = RetryPolicy(attempts=5, backoff=0.001, max_delay=0.01)
 
 
 # -- helpers (imported by the other sync/push test files) -----------------------------
@@ -428,7 +429,7 @@ def test_backoff_grows(remote: Path, queue: Path) -> None:
     t = CountingTransport(str(remote))
     t.fail = {"fetch": [TransientError("x")] * 3}
     t0 = time.monotonic()
-    res = pull(t, queue, opts(retry=RetryPolicy(attempts=4, backoff=0.05, backoff_max=1)))
+    res = pull(t, queue, opts(retry=RetryPolicy(attempts=4, backoff=0.05, max_delay=1)))
     # delays 0.05, 0.1, 0.2, each jittered to at least half
     assert res.fetched == 1 and time.monotonic() - t0 >= 0.17
 

@@ -5,7 +5,9 @@ channels (one per concurrent call), reconnected when it drops.
 the host key types known for the host), the host key check, public-key authentication.
 :class:`ChannelPool` hands out channels (at most ``max_channels`` at once; a caller waits
 for a free one), drops a channel or the connection that broke, and reconnects on the next
-call, trying ``connect_retries`` times with exponential backoff before a TransientError.
+call.  It never retries: a connection that cannot be made, or that turns out dead when a
+channel is opened on it, is a TransientError for the call at hand (the connection is
+dropped, so the caller's retry policy, :mod:`fspl_gateway.gateway.retry`, reconnects).
 """
 
 from __future__ import annotations
@@ -13,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import socket
 import threading
-import time
 from collections.abc import Callable, Iterator
 
 import paramiko
@@ -82,13 +83,11 @@ class ChannelPool:
     """Up to ``max_channels`` SFTP channels on one connection made by ``connect``."""
 
     def __init__(self, connect: Callable[[], Connection], where: str, what: str,
-                 max_channels: int, connect_retries: int, retry_backoff: float) -> None:
+                 max_channels: int) -> None:
         self._connect = connect
         self.where = where  # the host entry, for messages
         self.what = what  # the remote, for messages
         self.max_channels = max_channels
-        self.connect_retries = connect_retries
-        self.retry_backoff = retry_backoff
         self._lock = threading.Condition()
         self._connect_lock = threading.Lock()
         self._conn: Connection | None = None
@@ -102,48 +101,36 @@ class ChannelPool:
             self.max_channels = max(self.max_channels, n)
 
     def connection(self) -> Connection:
-        """The live SSH connection, (re)connecting with bounded retries and backoff."""
+        """The live SSH connection, connecting (once) if there is none."""
         with self._connect_lock:
             c = self._conn
             if c is not None and c.transport.is_active():
                 return c
             if c is not None:
+                log.debug("sftp: the connection to %s was lost; reconnecting", self.where)
                 c.close()
                 self._conn = None
-            delay = self.retry_backoff
-            for attempt in range(1, self.connect_retries + 1):
-                try:
-                    self._conn = self._connect()
-                    return self._conn
-                except TransientError as e:
-                    if attempt == self.connect_retries:
-                        raise TransientError(f"{e} (after {attempt} attempts)") from None
-                    log.info("sftp: %s; retrying in %.1fs", e, delay)
-                    time.sleep(delay)
-                    delay = min(delay * 2, 30)
-            raise AssertionError("unreachable")
+            self._conn = self._connect()
+            return self._conn
 
     def new_channel(self) -> Channel:
         """A channel outside the pool (the caller closes it)."""
-        for attempt in (1, 2):
-            conn = self.connection()
-            try:
-                return Channel(conn)
-            except (paramiko.SSHException, EOFError, OSError) as e:
-                if isinstance(e, paramiko.ChannelException):
-                    # the server refused a channel (e.g. MaxSessions): the link is fine
-                    raise TransientError(f"{self.where} refused an SFTP channel: {e} "
-                                         "(lower the sftp option connections?)") from None
-                # the connection may be dead before paramiko's reader thread noticed:
-                # drop it and try once more on a fresh one
-                with self._connect_lock:
-                    if self._conn is conn:
-                        self._conn = None
-                conn.close()
-                if attempt == 2:
-                    raise TransientError(f"cannot open an SFTP channel on {self.where}: "
-                                         f"{e or type(e).__name__}") from None
-        raise AssertionError("unreachable")
+        conn = self.connection()
+        try:
+            return Channel(conn)
+        except (paramiko.SSHException, EOFError, OSError) as e:
+            if isinstance(e, paramiko.ChannelException):
+                # the server refused a channel (e.g. MaxSessions): the link is fine
+                raise TransientError(f"{self.where} refused an SFTP channel: {e} "
+                                     "(lower the sftp option connections?)") from None
+            # the connection was dead before paramiko's reader thread noticed: drop it,
+            # so that the next attempt connects afresh
+            with self._connect_lock:
+                if self._conn is conn:
+                    self._conn = None
+            conn.close()
+            raise TransientError(f"cannot open an SFTP channel on {self.where}: "
+                                 f"{e or type(e).__name__}") from None
 
     def acquire(self) -> Channel:
         with self._lock:

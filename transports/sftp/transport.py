@@ -19,7 +19,8 @@ Connections
     :data:`MAX_AUTO_CHANNELS` when it calls ``set_concurrency`` and the option is not
     set; each call takes one channel, so the transport is thread-safe); :meth:`open`
     streams use their own extra channel.  A dropped connection raises TransientError for
-    the call in progress; the next call reconnects (:mod:`.pool`).
+    the call in progress; the next call reconnects (:mod:`.pool`).  Nothing here
+    retries: the caller's retry policy (:mod:`fspl_gateway.gateway.retry`) does.
 """
 
 from __future__ import annotations
@@ -123,10 +124,10 @@ OPTIONS = OptionSchema(
            help="SFTP channels on the one SSH connection."),
     Option("timeout", OptionType.DURATION, default=30.0, minimum=0.1,
            help="Connect, handshake and per-request timeout."),
-    Option("connect_retries", OptionType.INT, default=3, minimum=1, unit="attempts",
-           help="Connection attempts before giving up."),
-    Option("retry_backoff", OptionType.DURATION, default=0.5,
-           help="First wait between connection attempts (doubling)."),
+    Option("connect_retries", OptionType.INT, "", deprecated="connections are retried per "
+           "operation by the one retry policy: `--retries`"),
+    Option("retry_backoff", OptionType.DURATION, "", deprecated="the retry policy's backoff "
+           "applies"),
     Option("tmp_max_age", OptionType.DURATION, default=600.0,
            help="Remove a leftover temporary untouched for this long."),
     Option("fsync", OptionType.BOOL, default=True,
@@ -170,8 +171,7 @@ class SFTPTransport(Transport):
             list(o["known_hosts"] or ()), o["accept_new_host_key"])
         #: Counters (for tests and metrics): connects, fsyncs, dir_fsyncs.
         self.stats: dict[str, int] = {"connects": 0, "fsyncs": 0, "dir_fsyncs": 0}
-        self.pool = ChannelPool(self._connect, entry, self.describe(), o["connections"] or 1,
-                                o["connect_retries"], o["retry_backoff"])
+        self.pool = ChannelPool(self._connect, entry, self.describe(), o["connections"] or 1)
         self.proto = Protocol(entry, self.pool.drop_if_dead, self.stats)
 
     def _connect(self) -> Connection:

@@ -105,7 +105,8 @@ class RemotePoller:
             pass
 
     def _pull(self, t: Transport) -> bool:
-        from fspl_gateway.gateway.pull import AfterFetch, RetryPolicy, SyncOptions, pull
+        from fspl_gateway.gateway.pull import AfterFetch, SyncOptions, pull
+        from fspl_gateway.gateway.retry import RetryPolicy
 
         p = self.pipe
         opts = SyncOptions(after_fetch=AfterFetch(p.after), decoder=p.decoder, concurrency=p.concurrency,
@@ -119,7 +120,7 @@ class RemotePoller:
         return res.fetched > 0
 
     def _push(self, t: Transport) -> bool:
-        from fspl_gateway.gateway.pull import RetryPolicy
+        from fspl_gateway.gateway.retry import RetryPolicy
         from fspl_gateway.gateway.push import AfterPush, PushOptions, push
 
         p = self.pipe

@@ -41,8 +41,7 @@ def backend_dropbox(dropbox_standin: Standin) -> Iterator[Backend]:
         jobs.mkdir(parents=True)
         made.append(jobs.parent)
         token = dropbox_standin.admin("new_token")["access_token"]
-        t = DropboxTransport(location, {"access_token": token, "ca_bundle": dropbox_standin.ca,
-                                        "max_retry_sleep": 0.05})
+        t = DropboxTransport(location, {"access_token": token, "ca_bundle": dropbox_standin.ca})
         jobs_of[id(t)] = jobs
         return t
 
