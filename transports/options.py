@@ -182,10 +182,6 @@ class OptionSchema(Sequence[Option]):
     def names(self) -> list[str]:
         return [o.name for o in self._options if o.deprecated is None]
 
-    def only(self, *names: str) -> OptionSchema:
-        """A schema of some of these options (one transport built on another)."""
-        return OptionSchema(*(self._by_name[n] for n in names))
-
     def __add__(self, other: object) -> OptionSchema:
         if not isinstance(other, OptionSchema):
             return NotImplemented
