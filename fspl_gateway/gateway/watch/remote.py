@@ -120,8 +120,8 @@ class RemotePoller:
         return res.fetched > 0
 
     def _push(self, t: Transport) -> bool:
-        from fspl_gateway.gateway.retry import RetryPolicy
         from fspl_gateway.gateway.push import AfterPush, PushOptions, push
+        from fspl_gateway.gateway.retry import RetryPolicy
 
         p = self.pipe
         batch = max(8, p.concurrency * 2)
