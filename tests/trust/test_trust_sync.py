@@ -129,3 +129,57 @@ def test_without_trust_nothing_changes(backend: Backend, key: ms.SecretKey, qdir
     _put(backend, t, job_name(1), *signed(key, 1, tmp_path))
     res = pull(t, qdir, opts(None))
     assert res.fetched == 1
+
+
+def test_our_push_signs_and_encrypts_over_every_transport(
+        backend: Backend, key: ms.SecretKey, qdir: Path, tmp_path: Path) -> None:
+    from fspl_gateway.gateway.push import PushOptions, push
+    from fspl_gateway.gateway.trust import SignPolicy
+    from tests.trust.util import FAST, age_identity
+    from tests.unit.test_sync import make_job
+
+    ident, recipient = age_identity(tmp_path)
+    ob = tmp_path / "outbox"
+    q.queue_init(str(ob))
+    for i in (1, 2):
+        (ob / "jobs" / job_name(i)).write_bytes(make_job(i))
+    t = backend.make()
+    res = push(t, ob, PushOptions(retry=FAST, progress=False,
+                                  sign=SignPolicy(key, QID, [recipient])))
+    assert res.pushed == 2, res.summary()
+    assert sorted(backend.raw_names(t)) == sorted(
+        [job_name(1), job_name(1) + SIG, job_name(2), job_name(2) + SIG])
+    res2 = pull(t, qdir, opts(policy(key, identities=[ident])))
+    assert res2.fetched == 2, res2.summary()
+    assert {n: (qdir / "jobs" / n).read_bytes() for n in os.listdir(qdir / "jobs")} == {
+        job_name(i): make_job(i) for i in (1, 2)}
+
+
+def test_routes_send_each_origin_to_its_queue_in_one_sync(tmp_path: Path) -> None:
+    from fspl_gateway.gateway.trust import routed_passes
+    from fspl_gateway.transports.local import LocalTransport
+
+    a, b, c = (ms.generate_keypair() for _ in range(3))
+    drop = tmp_path / "drop"
+    (drop / "jobs").mkdir(parents=True)
+    for k, tag in ((a, 1), (b, 2), (c, 3)):
+        for i in (1, 2, 3):  # each origin has its own seq 1, 2, 3
+            job, sig = signed(k, i, tmp_path)
+            (drop / "jobs" / job_name(i, tag)).write_bytes(job)
+            (drop / "jobs" / (job_name(i, tag) + SIG)).write_bytes(sig)
+    main, qa, qb = tmp_path / "main", tmp_path / "qa", tmp_path / "qb"
+    for d in (main, qa, qb):
+        q.queue_init(str(d))
+    pol = policy(a, b, c, routes={a.key_id: str(qa), b.key_id: str(qb)})
+    t = LocalTransport(str(drop))
+    results = {qd: pull(t, qd, opts(p)) for qd, p in routed_passes(pol, str(main))}
+    assert [r.fetched for r in results.values()] == [3, 3, 0]
+    assert sorted(os.listdir(qa / "jobs")) == [job_name(i, 1) for i in (1, 2, 3)]
+    assert sorted(os.listdir(qb / "jobs")) == [job_name(i, 2) for i in (1, 2, 3)]
+    assert os.listdir(main / "jobs") == []
+    why = reasons(main)  # c is trusted but routed nowhere
+    assert sorted(why) == [job_name(i, 3) for i in (1, 2, 3)]
+    assert all(r.startswith("unrouted-key") for r in why.values())
+    assert sorted(os.listdir(drop / "jobs")) == sorted(
+        n for i in (1, 2, 3) for n in (job_name(i, 3), job_name(i, 3) + SIG))
+    assert [s[0] for s in jr.signers(str(qa))] == [a.key_id]
