@@ -512,3 +512,52 @@ class Outgoing:
         """The job is pushed: remove its encrypted copy."""
         if self.encrypted:
             _unlink_quiet(self.path)
+
+
+# -- media -----------------------------------------------------------------------------
+MANIFEST_TAG = "fspl-gw-manifest v1"
+
+
+def sign_manifest(path: str, policy: SignPolicy) -> bytes:
+    """The ``.minisig`` of a medium's manifest: the trusted comment binds the queue id
+    and the manifest's sha256, so a medium's set of jobs is authenticated as a whole."""
+    import hashlib
+
+    from fspl_gateway.core.minisign import hash_file, sign_digest
+
+    assert policy.key is not None
+    b2, sha = hashlib.blake2b(), hashlib.sha256()
+    hash_file(path, b2, sha)
+    comment = f"{MANIFEST_TAG} queue={policy.queue_id} sha256={sha.hexdigest()}"
+    return sign_digest(policy.key, b2.digest(), comment,
+                       f"fspl-gw manifest signature, key {policy.key.key_id}").to_bytes()
+
+
+def verify_manifest_signature(path: str, sig_path: str, policy: TrustPolicy) -> str:
+    """Check a medium's manifest against its signature; the signer's key id, or
+    TrustRefused (missing, bad, other queue, other bytes)."""
+    import hashlib
+
+    from fspl_gateway.core.minisign import hash_file, read_signature, verify_digest
+
+    try:
+        sig = read_signature(sig_path)
+    except FsplError as err:
+        raise TrustRefused("unsigned", f"manifest signature {sig_path}: {err}") from None
+    b2, sha = hashlib.blake2b(), hashlib.sha256()
+    hash_file(path, b2, sha)
+    try:
+        key = verify_digest(sig, b2.digest(), policy.keys)
+    except SignatureError as err:
+        raise TrustRefused(err.reason, f"manifest: {err}") from None
+    want = f"{MANIFEST_TAG} queue={policy.queue_id} sha256={sha.hexdigest()}"
+    if sig.trusted_comment != want:
+        raise TrustRefused("binding", f"the manifest signature binds {sig.trusted_comment!r}, "
+                           f"not {want!r}")
+    return key.key_id
+
+
+def write_signature(dirpath: str, job_name: str, sig: bytes) -> None:
+    """Write ``<job>.minisig`` into ``dirpath`` atomically (a medium's jobs/)."""
+    with AtomicWriter(dirpath, sig_name(job_name), clobber=True) as w:
+        w.file.write(sig)
