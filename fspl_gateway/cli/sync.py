@@ -55,31 +55,59 @@ def finish(res: SyncResult | PushResult, what: str) -> None:
         raise PartialFailure(f"{what}: {', '.join(parts)} (see the messages above)")
 
 
+def _route(value: str) -> tuple[str, str]:
+    key, sep, queue = value.partition("=")
+    if not sep or not key.strip() or not queue.strip():
+        raise click.BadParameter(f"{value!r}: use KEY=QUEUE")
+    return key.strip(), queue.strip()
+
+
 @click.command("sync", context_settings=CONTEXT)
 @opt.remote()
 @opt.queuedir("The local queue to fill.", metavar="QUEUE")
 @click.option("--after-fetch", type=opt.EnumChoice(opt.AFTER_FETCH), default="delete",
               show_default=True, help="What to do with the remote copy once fetched.")
 @_run_options
+@opt.trust_receive()
 def sync_cmd(config_file: str | None, remote: str, transport: str | None,
              options: tuple[str, ...], queuedir: str, after_fetch: AfterFetch,
              decoder: str | None, dry_run: bool, max_jobs: int | None, concurrency: int,
-             retries: int, wait_lock: float | None, progress: bool | None) -> None:
-    """Pull new jobs from a remote queue's jobs/ into a local queue."""
+             retries: int, wait_lock: float | None, progress: bool | None,
+             trust: tuple[str, ...], queue_id: str | None, identity: tuple[str, ...],
+             signature_wait: float | None, route: tuple[str, ...]) -> None:
+    """Pull new jobs from a remote queue's jobs/ into a local queue.
+
+    With trusted keys (--trust, or trusted_keys in the config) only jobs that a trusted
+    key signed for this queue id get in; --route sends each key's jobs to its own queue."""
+    from fspl_gateway.gateway import trust as tr
+    from fspl_gateway.gateway.config import resolve_remote
     from fspl_gateway.gateway.pull import SyncOptions, pull
     from fspl_gateway.gateway.remotes import open_remote
     from fspl_gateway.gateway.retry import RetryPolicy
 
-    opts = SyncOptions(after_fetch=after_fetch, decoder=decoder, dry_run=dry_run,
-                       max_jobs=max_jobs, concurrency=concurrency,
-                       retry=RetryPolicy(attempts=retries), wait_lock=wait_lock,
-                       progress=progress)
-    t = open_remote(remote, transport, options, config_file=config_file)
+    spec = resolve_remote(remote, transport, options, config_file=config_file)
+    policy = tr.policy_from(spec.trust, trust=trust, queue_id=queue_id, identities=identity,
+                            signature_wait=signature_wait, routes=[_route(r) for r in route])
+    passes = tr.routed_passes(policy, queuedir) if policy is not None else [(queuedir, None)]
+    t = open_remote(spec)
+    results: list[SyncResult] = []
     try:
-        res = pull(t, queuedir, opts)
+        for qdir, pol in passes:
+            opts = SyncOptions(after_fetch=after_fetch, decoder=decoder, dry_run=dry_run,
+                               max_jobs=max_jobs, concurrency=concurrency,
+                               retry=RetryPolicy(attempts=retries), wait_lock=wait_lock,
+                               progress=progress, trust=pol)
+            results.append(pull(t, qdir, opts))
     finally:
         t.close()
-    finish(res, "sync")
+    failed: list[PartialFailure] = []
+    for (qdir, _), res in zip(passes, results, strict=True):
+        try:
+            finish(res, "sync" if len(passes) == 1 else f"sync → {qdir}")
+        except PartialFailure as e:
+            failed.append(e)
+    if failed:
+        raise PartialFailure("; ".join(str(e) for e in failed))
 
 
 @click.command("push", context_settings=CONTEXT)
@@ -88,20 +116,30 @@ def sync_cmd(config_file: str | None, remote: str, transport: str | None,
 @click.option("--after-push", type=opt.EnumChoice(opt.AFTER_PUSH), default="delete",
               show_default=True, help="What to do with the local job once pushed.")
 @_run_options
+@opt.trust_send()
 def push_cmd(config_file: str | None, remote: str, transport: str | None,
              options: tuple[str, ...], queuedir: str, after_push: AfterPush,
              decoder: str | None, dry_run: bool, max_jobs: int | None, concurrency: int,
-             retries: int, wait_lock: float | None, progress: bool | None) -> None:
-    """Push the jobs of a local outbox queue to a remote queue's jobs/."""
+             retries: int, wait_lock: float | None, progress: bool | None,
+             sign: str | None, queue_id: str | None, encrypt_to: tuple[str, ...]) -> None:
+    """Push the jobs of a local outbox queue to a remote queue's jobs/.
+
+    --sign writes each job's minisign signature (bound to --queue-id) before the job;
+    --encrypt-to encrypts the job with age first (and the ciphertext is signed)."""
+    from fspl_gateway.gateway.config import resolve_remote
     from fspl_gateway.gateway.push import PushOptions, push
     from fspl_gateway.gateway.remotes import open_remote
     from fspl_gateway.gateway.retry import RetryPolicy
+    from fspl_gateway.gateway.trust import sign_policy_from
 
+    spec = resolve_remote(remote, transport, options, config_file=config_file)
     opts = PushOptions(after_push=after_push, decoder=decoder, dry_run=dry_run,
                        max_jobs=max_jobs, concurrency=concurrency,
                        retry=RetryPolicy(attempts=retries), wait_lock=wait_lock,
-                       progress=progress)
-    t = open_remote(remote, transport, options, config_file=config_file)
+                       progress=progress,
+                       sign=sign_policy_from(spec.trust, sign=sign, queue_id=queue_id,
+                                             encrypt_to=encrypt_to))
+    t = open_remote(spec)
     try:
         res = push(t, queuedir, opts)
     finally:

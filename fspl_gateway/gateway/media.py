@@ -183,7 +183,8 @@ def _remove_from_outbox(jobs: list[_Job]) -> int:
 
 
 # -- export to a directory -----------------------------------------------------------
-def export_dir(outbox_queue_dir: str, dest_dir: str, *, keep: bool = False) -> ExportResult:
+def export_dir(outbox_queue_dir: str, dest_dir: str, *, keep: bool = False,
+               sign: Any = None) -> ExportResult:
     """Copy every valid job of the outbox queue to ``dest_dir/jobs/`` and (re)write
     ``dest_dir/MANIFEST.sha256`` covering every job on the media.
 
@@ -191,7 +192,9 @@ def export_dir(outbox_queue_dir: str, dest_dir: str, *, keep: bool = False) -> E
     unmounted stick is not silently replaced by a directory on the root disk); its
     ``jobs/`` is created if needed.  A job already on the media with the same bytes is
     not rewritten; one with different bytes is an error raised before anything is
-    written.  Jobs leave the outbox (unless ``keep``) only after the manifest is written
+    written.  With ``sign`` (a :class:`~fspl_gateway.gateway.trust.SignPolicy`) each job
+    gets its ``.minisig`` beside it and the manifest its ``MANIFEST.sha256.minisig``
+    (:func:`~fspl_gateway.gateway.trust.sign_manifest`).  Jobs leave the outbox (unless ``keep``) only after the manifest is written
     and every copy has been read back from the media and matched.
     """
     dest = os.path.abspath(dest_dir)
@@ -259,12 +262,36 @@ def export_dir(outbox_queue_dir: str, dest_dir: str, *, keep: bool = False) -> E
         res.exported += 1
         res.bytes += n
 
-    # 3. The manifest: every job file on the media.
+    # 3. The manifest: every job file on the media (signed, and each job, with ``sign``).
+    if sign is not None:
+        _sign_jobs(jobs, mjobs, sign)
     _write_dir_manifest(dest, digests)
+    if sign is not None:
+        from fspl_gateway.gateway import trust
+
+        mpath = os.path.join(dest, MANIFEST_NAME)
+        try:
+            with AtomicWriter(dest, MANIFEST_NAME + ".minisig", clobber=True) as w:
+                w.file.write(trust.sign_manifest(mpath, sign))
+        except OSError as e:
+            raise _media_error(f"signing {mpath}", e) from None
     res.names = [j.name for j in jobs]
     if not keep:
         res.removed = _remove_from_outbox(jobs)
     return res
+
+
+def _sign_jobs(jobs: list[_Job], mjobs: str, sign: Any) -> None:
+    """Each exported job's signature beside it on the media (signing the media's copy)."""
+    from fspl_gateway.core.jobsig import sign_job
+    from fspl_gateway.gateway import trust
+
+    for j in jobs:
+        try:
+            sig = sign_job(os.path.join(mjobs, j.name), sign.key, sign.queue_id)
+            trust.write_signature(mjobs, j.name, sig)
+        except OSError as e:
+            raise _media_error(f"signing {j.name} in {mjobs}", e) from None
 
 
 def _write_dir_manifest(dest: str, fresh: dict[str, str]) -> None:
@@ -428,6 +455,30 @@ class _CheckedMedia(DelegatingTransport):
         return n
 
 
+def _check_signed_media(source: str, manifest_found: bool, allowed: set[str], policy: Any,
+                        media: MediaTransport) -> set[str]:
+    """With trust: the manifest must carry a trusted signature (directory media; an ISO
+    image's jobs are still verified one by one); returns the signature files of the
+    allowed jobs, which the import then reads."""
+    from fspl_gateway.gateway import trust
+
+    if os.path.isdir(source):
+        mpath = os.path.join(source, MANIFEST_NAME)
+        if not manifest_found:
+            raise MediaCheckError(f"{source}: trust needs a signed {MANIFEST_NAME}; "
+                                  "nothing imported", ManifestReport())
+        try:
+            kid = trust.verify_manifest_signature(mpath, mpath + ".minisig", policy)
+        except trust.TrustRefused as r:
+            raise MediaCheckError(f"{source}: {r.reason}: {r}; nothing imported",
+                                  ManifestReport()) from None
+        log.info("%s: manifest signed by %s", source, kid)
+    else:
+        log.warning("%s: the manifest signature of an ISO image is not checked; each job's "
+                    "signature is", source)
+    return {trust.sig_name(n) for n in allowed}
+
+
 def import_media(source: str, queue_dir: str, *, good_only: bool = False,
                  require_manifest: bool = True, opts: Any = None) -> ImportResult:
     """Import the jobs of a media (directory or ISO image) into the local queue
@@ -478,6 +529,9 @@ def import_media(source: str, queue_dir: str, *, good_only: bool = False,
                             ", ".join(rejected))
         o = opts if opts is not None else sync.SyncOptions()
         o = dataclasses.replace(o, after_fetch=sync.AfterFetch.KEEP)
+        if o.trust is not None:
+            allowed = allowed | _check_signed_media(source, report.manifest_found, allowed,
+                                                    o.trust, media)
         checked = _CheckedMedia(media, digests, allowed)
         res = sync.pull(checked, queue_dir, o)
         return ImportResult(report=report, rejected=rejected, sync=res)

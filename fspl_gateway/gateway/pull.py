@@ -68,6 +68,7 @@ from fspl_gateway.core.fsutil import (
 from fspl_gateway.core.hashing import sha256_hex as sha256_path
 from fspl_gateway.core.layout import QueueLayout
 from fspl_gateway.core.log import TRACE, log
+from fspl_gateway.core.minisign import Signature
 from fspl_gateway.core.packet import Meta, read_header, read_header_file
 from fspl_gateway.core.queue import OpenJob
 from fspl_gateway.gateway.concurrency import ParallelMap
@@ -82,6 +83,7 @@ from fspl_gateway.gateway.runframe import (
     fmt_seconds,
     run_engine,
 )
+from fspl_gateway.gateway.trust import ReceiveGate, TrustPolicy, TrustRefused
 from fspl_gateway.transports.base import RemoteEntry, Transport, is_job_name, is_safe_name
 
 #: Remote files at least this big (or of unknown size) get their header read before the
@@ -113,11 +115,15 @@ class SyncOptions:
     #: None: a progress bar when stderr is a terminal.
     progress: bool | None = None
     peek_min: int = PEEK_MIN
+    #: Only jobs a trusted key signed get in (:mod:`~fspl_gateway.gateway.trust`).
+    trust: TrustPolicy | None = None
 
 
 @dataclass
 class SyncResult(RunResult):
     fetched: int = 0
+    #: Jobs left on the remote to wait for their signature (trust).
+    waiting: int = 0
 
     @property
     def exit_code(self) -> int:
@@ -133,6 +139,8 @@ class SyncResult(RunResult):
             s += f", {self.failed} failed"
         if self.refused:
             s += f", {self.refused} refused"
+        if self.waiting:
+            s += f", {self.waiting} waiting for a signature"
         return s + f" from {self.remote} in {fmt_seconds(self.seconds)}"
 
 
@@ -174,11 +182,17 @@ class _Puller:
         self.can_delete = transport.capabilities.can_delete
         #: The run's parallel map (in :meth:`run`): its first error stops the run.
         self.par: ParallelMap | None = None
+        self.gate = None if opts.trust is None else ReceiveGate(
+            opts.trust, transport, self.remote, qdir,
+            lambda f, what: opts.retry.call(f, what, self.stop))
 
     # -- planning ------------------------------------------------------------------
     def _list(self) -> list[RemoteEntry]:
-        return self.opts.retry.call(lambda: list(self.t.list()), f"listing {self.remote}",
-                                    self.stop)
+        entries: list[RemoteEntry] = self.opts.retry.call(
+            lambda: list(self.t.list()), f"listing {self.remote}", self.stop)
+        if self.gate is not None:
+            self.gate.index(entries)
+        return entries
 
     def _plan(self, entries: list[RemoteEntry], known: dict[str, Any]
               ) -> tuple[list[RemoteEntry], list[tuple[RemoteEntry, Any]]]:
@@ -311,6 +325,8 @@ class _Puller:
         finally:
             par.close()
             progress.close()
+            if self.gate is not None:
+                self.res.waiting = self.gate.waiting
         par.raise_error()
 
     # -- one file ------------------------------------------------------------------
@@ -342,7 +358,18 @@ class _Puller:
 
     def _fetch_one(self, e: RemoteEntry) -> _Staged | None:
         """Download and validate one file into staging (fsynced)."""
-        if (self.nextseq is not None and self.opts.decoder is None
+        sig: Signature | None = None
+        if self.gate is not None:  # trust: never a byte of an unsigned job in jobs/
+            assert self.journal is not None
+            pre = self.gate.before_fetch(e, self.journal)
+            if pre is None:
+                return None
+            if isinstance(pre, TrustRefused):
+                path, _ = self._stage(e)
+                self._quarantine(path, e, sha256_path(path), f"{pre.reason}: {pre}")
+                return None
+            sig = pre
+        if (self.nextseq is not None and self.opts.decoder is None and sig is None
                 and (e.size is None or e.size >= self.opts.peek_min)):
             seq = self._peek_seq(e.name)
             if seq is not None and seq < self.nextseq:
@@ -352,7 +379,18 @@ class _Puller:
         for attempt in (1, 2):
             path, size = self._stage(e)
             try:
+                adm = None
+                if sig is not None:
+                    assert self.gate is not None and self.journal is not None
+                    adm = self.gate.admit(path, e, sig, self.journal, self.opts.decoder)
+                    path = adm.path
+                    size = os.stat(path).st_size
                 sha, meta = self._inspect(path)
+                if adm is not None:
+                    ReceiveGate.check_header(adm, meta)
+            except TrustRefused as refused:
+                self._quarantine(path, e, sha256_path(path), f"{refused.reason}: {refused}")
+                return None
             except PacketError as perr:
                 sha = sha256_path(path)
                 if attempt == 1:
@@ -571,7 +609,7 @@ class _Puller:
         name that cannot be removed stays: the next run removes it."""
         if not names or self.opts.after_fetch != "delete" or not self.can_delete:
             return
-        pending = list(names)
+        pending = list(names) + (self.gate.companions(names) if self.gate else [])
         deleted: list[str] = []
         attempt = 1
         try:

@@ -60,6 +60,7 @@ from fspl_gateway.gateway.runframe import (
     fmt_seconds,
     run_engine,
 )
+from fspl_gateway.gateway.trust import Outgoing, SignPolicy
 from fspl_gateway.transports.base import RemoteEntry, Transport, is_safe_name
 
 
@@ -80,6 +81,8 @@ class PushOptions:
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     wait_lock: float | None = None
     progress: bool | None = None
+    #: Sign (and encrypt) each job (:mod:`~fspl_gateway.gateway.trust`).
+    sign: SignPolicy | None = None
 
 
 @dataclass
@@ -254,11 +257,20 @@ class _Pusher:
                 f.close()
                 self._quarantine(name, f"the header does not validate: {perr}")
                 return
+            local_sha = None
+            out = None
+            if self.opts.sign is not None:  # what travels: encrypted, signed
+                out = Outgoing(self.opts.sign, self.qdir, name, path, seq)
+                if out.encrypted:
+                    local_sha = _digests(fd)[1]  # the journal knows the local job by it
+                    f.close()
+                    fd = os.open(out.path, os.O_RDONLY | os.O_CLOEXEC)
+                    f = os.fdopen(fd, "rb", buffering=0)
             size, sha, md5 = _digests(fd)
             listed = self.listing.get(name)
             if listed is not None:
                 try:
-                    self._exists(name, size, sha, listed.size)
+                    self._exists(name, size, sha, listed.size, local_sha=local_sha)
                     return
                 except RemoteNotFoundError:
                     pass  # removed remotely since the listing: write it
@@ -276,11 +288,15 @@ class _Pusher:
                 return entry
 
             try:
+                if out is not None:  # the signature first: a receiver finds both
+                    out.send_signature(self.t, lambda c, what: self.opts.retry.call(
+                        c, what, self.stop))
                 entry = self.opts.retry.call(write, f"writing {name}", self.stop)
             except RemoteExistsError:
                 # after a failed attempt the name may be our own write whose answer was
                 # lost: the same bytes then count as pushed
-                self._exists(name, size, sha, None, ours=attempts > 1, seq=seq)
+                self._exists(name, size, sha, None, ours=attempts > 1, seq=seq,
+                             local_sha=local_sha)
                 return
         finally:
             f.close()
@@ -289,7 +305,9 @@ class _Pusher:
             log.log(TRACE, "%s: checksum verified (%s)", name, tag)
         assert self.journal is not None
         self.journal.record("push", self.remote, name, state=JournalState.PUSHED, size=size,
-                            tag=entry.tag, sha256=sha, seq=seq)
+                            tag=entry.tag, sha256=local_sha or sha, seq=seq)
+        if out is not None:
+            out.done()
         log.debug("pushed %s (%d bytes, seq %s) to %s", name, size, seq, self.remote)
         with self.mutex:
             self.res.pushed += 1
@@ -311,9 +329,11 @@ class _Pusher:
         return self.opts.retry.call(read, f"reading {name} back", self.stop)
 
     def _exists(self, name: str, size: int, sha: str, remote_size: int | None, *,
-                ours: bool = False, seq: int | None = None) -> None:
+                ours: bool = False, seq: int | None = None,
+                local_sha: str | None = None) -> None:
         """``name`` is already on the remote: the same bytes → already pushed (by us,
-        ``ours``: an earlier attempt of this run whose answer was lost)."""
+        ``ours``: an earlier attempt of this run whose answer was lost).  ``local_sha``:
+        the local job's, when what was sent is its encrypted copy."""
         same = remote_size in (None, size) and self._remote_sha256(name) == sha
         if not same:
             log.error("%s is already on %s with different content; the local job is kept "
@@ -324,7 +344,7 @@ class _Pusher:
         if ours:
             log.debug("%s: an earlier attempt had written it to %s", name, self.remote)
             self.journal.record("push", self.remote, name, state=JournalState.PUSHED,
-                                size=size, sha256=sha, seq=seq)
+                                size=size, sha256=local_sha or sha, seq=seq)
             with self.mutex:
                 self.res.pushed += 1
                 self.res.bytes += size
@@ -332,7 +352,7 @@ class _Pusher:
         else:
             log.debug("%s is already on %s with the same bytes", name, self.remote)
             self.journal.record("push", self.remote, name, state=JournalState.ALREADY_REMOTE,
-                                size=size, sha256=sha)
+                                size=size, sha256=local_sha or sha)
             self._count("skipped")
         self._cleanup_local(os.path.join(self.jdir, name))
 

@@ -23,7 +23,7 @@ from fspl_gateway.core import queue as q
 from fspl_gateway.core import seqfile
 from fspl_gateway.core.errors import FsplError, PacketError, QueueError
 from fspl_gateway.core.fsutil import atomic_write
-from fspl_gateway.gateway.journal import last_runs
+from fspl_gateway.gateway.journal import last_runs, signers
 from fspl_gateway.gateway.quarantine import quarantined
 
 
@@ -35,6 +35,16 @@ class RemoteStatus:
     finished: float
     ok: bool
     summary: str
+
+
+@dataclass
+class SignerStatus:
+    """A key that signed jobs fetched into the queue (trust): its minisign key id."""
+
+    key_id: str
+    jobs: int
+    last_seq: int
+    last_time: float
 
 
 @dataclass
@@ -55,6 +65,7 @@ class QueueStatus:
     quarantined_files: int = 0
     quarantined: list[str] = field(default_factory=list)
     remotes: list[RemoteStatus] = field(default_factory=list)
+    signers: list[SignerStatus] = field(default_factory=list)
     order_by: str = "sequence"
     #: Set when the queue could not be read at all.
     error: str | None = None
@@ -126,6 +137,7 @@ def queue_status(qdir: str, *, decoder: str | None = None, order_by: str = "sequ
     st.quarantined_files = len(st.quarantined)
     st.remotes = [RemoteStatus(r.remote, r.direction, r.started, r.finished, r.ok, r.summary)
                   for r in last_runs(qdir)]
+    st.signers = [SignerStatus(*row) for row in signers(qdir)]
     return st
 
 
@@ -195,6 +207,9 @@ def render_text(statuses: list[QueueStatus], now: float | None = None) -> str:
             lines.append(f"  last {'sync' if r.direction == 'pull' else r.direction} "
                          f"{r.remote}: {'ok' if r.ok else 'FAILED'} at {_when(r.finished, now)}: "
                          f"{r.summary}")
+        for sg in st.signers:
+            lines.append(f"  signed by {sg.key_id}: {sg.jobs} job(s), last seq {sg.last_seq} "
+                         f"at {_when(sg.last_time, now)}")
     return "\n".join(lines) + ("\n" if lines else "")
 
 

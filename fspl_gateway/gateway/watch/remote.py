@@ -107,10 +107,14 @@ class RemotePoller:
     def _pull(self, t: Transport) -> bool:
         from fspl_gateway.gateway.pull import AfterFetch, SyncOptions, pull
         from fspl_gateway.gateway.retry import RetryPolicy
+        from fspl_gateway.gateway.trust import policy_from, routed_passes
 
         p = self.pipe
+        policy = policy_from(self.spec.trust)  # trust configured: no unsigned job gets in
+        if policy is not None:  # with routes: this queue's pass (others are left to sync)
+            policy = routed_passes(policy, p.queue)[-1][1]
         opts = SyncOptions(after_fetch=AfterFetch(p.after), decoder=p.decoder, concurrency=p.concurrency,
-                           retry=RetryPolicy(attempts=p.retries), progress=False)
+                           retry=RetryPolicy(attempts=p.retries), progress=False, trust=policy)
         res = pull(t, p.queue, opts)
         if res.locked_out:
             log.debug("pipeline %s: another sync/push holds %s; next time", p.name, p.queue)
