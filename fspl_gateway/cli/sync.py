@@ -60,11 +60,16 @@ def finish(res: SyncResult | PushResult, what: str) -> None:
 @opt.queuedir("The local queue to fill.", metavar="QUEUE")
 @click.option("--after-fetch", type=opt.EnumChoice(opt.AFTER_FETCH), default="delete",
               show_default=True, help="What to do with the remote copy once fetched.")
+@click.option("--settle", type=click.FloatRange(min=0), default=None, metavar="SECONDS",
+              help="Fetch a file only once its size and mtime have stayed unchanged this "
+                   "long (default: the remote's `settle` option, 5 s on local and SFTP "
+                   "remotes; S3 and Dropbox need none).")
 @_run_options
 def sync_cmd(config_file: str | None, remote: str, transport: str | None,
              options: tuple[str, ...], queuedir: str, after_fetch: AfterFetch,
-             decoder: str | None, dry_run: bool, max_jobs: int | None, concurrency: int,
-             retries: int, wait_lock: float | None, progress: bool | None) -> None:
+             settle: float | None, decoder: str | None, dry_run: bool,
+             max_jobs: int | None, concurrency: int, retries: int,
+             wait_lock: float | None, progress: bool | None) -> None:
     """Pull new jobs from a remote queue's jobs/ into a local queue."""
     from fspl_gateway.gateway.pull import SyncOptions, pull
     from fspl_gateway.gateway.remotes import open_remote
@@ -73,7 +78,7 @@ def sync_cmd(config_file: str | None, remote: str, transport: str | None,
     opts = SyncOptions(after_fetch=after_fetch, decoder=decoder, dry_run=dry_run,
                        max_jobs=max_jobs, concurrency=concurrency,
                        retry=RetryPolicy(attempts=retries), wait_lock=wait_lock,
-                       progress=progress)
+                       progress=progress, settle=settle)
     t = open_remote(remote, transport, options, config_file=config_file)
     try:
         res = pull(t, queuedir, opts)
