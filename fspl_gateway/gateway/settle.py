@@ -44,7 +44,18 @@ def is_settled(entry: RemoteEntry, settle_s: float, now: float,
     if seen is not None and seen_at is not None and same_state(seen, entry) \
             and now - seen_at >= settle_s:
         return True
-    return entry.mtime is not None and entry.mtime <= now and now - entry.mtime >= settle_s
+    age = _age(entry, now)
+    return age is not None and age >= settle_s
+
+
+def _age(entry: RemoteEntry, now: float) -> float | None:
+    """How long ago ``entry`` last changed at least (None: unknown or in the future).  A
+    whole-second mtime (SFTP, some file systems) may be up to a second older than the
+    change: counted from the end of that second."""
+    m = entry.mtime
+    if m is None or m > now:
+        return None
+    return now - (m + 1.0 if m == int(m) else m)
 
 
 def same_state(a: RemoteEntry, b: RemoteEntry) -> bool:
@@ -59,9 +70,10 @@ def wait_needed(entries: Iterable[RemoteEntry], settle_s: float, now: float) -> 
     for e in entries:
         if is_settled(e, settle_s, now):
             continue
-        if e.mtime is None or e.mtime > now:
+        age = _age(e, now)
+        if age is None:
             return settle_s
-        w = max(w, min(settle_s, e.mtime + settle_s - now))
+        w = max(w, min(settle_s, settle_s - age))
     return w
 
 
