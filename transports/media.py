@@ -43,8 +43,15 @@ from fspl_gateway.core.fsutil import copy_stream
 from fspl_gateway.core.log import get_logger
 from fspl_gateway.mediafmt.iso import IsoFile, IsoImage
 from fspl_gateway.mediafmt.manifest import MANIFEST_NAME, ManifestReport, verify
-from fspl_gateway.transports.base import Capabilities, RemoteEntry, Transport, is_job_name
-from fspl_gateway.transports.local import OPTIONS as LOCAL_OPTIONS
+from fspl_gateway.transports.base import (
+    Capabilities,
+    RemoteEntry,
+    Transport,
+    check_listed_size,
+    is_job_name,
+    listed_size,
+)
+from fspl_gateway.transports.local import TMP_OPTIONS as LOCAL_OPTIONS
 from fspl_gateway.transports.local import LocalTransport, open_regular_nofollow
 from fspl_gateway.transports.options import Option, OptionSchema, OptionType
 
@@ -186,9 +193,11 @@ class MediaTransport(Transport):
         if not self.is_iso:
             return self._require_dir().fetch(name, dst, entry)
         h, f = self._iso_file(name)
+        limit = listed_size(entry)
         with h.open(f) as src:
-            n = copy_stream(src, dst)  # type: ignore[arg-type]
-        if n != f.size or (entry is not None and entry.size is not None and entry.size != n):
+            n = copy_stream(src, dst, (f.size if limit is None else limit) + 1)  # type: ignore[arg-type]
+        check_listed_size(name, n, entry)
+        if n != f.size:
             raise IntegrityError(f"{name}: read {n} bytes from the image, expected {f.size}")
         return n
 

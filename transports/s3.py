@@ -51,7 +51,13 @@ from fspl_gateway.core.errors import (
     TransportError,
 )
 from fspl_gateway.core.log import get_logger
-from fspl_gateway.transports.base import Capabilities, RemoteEntry, Transport
+from fspl_gateway.transports.base import (
+    Capabilities,
+    RemoteEntry,
+    Transport,
+    check_not_more,
+    listed_size,
+)
 from fspl_gateway.transports.options import MIB, Option, OptionSchema, OptionType
 
 log = get_logger(__name__)
@@ -476,16 +482,19 @@ class S3Transport(Transport):
         where = self._where(name)
         body = resp["Body"]
         verifier = choose_verifier(resp)
+        limit = listed_size(entry)
         n = 0
         try:
             while True:
-                chunk = body.read(READ_CHUNK)
+                chunk = body.read(READ_CHUNK if limit is None
+                                  else max(1, min(READ_CHUNK, limit + 1 - n)))
                 if not chunk:
                     break
                 if verifier is not None:
                     verifier.update(chunk)
                 dst.write(chunk)
                 n += len(chunk)
+                check_not_more(where, n, limit)  # never accept more than listed
         except (bce.BotoCoreError, bce.ClientError) as e:
             self._raise(e, where)
         finally:

@@ -67,12 +67,17 @@ def _route(value: str) -> tuple[str, str]:
 @opt.queuedir("The local queue to fill.", metavar="QUEUE")
 @click.option("--after-fetch", type=opt.EnumChoice(opt.AFTER_FETCH), default="delete",
               show_default=True, help="What to do with the remote copy once fetched.")
+@click.option("--settle", type=click.FloatRange(min=0), default=None, metavar="SECONDS",
+              help="Fetch a file only once its size and mtime have stayed unchanged this "
+                   "long (default: the remote's `settle` option, 5 s on local and SFTP "
+                   "remotes; S3 and Dropbox need none).")
 @_run_options
 @opt.trust_receive()
 def sync_cmd(config_file: str | None, remote: str, transport: str | None,
              options: tuple[str, ...], queuedir: str, after_fetch: AfterFetch,
-             decoder: str | None, dry_run: bool, max_jobs: int | None, concurrency: int,
-             retries: int, wait_lock: float | None, progress: bool | None,
+             settle: float | None, decoder: str | None, dry_run: bool,
+             max_jobs: int | None, concurrency: int, retries: int,
+             wait_lock: float | None, progress: bool | None,
              trust: tuple[str, ...], queue_id: str | None, identity: tuple[str, ...],
              signature_wait: float | None, route: tuple[str, ...]) -> None:
     """Pull new jobs from a remote queue's jobs/ into a local queue.
@@ -96,7 +101,7 @@ def sync_cmd(config_file: str | None, remote: str, transport: str | None,
             opts = SyncOptions(after_fetch=after_fetch, decoder=decoder, dry_run=dry_run,
                                max_jobs=max_jobs, concurrency=concurrency,
                                retry=RetryPolicy(attempts=retries), wait_lock=wait_lock,
-                               progress=progress, trust=pol)
+                               progress=progress, settle=settle, trust=pol)
             results.append(pull(t, qdir, opts))
     finally:
         t.close()

@@ -2,7 +2,8 @@
 Prometheus (a textfile-collector metrics file).
 
 Per queue: the next sequence number, the pending jobs, the gap that blocks a sequence
-queue ("waiting for 42; have 43–57"), the age of the oldest pending job (since its file
+queue ("waiting for 42; have 43–57") or the files that claim one seq ("two files with
+seq 42: a, b"; fspl stops there), the age of the oldest pending job (since its file
 landed in ``jobs/``), the quarantined files and the last sync/push of each remote (from
 the journal).
 
@@ -88,6 +89,10 @@ def ranges(nums: Iterable[int]) -> str:
     return ", ".join(out)
 
 
+def _count_word(n: int) -> str:
+    return {2: "two", 3: "three"}.get(n, str(n))
+
+
 def _quarantined(qdir: str) -> list[str]:
     try:
         return quarantined(qdir)
@@ -106,6 +111,7 @@ def queue_status(qdir: str, *, decoder: str | None = None, order_by: str = "sequ
     st.next_seq = seqfile.read_unlocked(q.seqfile_path(qdir))
     oldest: float | None = None
     seqs: list[int] = []
+    by_seq: dict[int, list[str]] = {}
     try:
         with os.scandir(jdir) as it:
             entries = [e for e in it if q.is_job_filename(e.name)]
@@ -123,6 +129,7 @@ def queue_status(qdir: str, *, decoder: str | None = None, order_by: str = "sequ
             continue
         st.pending_jobs += 1
         seqs.append(meta.seq)
+        by_seq.setdefault(meta.seq, []).append(ent.name)
         oldest = mtime if oldest is None else min(oldest, mtime)
     st.pending_seqs = sorted(seqs)
     if oldest is not None:
@@ -133,6 +140,17 @@ def queue_status(qdir: str, *, decoder: str | None = None, order_by: str = "sequ
         if later:
             st.blocked = True
             st.blocked_reason = f"waiting for {st.next_seq}; have {ranges(later)}"
+    dup = min((s for s, names in by_seq.items() if len(names) > 1
+               and (st.next_seq is None or s >= st.next_seq)), default=None)
+    if order_by == "sequence" and st.next_seq is not None and dup is not None:
+        # fspl stops at a seq that two files claim (conflict copies): name them
+        names = sorted(by_seq[dup])
+        why = f"{_count_word(len(names))} files with seq {dup}: " + ", ".join(names)
+        if dup == st.next_seq or not st.blocked:
+            st.blocked = dup == st.next_seq
+            st.blocked_reason = why if st.blocked else f"will stop at seq {dup}: {why}"
+        else:
+            st.blocked_reason = f"{st.blocked_reason}; then {why}"
     st.quarantined = _quarantined(qdir)
     st.quarantined_files = len(st.quarantined)
     st.remotes = [RemoteStatus(r.remote, r.direction, r.started, r.finished, r.ok, r.summary)
@@ -179,7 +197,7 @@ def _state(st: QueueStatus) -> str:
     if st.blocked:
         return f"blocked: {st.blocked_reason}"
     if st.pending_jobs:
-        return "pending"
+        return f"pending ({st.blocked_reason})" if st.blocked_reason else "pending"
     return "idle"
 
 
