@@ -45,6 +45,7 @@ from fspl_gateway.core.errors import (
     AuthError,
     ConfigError,
     IntegrityError,
+    NotSupportedError,
     RemoteExistsError,
     RemoteNotFoundError,
     TransientError,
@@ -174,6 +175,25 @@ def _retry_after(value: object) -> float | None:
         from email.utils import parsedate_to_datetime
 
         return max(0.0, parsedate_to_datetime(text).timestamp() - time.time())
+    except (TypeError, ValueError, OverflowError):
+        return None
+
+
+def _client_error_detail(e: bce.ClientError) -> str:
+    err = e.response.get("Error", {}) or {}
+    status = e.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+    return f"HTTP {status} {err.get('Code') or ''}".strip()
+
+
+def _date_skew(resp: Mapping[str, Any], when: float) -> float | None:
+    """Store clock − local clock from a response's Date header (seconds), or None."""
+    date = resp.get("ResponseMetadata", {}).get("HTTPHeaders", {}).get("date")
+    if not date:
+        return None
+    try:
+        from email.utils import parsedate_to_datetime
+
+        return round(parsedate_to_datetime(str(date)).timestamp() - when, 1) + 0.0
     except (TypeError, ValueError, OverflowError):
         return None
 
@@ -655,9 +675,69 @@ class S3Transport(Transport):
                         continue
                     self._abort(up["Key"], up["UploadId"])
                     n += 1
-        except (bce.BotoCoreError, bce.ClientError) as e:
+        except bce.ClientError as e:
+            status = int(e.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
+            code = str((e.response.get("Error", {}) or {}).get("Code") or "")
+            if status == 501 or code in _NOT_IMPLEMENTED_CODES:
+                # housekeeping a store does not offer: not worth a retry
+                raise NotSupportedError(f"{self._where()}: this store does not list multipart "
+                                        f"uploads ({_client_error_detail(e)})") from None
+            self._raise(e, self._where())
+        except bce.BotoCoreError as e:
             self._raise(e, self._where())
         return n
+
+    # -- the capability probe (gateway/probe.py, ``fspl-gw remote check``) ------------
+    def probe_store(self, name: str) -> dict[str, tuple[Any, str]]:
+        """What this store does beyond the transport's declaration, tried with probe
+        objects under ``name`` (removed again): conditional writes, checksum validation,
+        multipart listing, clock skew (``"clock skew"``: seconds or None)."""
+        self.check_name(name)
+        key = self._key(name)
+        out: dict[str, tuple[Any, str]] = {}
+        skew: float | None = None
+        try:
+            t0 = time.time()
+            r = self._client.put_object(Bucket=self.bucket, Key=key, Body=b"1", IfNoneMatch="*")
+            skew = _date_skew(r, (t0 + time.time()) / 2)
+            try:
+                self._client.put_object(Bucket=self.bucket, Key=key, Body=b"2", IfNoneMatch="*")
+                out["conditional writes"] = (False, "If-None-Match: * was ignored (overwrote)")
+            except bce.ClientError as e:
+                status = int(e.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
+                if status == 412:
+                    out["conditional writes"] = (True, "If-None-Match: * refused an overwrite")
+                else:
+                    out["conditional writes"] = (False, f"answered {_client_error_detail(e)}")
+        except (bce.BotoCoreError, bce.ClientError) as e:
+            out["conditional writes"] = (None, _one_line(e))
+        wrong = base64.b64encode(hashlib.sha256(b"not these bytes").digest()).decode()
+        try:
+            self._client.put_object(Bucket=self.bucket, Key=key + ".sum", Body=b"probe",
+                                    ChecksumSHA256=wrong)
+            out["checksum validation"] = (False, "a PUT with a wrong x-amz-checksum-sha256 "
+                                                 "was stored; writes are verified by ETag")
+        except bce.ClientError as e:
+            out["checksum validation"] = (True, f"a wrong x-amz-checksum-sha256 was refused "
+                                                f"({_client_error_detail(e)})")
+        except bce.BotoCoreError as e:
+            out["checksum validation"] = (None, _one_line(e))
+        for k in (key, key + ".sum"):
+            try:
+                self._client.delete_object(Bucket=self.bucket, Key=k)
+            except (bce.BotoCoreError, bce.ClientError):
+                pass
+        try:
+            self._client.list_multipart_uploads(Bucket=self.bucket, Prefix=self.jobs_prefix,
+                                                MaxUploads=1)
+            out["multipart listing"] = (True, "stale uploads are cleaned up")
+        except bce.ClientError as e:
+            out["multipart listing"] = (False, f"{_client_error_detail(e)}; stale multipart "
+                                               "uploads are not cleaned up")
+        except bce.BotoCoreError as e:
+            out["multipart listing"] = (None, _one_line(e))
+        out["clock skew"] = (skew, "")
+        return out
 
     def close(self) -> None:
         try:
