@@ -21,6 +21,14 @@ CRC32 or (with awscrt installed) CRC32C when present; otherwise a single-part ET
 MD5 of the object unless SSE-KMS/SSE-C); otherwise only the size.  Composite multipart
 checksums (``…-N``) cannot be checked without the part layout: size only.
 
+Writes are verified against what the store reports, because not every store validates
+``x-amz-checksum-sha256`` (s3rver and moto do not): a single PUT's ETag must be the MD5 of
+the bytes sent, each part's ETag its MD5, a multipart object's ETag the MD5 of the part
+MD5s plus ``-N``; a mismatch removes the new object and raises IntegrityError (the
+caller's retry writes it again; push keeps the outbox copy until a write matches).
+Multipart objects also carry rclone's ``md5chksum`` metadata (base64 of the whole
+object's MD5) so that ``rclone check`` can verify them.
+
 Listing tags are the ETag (the only per-object value ListObjectsV2 returns);
 ``write_new`` returns the same ETag so the two compare.
 """
@@ -548,10 +556,12 @@ class S3Transport(Transport):
     def _put_single(self, name: str, src: BinaryIO, size: int) -> RemoteEntry:
         where = self._where(name)
         h = hashlib.sha256()
+        md5 = hashlib.md5(usedforsecurity=False)
         body: Any
         if size <= self.opts['multipart_chunksize'] and not _seekable(src):
             body = _read_exactly(src, size, where)
             h.update(body)
+            md5.update(body)
         else:
             win = _Window(src, size)
             got = 0
@@ -560,6 +570,7 @@ class S3Transport(Transport):
                 if not chunk:
                     break
                 h.update(chunk)
+                md5.update(chunk)
                 got += len(chunk)
             if got != size:
                 raise TransportError(f"{where}: source ended early ({got} of {size} bytes)")
@@ -575,30 +586,76 @@ class S3Transport(Transport):
             )
         except (bce.BotoCoreError, bce.ClientError) as e:
             self._raise(e, where, conditional=True)
-        return RemoteEntry(name=name, size=size, tag=str(resp.get("ETag") or "").strip('"') or None)
+        tag = self._verify_write(name, resp, md5.hexdigest())
+        return RemoteEntry(name=name, size=size, tag=tag)
+
+    def _verify_write(self, name: str, resp: Mapping[str, Any], expected: str) -> str | None:
+        """Compare the ETag the store reports for a write with the MD5 we computed while
+        sending (``expected``: a hex MD5, or ``MD5-of-part-MD5s-N`` for multipart): a
+        store that does not validate ``x-amz-checksum-sha256`` (s3rver, moto) keeps what
+        arrived, and a byte flipped on the way shows only here.  A mismatch removes the
+        object we just created and raises IntegrityError (transient: the caller writes
+        again; the local copy stays until a write matches).  An ETag that is no MD5
+        (SSE-KMS, SSE-C) is not compared: such stores validate the checksum."""
+        tag = str(resp.get("ETag") or "").strip('"') or None
+        if tag is None or resp.get("SSECustomerAlgorithm") or \
+                str(resp.get("ServerSideEncryption") or "").startswith("aws:kms") or \
+                not re.fullmatch(r"[0-9a-fA-F]{32}(-[0-9]+)?", tag):
+            return tag
+        if tag.lower() == expected:
+            return tag
+        where = self._where(name)
+        try:
+            self._client.delete_object(Bucket=self.bucket, Key=self._key(name))
+            fate = "removed it"
+        except (bce.BotoCoreError, bce.ClientError) as e:
+            fate = f"could NOT remove it ({_one_line(e)}): remove it by hand"
+        raise IntegrityError(f"{where}: the store holds other bytes than were sent (ETag "
+                             f"{tag}, sent {expected}); {fate}")
 
     def _put_multipart(self, name: str, src: BinaryIO, size: int) -> RemoteEntry:
         where = self._where(name)
         key = self._key(name)
         part_size = max(self.opts['multipart_chunksize'], -(-size // MAX_PARTS))
         self._precheck_absent(name)
+        # rclone's metadata for the whole object's MD5 (x-amz-meta-md5chksum, base64 of the
+        # digest), so `rclone check` can verify a multipart object: known only at the end
+        # of a stream, so the source is read twice where it can be (seekable), else not set
+        meta: dict[str, str] = {}
+        if _seekable(src):
+            start = src.tell()
+            whole = hashlib.md5(usedforsecurity=False)
+            win = _Window(src, size)
+            while chunk := win.read(READ_CHUNK):
+                whole.update(chunk)
+            src.seek(start)
+            meta["md5chksum"] = base64.b64encode(whole.digest()).decode()
         try:
-            mpu = self._client.create_multipart_upload(Bucket=self.bucket, Key=key, ChecksumAlgorithm="SHA256")
+            mpu = self._client.create_multipart_upload(Bucket=self.bucket, Key=key,
+                                                       ChecksumAlgorithm="SHA256",
+                                                       Metadata=meta)
         except (bce.BotoCoreError, bce.ClientError) as e:
             self._raise(e, where)
         upload_id = mpu["UploadId"]
         try:
             parts: list[dict[str, Any]] = []
+            part_md5s = b""
             done = 0
             number = 1
             while done < size or number == 1:
                 data = _read_exactly(src, min(part_size, size - done), where)
                 digest = base64.b64encode(hashlib.sha256(data).digest()).decode()
+                part_md5 = hashlib.md5(data, usedforsecurity=False).digest()
+                part_md5s += part_md5
                 r = self._client.upload_part(
                     Bucket=self.bucket, Key=key, UploadId=upload_id, PartNumber=number,
                     Body=data, ContentLength=len(data),
                     ChecksumAlgorithm="SHA256", ChecksumSHA256=digest,
                 )
+                etag = str(r.get("ETag") or "").strip('"').lower()
+                if re.fullmatch(r"[0-9a-f]{32}", etag) and etag != part_md5.hex():
+                    raise IntegrityError(f"{where}: part {number} arrived with other bytes "
+                                         f"than were sent (ETag {etag}, sent {part_md5.hex()})")
                 parts.append({"PartNumber": number, "ETag": r["ETag"], "ChecksumSHA256": digest})
                 done += len(data)
                 number += 1
@@ -612,7 +669,8 @@ class S3Transport(Transport):
             if isinstance(e, bce.BotoCoreError | bce.ClientError):
                 self._raise(e, where, conditional=True)
             raise
-        return RemoteEntry(name=name, size=size, tag=str(resp.get("ETag") or "").strip('"') or None)
+        expected = f"{hashlib.md5(part_md5s, usedforsecurity=False).hexdigest()}-{len(parts)}"
+        return RemoteEntry(name=name, size=size, tag=self._verify_write(name, resp, expected))
 
     def _abort(self, key: str, upload_id: str) -> None:
         try:
