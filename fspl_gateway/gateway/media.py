@@ -198,6 +198,7 @@ def export_dir(outbox_queue_dir: str, dest_dir: str, *, keep: bool = False) -> E
     if not os.path.isdir(dest):
         raise RemoteNotFoundError(f"destination {dest} does not exist or is not a "
                                   "directory (is the stick mounted?)")
+    _refuse_symlinked_target(dest)
     jobs, bad = _outbox_jobs(outbox_queue_dir)
     res = ExportResult(skipped_bad=bad, target=os.path.join(dest, MANIFEST_NAME))
     mjobs = os.path.join(dest, JOBS_DIR)
@@ -265,6 +266,26 @@ def export_dir(outbox_queue_dir: str, dest_dir: str, *, keep: bool = False) -> E
     if not keep:
         res.removed = _remove_from_outbox(jobs)
     return res
+
+
+def _refuse_symlinked_target(dest: str) -> None:
+    """Refuse a stick whose root, ``jobs/`` or manifest is a symlink (or the manifest not
+    a regular file), before anything is written: the export would write wherever the
+    link points on this host, as import refuses to read through one."""
+    for path, what in ((dest, "the destination"), (os.path.join(dest, JOBS_DIR), JOBS_DIR),
+                       (os.path.join(dest, MANIFEST_NAME), MANIFEST_NAME)):
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            continue
+        except OSError as e:
+            raise _media_error(f"checking {path}", e) from None
+        if stat.S_ISLNK(st.st_mode):
+            raise TransportError(f"{path}: {what} is a symbolic link; refusing to export "
+                                 "through it (nothing written)")
+        if path.endswith(MANIFEST_NAME) and not stat.S_ISREG(st.st_mode):
+            raise TransportError(f"{path} is not a regular file; refusing to export "
+                                 "(nothing written)")
 
 
 def _write_dir_manifest(dest: str, fresh: dict[str, str]) -> None:
