@@ -43,7 +43,7 @@ import time
 import zlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, BinaryIO, NoReturn
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 import boto3
 import botocore.exceptions as bce
@@ -60,6 +60,7 @@ from fspl_gateway.core.errors import (
     TransportError,
 )
 from fspl_gateway.core.log import get_logger
+from fspl_gateway.core.redact import add_secret, redact, strip_userinfo
 from fspl_gateway.transports.base import Capabilities, RemoteEntry, Transport
 from fspl_gateway.transports.options import MIB, Option, OptionSchema, OptionType
 
@@ -101,7 +102,7 @@ def _http_url(url: str) -> str | None:
     except ValueError:
         ok = False
     if not ok:
-        return f"expected http(s)://HOST[:PORT], got {_redact_url(url)!r}"
+        return f"expected http(s)://HOST[:PORT], got {strip_userinfo(url)!r}"
     return None
 
 
@@ -157,19 +158,6 @@ def parse_location(location: str) -> tuple[str, str]:
     return bucket, prefix
 
 
-def _redact_url(url: str) -> str:
-    """Drop user:password@ from a URL for messages (also from one that does not parse)."""
-    try:
-        u = urlsplit(url)
-        if u.username or u.password:
-            host = u.hostname or ""
-            netloc = f"{host}:{u.port}" if u.port else host
-            return urlunsplit((u.scheme, netloc, u.path, u.query, u.fragment))
-        return url
-    except ValueError:
-        return re.sub(r"(//)[^/?#]*@", r"\1", url)
-
-
 def _retry_after(value: object) -> float | None:
     """An HTTP Retry-After header in seconds (delta-seconds or an HTTP date), or None."""
     if value is None:
@@ -207,7 +195,7 @@ def _date_skew(resp: Mapping[str, Any], when: float) -> float | None:
 
 
 def _one_line(s: object, limit: int = 300) -> str:
-    text = " ".join(str(s).split())
+    text = redact(" ".join(str(s).split()))  # botocore's messages repeat the endpoint URL
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
@@ -376,6 +364,12 @@ class S3Transport(Transport):
         self.bucket, self.prefix = parse_location(location)
         self.jobs_prefix = f"{self.prefix}/jobs/" if self.prefix else "jobs/"
         self.opts = self.settings
+        endpoint = self.opts['endpoint_url']
+        if endpoint:
+            try:
+                add_secret(urlsplit(endpoint).password)
+            except ValueError:
+                pass
         if not self.opts['conditional_writes']:
             self.capabilities = Capabilities(atomic_noclobber=False)  # type: ignore[misc]
         self._pool_size = 0
@@ -806,5 +800,5 @@ class S3Transport(Transport):
     def describe(self) -> str:
         where = f"s3://{self.bucket}/{self.prefix}".rstrip("/")
         if self.opts['endpoint_url']:
-            where += f" at {_redact_url(self.opts['endpoint_url'])}"
+            where += f" at {strip_userinfo(self.opts['endpoint_url'])}"
         return where

@@ -371,7 +371,9 @@ def _fail(msg: str, code: int) -> NoReturn:
         sys.stdout.flush()
     except Exception:
         pass
-    print(f"Error: {msg}", file=sys.stderr)
+    from fspl_gateway.core.redact import redact
+
+    print(f"Error: {redact(msg)}", file=sys.stderr)
     sys.exit(code)
 
 
