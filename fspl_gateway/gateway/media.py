@@ -490,10 +490,12 @@ def import_media(source: str, queue_dir: str, *, good_only: bool = False,
             allowed = {n for n in report.ok if is_job_name(n)}
             rejected = report.bad
             if not report.clean and not good_only:
+                offer = (f"import the {len(allowed)} good job"
+                         f"{'' if len(allowed) == 1 else 's'} only with --good-only"
+                         if allowed else "no job on it passed the check")
                 raise MediaCheckError(
                     f"{source}: manifest check failed ({report.summary()}); nothing "
-                    f"imported (import the {len(allowed)} good jobs only with good_only)",
-                    report)
+                    f"imported ({offer})", report)
             if rejected:
                 log.warning("%s: not importing %d bad jobs: %s", source, len(rejected),
                             ", ".join(rejected))
