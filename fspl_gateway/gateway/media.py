@@ -474,6 +474,8 @@ def import_media(source: str, queue_dir: str, *, good_only: bool = False,
     try:
         report = media.verify_manifest()
         listed_jobs = {e.name for e in media.list() if is_job_name(e.name)}
+        if not listed_jobs and media.problem:
+            raise TransportError(media.problem)  # not "0 fetched", exit 0
         digests: dict[str, str] | None
         if not report.manifest_found:
             if require_manifest:
