@@ -150,6 +150,8 @@ class MediaTransport(Transport):
             if not h.has_jobs:
                 raise RemoteNotFoundError(f"ISO image {self.path} has no jobs/ directory")
             self.refused = list(h.refused)
+            if h.problem:
+                log.warning("%s", h.problem)
             for r in self.refused:
                 log.warning("%s: refusing jobs/%s on the media: %s", self.path, *r)
             entries = [RemoteEntry(f.name, f.size, None, f.mtime) for f in h.files.values()]
@@ -222,6 +224,12 @@ class MediaTransport(Transport):
         if self.is_iso or not self.capabilities.can_write:
             return 0
         return self._require_dir().cleanup_temporaries()
+
+    @property
+    def problem(self) -> str | None:
+        """Why the job names on this media cannot be told (a plain ISO 9660 image
+        without a manifest), or None."""
+        return self._image(refresh=False).problem if self.is_iso else None
 
     def open_manifest(self) -> BinaryIO:
         """The media's MANIFEST.sha256 as a stream; RemoteNotFoundError if absent."""

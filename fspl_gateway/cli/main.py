@@ -33,6 +33,7 @@ LAZY_COMMANDS = {
     "watch": "fspl_gateway.cli.watch:watch_cmd",
     "status": "fspl_gateway.cli.watch:status_cmd",
     "keygen": "fspl_gateway.cli.keys:keygen_cmd",
+    "remote": "fspl_gateway.cli.remote:remote_group",
 }
 
 LICENSE_TEXT = """fspl-gateway {v}
@@ -370,7 +371,9 @@ def _fail(msg: str, code: int) -> NoReturn:
         sys.stdout.flush()
     except Exception:
         pass
-    print(f"Error: {msg}", file=sys.stderr)
+    from fspl_gateway.core.redact import redact
+
+    print(f"Error: {redact(msg)}", file=sys.stderr)
     sys.exit(code)
 
 

@@ -16,6 +16,7 @@
         running                 the job file a worker is running (workers)
         rerun.log               jobs that were running when their worker stopped
         media-seen.json         media already imported into this queue (watch)
+        capabilities.json       what each remote's store really does (gateway/probe)
 
 Everything that reads or writes one of these names asks :class:`QueueLayout` (or, for
 the two Filespooler names used everywhere, :func:`jobs_dir` and :func:`seqfile_path`).
@@ -107,6 +108,10 @@ class QueueLayout:
     @property
     def media_seen(self) -> str:
         return os.path.join(self.gw, "media-seen.json")
+
+    @property
+    def capabilities(self) -> str:
+        return os.path.join(self.gw, "capabilities.json")
 
 
 __all__ = ["GW_DIR", "JOBS", "NEXTSEQ", "QueueLayout", "jobs_dir", "seqfile_path"]

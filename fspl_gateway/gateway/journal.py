@@ -37,6 +37,7 @@ from enum import StrEnum
 
 from fspl_gateway.core.errors import QueueError
 from fspl_gateway.core.layout import QueueLayout
+from fspl_gateway.core.redact import redact
 
 
 class JournalState(StrEnum):
@@ -214,7 +215,7 @@ class Journal:
                    " seq, time, state, remote_deleted, detail)"
                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 0, ?)",
                    (direction, remote, _key(name), size, tag, sha256, seq, time.time(), state,
-                    detail))
+                    redact(detail) if detail else detail))
 
     def _exec_many(self, sql: str, rows: Sequence[tuple[object, ...]]) -> None:
         """``sql`` for each of ``rows`` in one transaction (all or nothing)."""
@@ -296,7 +297,7 @@ class Journal:
                    summary: str) -> None:
         self._exec("INSERT OR REPLACE INTO runs (direction, remote, started, finished, ok,"
                    " summary) VALUES (?, ?, ?, ?, ?, ?)",
-                   (direction, remote, started, time.time(), int(ok), summary))
+                   (direction, remote, started, time.time(), int(ok), redact(summary)))
 
     def runs(self) -> list[RunRecord]:
         rows = self._exec("SELECT direction, remote, started, finished, ok, summary FROM runs"

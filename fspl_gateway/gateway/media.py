@@ -201,6 +201,7 @@ def export_dir(outbox_queue_dir: str, dest_dir: str, *, keep: bool = False,
     if not os.path.isdir(dest):
         raise RemoteNotFoundError(f"destination {dest} does not exist or is not a "
                                   "directory (is the stick mounted?)")
+    _refuse_symlinked_target(dest)
     jobs, bad = _outbox_jobs(outbox_queue_dir)
     res = ExportResult(skipped_bad=bad, target=os.path.join(dest, MANIFEST_NAME))
     mjobs = os.path.join(dest, JOBS_DIR)
@@ -292,6 +293,26 @@ def _sign_jobs(jobs: list[_Job], mjobs: str, sign: Any) -> None:
             trust.write_signature(mjobs, j.name, sig)
         except OSError as e:
             raise _media_error(f"signing {j.name} in {mjobs}", e) from None
+
+
+def _refuse_symlinked_target(dest: str) -> None:
+    """Refuse a stick whose root, ``jobs/`` or manifest is a symlink (or the manifest not
+    a regular file), before anything is written: the export would write wherever the
+    link points on this host, as import refuses to read through one."""
+    for path, what in ((dest, "the destination"), (os.path.join(dest, JOBS_DIR), JOBS_DIR),
+                       (os.path.join(dest, MANIFEST_NAME), MANIFEST_NAME)):
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            continue
+        except OSError as e:
+            raise _media_error(f"checking {path}", e) from None
+        if stat.S_ISLNK(st.st_mode):
+            raise TransportError(f"{path}: {what} is a symbolic link; refusing to export "
+                                 "through it (nothing written)")
+        if path.endswith(MANIFEST_NAME) and not stat.S_ISREG(st.st_mode):
+            raise TransportError(f"{path} is not a regular file; refusing to export "
+                                 "(nothing written)")
 
 
 def _write_dir_manifest(dest: str, fresh: dict[str, str]) -> None:
@@ -504,6 +525,8 @@ def import_media(source: str, queue_dir: str, *, good_only: bool = False,
     try:
         report = media.verify_manifest()
         listed_jobs = {e.name for e in media.list() if is_job_name(e.name)}
+        if not listed_jobs and media.problem:
+            raise TransportError(media.problem)  # not "0 fetched", exit 0
         digests: dict[str, str] | None
         if not report.manifest_found:
             if require_manifest:
@@ -520,10 +543,12 @@ def import_media(source: str, queue_dir: str, *, good_only: bool = False,
             allowed = {n for n in report.ok if is_job_name(n)}
             rejected = report.bad
             if not report.clean and not good_only:
+                offer = (f"import the {len(allowed)} good job"
+                         f"{'' if len(allowed) == 1 else 's'} only with --good-only"
+                         if allowed else "no job on it passed the check")
                 raise MediaCheckError(
                     f"{source}: manifest check failed ({report.summary()}); nothing "
-                    f"imported (import the {len(allowed)} good jobs only with good_only)",
-                    report)
+                    f"imported ({offer})", report)
             if rejected:
                 log.warning("%s: not importing %d bad jobs: %s", source, len(rejected),
                             ", ".join(rejected))

@@ -94,6 +94,7 @@ from fspl_gateway.gateway.runframe import (
     BATCH,
     RunResult,
     check_options,
+    clean_remote_temporaries,
     fmt_seconds,
     run_engine,
 )
@@ -313,13 +314,7 @@ class _Puller:
     def run(self) -> None:
         self._recover_linking()
         self._clean_staging()
-        try:
-            n = self.opts.retry.call(self.t.cleanup_temporaries,
-                                     "cleaning up remote temporaries", self.stop)
-            if n:
-                log.debug("removed %d stale remote temporaries in %s", n, self.remote)
-        except NotSupportedError:
-            pass
+        clean_remote_temporaries(self.t, self.opts.retry, self.stop, self.remote)
         assert self.journal is not None
         todo, done = self._plan(self._list(), self.journal.known("pull", self.remote))
         todo = self._settled(todo)

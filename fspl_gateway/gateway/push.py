@@ -10,6 +10,11 @@ The mirror image of :mod:`fspl_gateway.gateway.pull`.  For each ``fspl-*.fspl`` 
    existing name), retrying transient errors with backoff; a name already on the remote
    is compared: the same bytes count as already pushed, different bytes are reported and
    the local job is kept (exit 3);
+   On a store that cannot refuse to overwrite (declared, or found by the capability
+   probe, :mod:`fspl_gateway.gateway.probe`, cached per remote) push warns once and
+   checks each name just before writing it (a narrow race with another writer of the
+   same name remains; job names are unique per sender, so only two senders pushing one
+   name could meet there);
 4. it is verified: the size the remote reports, and its checksum where the tag is a
    plain MD5 or SHA-256 of the content;
 5. it is recorded in the journal, then removed from the outbox (``after_push="delete"``)
@@ -34,7 +39,6 @@ from fspl_gateway.core.errors import (
     AuthError,
     HostKeyError,
     IntegrityError,
-    NotSupportedError,
     PacketError,
     QueueError,
     RemoteExistsError,
@@ -49,6 +53,7 @@ from fspl_gateway.core.packet import read_header_fd
 from fspl_gateway.core.queue import OpenJob, is_job_filename
 from fspl_gateway.gateway.concurrency import ParallelMap
 from fspl_gateway.gateway.journal import Journal, JournalState, open_existing
+from fspl_gateway.gateway.probe import verify_capabilities
 from fspl_gateway.gateway.progress import Progress
 from fspl_gateway.gateway.pull import sha256_path
 from fspl_gateway.gateway.quarantine import quarantine
@@ -57,6 +62,7 @@ from fspl_gateway.gateway.runframe import (
     BATCH,
     RunResult,
     check_options,
+    clean_remote_temporaries,
     fmt_seconds,
     run_engine,
 )
@@ -143,6 +149,8 @@ class _Pusher:
         self.listing: dict[str, RemoteEntry] = {}
         #: Pushed (journaled) jobs still to be removed from the outbox.
         self._remove: list[str] = []
+        #: The store may overwrite on create: check each name just before writing it.
+        self.overwriting = False
 
     def _count(self, what: str, n: int = 1) -> None:
         with self.mutex:
@@ -204,11 +212,7 @@ class _Pusher:
             self.res.names.append(name)
 
     def run(self) -> None:
-        try:
-            self.opts.retry.call(self.t.cleanup_temporaries,
-                                 "cleaning up remote temporaries", self.stop)
-        except NotSupportedError:
-            pass
+        clean_remote_temporaries(self.t, self.opts.retry, self.stop, self.remote)
         assert self.journal is not None
         todo, done = self._plan(self.journal.known("push", self.remote))
         if self.opts.after_push == "delete":
@@ -217,6 +221,10 @@ class _Pusher:
             self.res.skipped += len(done)
         else:
             self.res.known = len(done)
+        if todo and not verify_capabilities(self.t, self.layout):
+            self.overwriting = True
+            log.warning("%s may overwrite an existing job on create; push checks each name "
+                        "just before writing it", self.remote)
         if todo:
             self.listing = {e.name: e for e in self.opts.retry.call(
                 lambda: list(self.t.list()), f"listing {self.remote}", self.stop)}
@@ -268,6 +276,8 @@ class _Pusher:
                     f = os.fdopen(fd, "rb", buffering=0)
             size, sha, md5 = _digests(fd)
             listed = self.listing.get(name)
+            if listed is None and self.overwriting and self._on_remote(name):
+                listed = RemoteEntry(name=name)
             if listed is not None:
                 try:
                     self._exists(name, size, sha, listed.size, local_sha=local_sha)
@@ -321,6 +331,17 @@ class _Pusher:
             return read_header_fd(fd)[0].seq
         with OpenJob(path, self.opts.decoder) as j:
             return j.meta.seq
+
+    def _on_remote(self, name: str) -> bool:
+        """Whether ``name`` is on the remote now (the check before writing to a store
+        that may overwrite)."""
+        def probe() -> bool:
+            try:
+                self.t.open(name).close()
+                return True
+            except RemoteNotFoundError:
+                return False
+        return self.opts.retry.call(probe, f"checking {name}", self.stop)
 
     def _remote_sha256(self, name: str) -> str:
         def read() -> str:

@@ -15,6 +15,7 @@ the journal is opened only if it exists.  No transport (and so no SDK) is import
 from __future__ import annotations
 
 import os
+import re
 import time
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
@@ -24,6 +25,7 @@ from fspl_gateway.core import queue as q
 from fspl_gateway.core import seqfile
 from fspl_gateway.core.errors import FsplError, PacketError, QueueError
 from fspl_gateway.core.fsutil import atomic_write
+from fspl_gateway.core.redact import redact
 from fspl_gateway.gateway.journal import last_runs, signers
 from fspl_gateway.gateway.quarantine import quarantined
 
@@ -222,13 +224,24 @@ def render_text(statuses: list[QueueStatus], now: float | None = None) -> str:
             q_line += " (" + ", ".join(st.quarantined[:5]) + (", …" if st.quarantined_files > 5 else "") + ")"
         lines.append(q_line)
         for r in st.remotes:
-            lines.append(f"  last {'sync' if r.direction == 'pull' else r.direction} "
-                         f"{r.remote}: {'ok' if r.ok else 'FAILED'} at {_when(r.finished, now)}: "
-                         f"{r.summary}")
+            word = "sync" if r.direction == "pull" else r.direction
+            lines.append(f"  last {word} {r.remote}: {'ok' if r.ok else 'FAILED'} at "
+                         f"{_when(r.finished, now)}: {_short_summary(r.summary, word, r.remote)}")
         for sg in st.signers:
             lines.append(f"  signed by {sg.key_id}: {sg.jobs} job(s), last seq {sg.last_seq} "
                          f"at {_when(sg.last_time, now)}")
-    return "\n".join(lines) + ("\n" if lines else "")
+    return redact("\n".join(lines) + ("\n" if lines else ""))
+
+
+def _short_summary(summary: str, word: str, remote: str) -> str:
+    """A run's summary without what the status line already says: the log-style
+    ``sync:``/``push:`` prefix (also behind a log level and ``fspl_gw:``) and the
+    remote (``from``/``to REMOTE``)."""
+    text = " ".join(summary.split())
+    text = re.sub(rf"^(?:[A-Z]+ +fspl_gw: +)?{re.escape(word)}(?: \(dry run\))?: +", "", text)
+    for prep in ("from", "to"):
+        text = text.replace(f" {prep} {remote}", "")
+    return text
 
 
 def render_rich(statuses: list[QueueStatus], now: float | None = None) -> None:
