@@ -42,7 +42,12 @@ from fspl_gateway.core.errors import (
 from fspl_gateway.core.fsutil import copy_stream
 from fspl_gateway.core.log import get_logger
 from fspl_gateway.mediafmt.iso import IsoFile, IsoImage
-from fspl_gateway.mediafmt.manifest import MANIFEST_NAME, ManifestReport, verify
+from fspl_gateway.mediafmt.manifest import (
+    MANIFEST_NAME,
+    MANIFEST_SIG_NAME,
+    ManifestReport,
+    verify,
+)
 from fspl_gateway.transports.base import (
     Capabilities,
     RemoteEntry,
@@ -233,12 +238,21 @@ class MediaTransport(Transport):
 
     def open_manifest(self) -> BinaryIO:
         """The media's MANIFEST.sha256 as a stream; RemoteNotFoundError if absent."""
+        return self._open_root_file(MANIFEST_NAME)
+
+    def open_manifest_signature(self) -> BinaryIO:
+        """The media's MANIFEST.sha256.minisig (signed media); RemoteNotFoundError if
+        absent."""
+        return self._open_root_file(MANIFEST_SIG_NAME)
+
+    def _open_root_file(self, name: str) -> BinaryIO:
         if self.is_iso:
             h = self._image(refresh=False)
-            if h.manifest is None:
-                raise RemoteNotFoundError(f"ISO image {self.path} has no {MANIFEST_NAME}")
-            return h.open(h.manifest)  # type: ignore[return-value]
-        path = os.path.join(self._require_dir().root, MANIFEST_NAME)
+            f = h.manifest if name == MANIFEST_NAME else h.manifest_sig
+            if f is None:
+                raise RemoteNotFoundError(f"ISO image {self.path} has no {name}")
+            return h.open(f)  # type: ignore[return-value]
+        path = os.path.join(self._require_dir().root, name)
         return open_regular_nofollow(path, path)
 
     def verify_manifest(self) -> ManifestReport:

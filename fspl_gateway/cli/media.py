@@ -22,18 +22,15 @@ def export_cmd(queuedir: str, dest: str, keep: bool, overwrite: bool, volume_id:
                sign: str | None, queue_id: str | None) -> None:
     """Write the outbox's jobs and a MANIFEST.sha256 to removable media.
 
-    --sign writes each job's signature beside it and signs the manifest (directories)."""
-    from fspl_gateway.core.errors import UsageError
+    --sign writes each job's signature beside it and signs the manifest."""
     from fspl_gateway.core.log import log
     from fspl_gateway.gateway.media import export_dir, export_iso
     from fspl_gateway.gateway.trust import sign_policy_from
 
     policy = sign_policy_from({}, sign=sign, queue_id=queue_id)
     if dest.lower().endswith(".iso"):
-        if policy is not None:
-            raise UsageError("--sign: signed media are directories (a stick) for now, not "
-                             "ISO images")
-        res = export_iso(queuedir, dest, keep=keep, overwrite=overwrite, volume_id=volume_id)
+        res = export_iso(queuedir, dest, keep=keep, overwrite=overwrite, volume_id=volume_id,
+                         sign=policy)
     else:
         res = export_dir(queuedir, dest, keep=keep, sign=policy)
     log.info("export: %d written, %d already there, %d removed from the outbox, %d bad "

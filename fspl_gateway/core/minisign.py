@@ -191,9 +191,12 @@ def _check_comment(text: str, prefix: str, limit: int, what: str) -> None:
         raise ValueError(f"{what} is longer than minisign accepts ({limit} bytes with its prefix)")
 
 
+_CONTROL = re.compile("[\x00-\x08\x0a-\x1f\x7f-\x9f]")
+
+
 def _printable(text: str) -> bool:
     """minisign 0.12's rule for a trusted comment: no control characters but tab."""
-    return all(c == "\t" or not (ord(c) < 0x20 or 0x7F <= ord(c) <= 0x9F) for c in text)
+    return _CONTROL.search(text) is None
 
 
 class _Hasher(Protocol):

@@ -27,6 +27,7 @@ media.
 from __future__ import annotations
 
 import errno
+import io
 import os
 import stat
 from collections.abc import Iterator
@@ -51,6 +52,7 @@ from fspl_gateway.mediafmt.iso import ImageJob, write_image
 from fspl_gateway.mediafmt.manifest import (
     JOBS_DIR,
     MANIFEST_NAME,
+    MANIFEST_SIG_NAME,
     ManifestReport,
     format_manifest,
     job_digests,
@@ -272,8 +274,10 @@ def export_dir(outbox_queue_dir: str, dest_dir: str, *, keep: bool = False,
 
         mpath = os.path.join(dest, MANIFEST_NAME)
         try:
-            with AtomicWriter(dest, MANIFEST_NAME + ".minisig", clobber=True) as w:
-                w.file.write(trust.sign_manifest(mpath, sign))
+            with open(mpath, "rb") as mf:
+                msig = trust.sign_manifest(mf.read(), sign)
+            with AtomicWriter(dest, MANIFEST_SIG_NAME, clobber=True) as w:
+                w.file.write(msig)
         except OSError as e:
             raise _media_error(f"signing {mpath}", e) from None
     res.names = [j.name for j in jobs]
@@ -350,9 +354,12 @@ def _write_dir_manifest(dest: str, fresh: dict[str, str]) -> None:
 
 # -- export to an ISO image ----------------------------------------------------------
 def export_iso(outbox_queue_dir: str, iso_path: str, *, keep: bool = False,
-               overwrite: bool = False, volume_id: str = "FSPL_JOBS") -> ExportResult:
+               overwrite: bool = False, volume_id: str = "FSPL_JOBS",
+               sign: Any = None) -> ExportResult:
     """Build an ISO 9660 image (Rock Ridge 1.09 + Joliet) holding every valid job of the
-    outbox under ``jobs/`` plus ``MANIFEST.sha256``.
+    outbox under ``jobs/`` plus ``MANIFEST.sha256``; with ``sign`` (a
+    :class:`~fspl_gateway.gateway.trust.SignPolicy`) also each job's ``.minisig`` and
+    ``MANIFEST.sha256.minisig``, as :func:`export_dir` writes them on a stick.
 
     The image is written under a temporary name next to ``iso_path``, fsynced, read back
     through :class:`MediaTransport` (every job hashed against the manifest), and only then
@@ -371,19 +378,29 @@ def export_iso(outbox_queue_dir: str, iso_path: str, *, keep: bool = False,
 
     digests = {job_path(j.name): _hash_file(j.path) for j in jobs}
     manifest = format_manifest(digests)
+    sigs: dict[str, bytes] = {}
+    msig: bytes | None = None
+    if sign is not None:
+        from fspl_gateway.core.jobsig import sign_job
+        from fspl_gateway.gateway import trust
+
+        # the outbox's files are signed: the image's copies are checked against their
+        # sha256 below, and the signature binds that sha256
+        sigs = {j.name: sign_job(j.path, sign.key, sign.queue_id) for j in jobs}
+        msig = trust.sign_manifest(manifest, sign)
 
     w: AtomicWriter | None = None
     try:
         w = AtomicWriter(out_dir, os.path.basename(iso_path), clobber=overwrite)
         write_image(w.file, [ImageJob(j.name, j.path, j.size) for j in jobs], manifest,
-                    volume_id=volume_id, where=iso_path)
+                    volume_id=volume_id, where=iso_path, signatures=sigs, manifest_sig=msig)
         res.bytes = sum(j.size for j in jobs)
         os.fsync(w.fileno())
         try:
             os.posix_fadvise(w.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
         except OSError:
             pass
-        _verify_image(w.tmp_path, digests)
+        _verify_image(w.tmp_path, digests, sigs, msig)
         w.commit()
     except FileExistsError:
         if w is not None:
@@ -404,15 +421,25 @@ def export_iso(outbox_queue_dir: str, iso_path: str, *, keep: bool = False,
     return res
 
 
-def _verify_image(path: str, digests: dict[str, str]) -> None:
+def _verify_image(path: str, digests: dict[str, str], sigs: dict[str, bytes],
+                  msig: bytes | None) -> None:
     """Read a freshly written image back: the manifest must be ours and every job must
-    match it, with nothing missing or extra."""
+    match it, with nothing missing or extra; so must the signatures of a signed one."""
+    from fspl_gateway.gateway.trust import MAX_SIG_BYTES, sig_name
+
+    def read(s: BinaryIO) -> bytes:
+        with s:
+            return s.read(MAX_SIG_BYTES + 1)
+
     with MediaTransport(path) as t:
         assert isinstance(t, MediaTransport)
         report = t.verify_manifest()
         with t.open_manifest() as mf:
             entries, _ = parse_manifest(mf)
-    if entries != digests or not report.clean or len(report.ok) != len(digests):
+        sigs_ok = all(read(t.open(sig_name(n))) == b for n, b in sigs.items()) and (
+            msig is None or read(t.open_manifest_signature()) == msig)
+    if (entries != digests or not report.clean or len(report.ok) != len(digests)
+            or not sigs_ok):
         raise IntegrityError(f"the image read back does not match what was written "
                              f"({report.summary()}); nothing was removed from the outbox")
 
@@ -476,27 +503,34 @@ class _CheckedMedia(DelegatingTransport):
         return n
 
 
-def _check_signed_media(source: str, manifest_found: bool, allowed: set[str], policy: Any,
-                        media: MediaTransport) -> set[str]:
-    """With trust: the manifest must carry a trusted signature (directory media; an ISO
-    image's jobs are still verified one by one); returns the signature files of the
-    allowed jobs, which the import then reads."""
+def _check_signed_media(source: str, digests: dict[str, str] | None, allowed: set[str],
+                        policy: Any, media: MediaTransport) -> set[str]:
+    """With trust: the manifest must carry a trusted signature (a directory or an ISO
+    image alike), and be the one the jobs were checked against (``digests``); returns
+    the signature files of the allowed jobs, which the import then reads."""
     from fspl_gateway.gateway import trust
 
-    if os.path.isdir(source):
-        mpath = os.path.join(source, MANIFEST_NAME)
-        if not manifest_found:
-            raise MediaCheckError(f"{source}: trust needs a signed {MANIFEST_NAME}; "
-                                  "nothing imported", ManifestReport())
-        try:
-            kid = trust.verify_manifest_signature(mpath, mpath + ".minisig", policy)
-        except trust.TrustRefused as r:
-            raise MediaCheckError(f"{source}: {r.reason}: {r}; nothing imported",
-                                  ManifestReport()) from None
-        log.info("%s: manifest signed by %s", source, kid)
-    else:
-        log.warning("%s: the manifest signature of an ISO image is not checked; each job's "
-                    "signature is", source)
+    def refuse(why: str) -> MediaCheckError:
+        return MediaCheckError(f"{source}: {why}; nothing imported", ManifestReport())
+
+    if digests is None:
+        raise refuse(f"trust needs a signed {MANIFEST_NAME}")
+    with media.open_manifest() as mf:
+        manifest = mf.read(trust.MAX_MANIFEST_BYTES + 1)
+    if len(manifest) > trust.MAX_MANIFEST_BYTES:
+        raise refuse(f"{MANIFEST_NAME} is over {trust.MAX_MANIFEST_BYTES >> 20} MiB")
+    try:
+        with media.open_manifest_signature() as sf:
+            sig: bytes | None = sf.read(trust.MAX_SIG_BYTES + 1)
+    except RemoteNotFoundError:
+        sig = None
+    try:
+        kid = trust.verify_manifest_signature(manifest, sig, policy)
+    except trust.TrustRefused as r:
+        raise refuse(f"{r.reason}: {r}") from None
+    if job_digests(parse_manifest(io.BytesIO(manifest))[0]) != digests:
+        raise refuse(f"{MANIFEST_NAME} changed while it was read")
+    log.info("%s: manifest signed by %s", source, kid)
     return {trust.sig_name(n) for n in allowed}
 
 
@@ -555,8 +589,7 @@ def import_media(source: str, queue_dir: str, *, good_only: bool = False,
         o = opts if opts is not None else sync.SyncOptions()
         o = dataclasses.replace(o, after_fetch=sync.AfterFetch.KEEP)
         if o.trust is not None:
-            allowed = allowed | _check_signed_media(source, report.manifest_found, allowed,
-                                                    o.trust, media)
+            allowed = allowed | _check_signed_media(source, digests, allowed, o.trust, media)
         checked = _CheckedMedia(media, digests, allowed)
         res = sync.pull(checked, queue_dir, o)
         return ImportResult(report=report, rejected=rejected, sync=res)

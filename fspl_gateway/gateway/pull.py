@@ -83,7 +83,7 @@ from fspl_gateway.core.hashing import sha256_hex as sha256_path
 from fspl_gateway.core.layout import QueueLayout
 from fspl_gateway.core.log import TRACE, log
 from fspl_gateway.core.minisign import Signature
-from fspl_gateway.core.packet import Meta, read_header, read_header_file
+from fspl_gateway.core.packet import Meta, read_header, read_header_file, read_header_path
 from fspl_gateway.core.queue import OpenJob, is_job_filename, read_meta
 from fspl_gateway.gateway.concurrency import ParallelMap
 from fspl_gateway.gateway.journal import FileRow, Journal, JournalState, open_existing
@@ -425,13 +425,15 @@ class _Puller:
         for attempt in (1, 2):
             path, size = self._stage(e)
             try:
-                adm = None
+                adm = known = None
                 if sig is not None:
                     assert self.gate is not None and self.journal is not None
                     adm = self.gate.admit(path, e, sig, self.journal, self.opts.decoder)
+                    if adm.path == path:  # verify_job hashed these very bytes
+                        known = adm.verified.sha256
                     path = adm.path
                     size = os.stat(path).st_size
-                sha, meta = self._inspect(path)
+                sha, meta = self._inspect(path, known)
                 if adm is not None:
                     ReceiveGate.check_header(adm, meta)
             except TrustRefused as refused:
@@ -639,12 +641,15 @@ class _Puller:
             raise
         return path, n
 
-    def _inspect(self, path: str) -> tuple[str, Meta]:
-        """(sha256, header) of a staged file, read once; PacketError for a bad header."""
+    def _inspect(self, path: str, sha: str | None = None) -> tuple[str, Meta]:
+        """(sha256, header) of a staged file, read once (only its header when its
+        ``sha`` is known); PacketError for a bad header."""
         if self.opts.decoder is not None:
-            sha = sha256_path(path)
+            sha = sha or sha256_path(path)
             with OpenJob(path, self.opts.decoder) as j:
                 return sha, j.meta
+        if sha is not None:
+            return sha, read_header_path(path)
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         try:
             h = hashlib.sha256()

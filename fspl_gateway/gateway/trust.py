@@ -518,42 +518,46 @@ class Outgoing:
 MANIFEST_TAG = "fspl-gw-manifest v1"
 
 
-def sign_manifest(path: str, policy: SignPolicy) -> bytes:
-    """The ``.minisig`` of a medium's manifest: the trusted comment binds the queue id
-    and the manifest's sha256, so a medium's set of jobs is authenticated as a whole."""
+#: The most manifest bytes read to check its signature (a manifest line is ~120 bytes).
+MAX_MANIFEST_BYTES = 64 << 20
+
+
+def _manifest_hashes(manifest: bytes) -> tuple[bytes, str]:
     import hashlib
 
-    from fspl_gateway.core.minisign import hash_file, sign_digest
+    return hashlib.blake2b(manifest).digest(), hashlib.sha256(manifest).hexdigest()
+
+
+def sign_manifest(manifest: bytes, policy: SignPolicy) -> bytes:
+    """The ``.minisig`` of a medium's manifest (its bytes): the trusted comment binds the
+    queue id and the manifest's sha256, so a medium's set of jobs is authenticated as a
+    whole."""
+    from fspl_gateway.core.minisign import sign_digest
 
     assert policy.key is not None
-    b2, sha = hashlib.blake2b(), hashlib.sha256()
-    hash_file(path, b2, sha)
-    comment = f"{MANIFEST_TAG} queue={policy.queue_id} sha256={sha.hexdigest()}"
-    return sign_digest(policy.key, b2.digest(), comment,
+    b2, sha = _manifest_hashes(manifest)
+    comment = f"{MANIFEST_TAG} queue={policy.queue_id} sha256={sha}"
+    return sign_digest(policy.key, b2, comment,
                        f"fspl-gw manifest signature, key {policy.key.key_id}").to_bytes()
 
 
-def verify_manifest_signature(path: str, sig_path: str, policy: TrustPolicy) -> str:
-    """Check a medium's manifest against its signature; the signer's key id, or
-    TrustRefused (missing, bad, other queue, other bytes)."""
-    import hashlib
+def verify_manifest_signature(manifest: bytes, sig: bytes | None, policy: TrustPolicy) -> str:
+    """Check a medium's manifest (its bytes) against its signature (None: missing); the
+    signer's key id, or TrustRefused (missing, bad, other queue, other bytes)."""
+    from fspl_gateway.core.minisign import verify_digest
 
-    from fspl_gateway.core.minisign import hash_file, read_signature, verify_digest
-
+    if sig is None:
+        raise TrustRefused("unsigned", "the manifest has no signature")
+    b2, sha = _manifest_hashes(manifest)
     try:
-        sig = read_signature(sig_path)
-    except FsplError as err:
-        raise TrustRefused("unsigned", f"manifest signature {sig_path}: {err}") from None
-    b2, sha = hashlib.blake2b(), hashlib.sha256()
-    hash_file(path, b2, sha)
-    try:
-        key = verify_digest(sig, b2.digest(), policy.keys)
+        parsed = Signature.parse(sig)
+        key = verify_digest(parsed, b2, policy.keys)
     except SignatureError as err:
         raise TrustRefused(err.reason, f"manifest: {err}") from None
-    want = f"{MANIFEST_TAG} queue={policy.queue_id} sha256={sha.hexdigest()}"
-    if sig.trusted_comment != want:
-        raise TrustRefused("binding", f"the manifest signature binds {sig.trusted_comment!r}, "
-                           f"not {want!r}")
+    want = f"{MANIFEST_TAG} queue={policy.queue_id} sha256={sha}"
+    if parsed.trusted_comment != want:
+        raise TrustRefused("binding", f"the manifest signature binds "
+                           f"{parsed.trusted_comment!r}, not {want!r}")
     return key.key_id
 
 

@@ -22,13 +22,14 @@ import io
 import os
 import stat
 import threading
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, BinaryIO, cast
 
 from fspl_gateway.core.errors import TransportError
 from fspl_gateway.core.log import get_logger
-from fspl_gateway.mediafmt.manifest import JOBS_DIR, MANIFEST_NAME
+from fspl_gateway.core.minisign import SIG_SUFFIX
+from fspl_gateway.mediafmt.manifest import JOBS_DIR, MANIFEST_NAME, MANIFEST_SIG_NAME
 
 log = get_logger(__name__)
 
@@ -95,6 +96,8 @@ class IsoImage:
         #: Why the job names of this image cannot be told (a plain ISO 9660 image without
         #: a manifest), or None.
         self.problem: str | None = None
+        #: ``MANIFEST.sha256.minisig`` (a signed medium), or None.
+        self.manifest_sig: IsoFile | None = None
         try:
             self._scan()
             if self.kind == "iso_path":
@@ -166,6 +169,8 @@ class IsoImage:
                 ent = self._entry(rec, MANIFEST_NAME, "")
                 if ent is not None:
                     self.manifest = ent
+            elif not rec.is_dir() and name.upper() in (MANIFEST_SIG_NAME.upper(), "MANIFEST.SIG"):
+                self.manifest_sig = self._entry(rec, MANIFEST_SIG_NAME, "")
         if jobs_ident is None:
             return
         self.has_jobs = True
@@ -362,11 +367,14 @@ def joliet_ok(name: str) -> bool:
 
 
 def write_image(dst: BinaryIO, jobs: Sequence[ImageJob], manifest: bytes, *,
-                volume_id: str = "FSPL_JOBS", where: str = "the image") -> None:
+                volume_id: str = "FSPL_JOBS", where: str = "the image",
+                signatures: Mapping[str, bytes] | None = None,
+                manifest_sig: bytes | None = None) -> None:
     """Write an image holding ``jobs/<name>`` for each job and ``MANIFEST.sha256`` with
-    the bytes ``manifest`` to the raw (unbuffered) file ``dst``.  Not fsynced.  A
-    pycdlib failure is a TransportError naming ``where``; an I/O error is raised as it
-    is (OSError)."""
+    the bytes ``manifest`` to the raw (unbuffered) file ``dst``.  A signed medium also
+    holds ``jobs/<name>.minisig`` for each entry of ``signatures`` (job name → bytes) and
+    ``MANIFEST.sha256.minisig`` (``manifest_sig``).  Not fsynced.  A pycdlib failure is a
+    TransportError naming ``where``; an I/O error is raised as it is (OSError)."""
     import pycdlib
     from pycdlib.pycdlibexception import PyCdlibException
 
@@ -384,8 +392,17 @@ def write_image(dst: BinaryIO, jobs: Sequence[ImageJob], manifest: bytes, *,
                 log.info("%s: name too long or not allowed for Joliet; Rock Ridge only", j.name)
             iso.add_fp(cast(BinaryIO, lz), j.size, iso_path=f"/JOBS/J{i:07d}.FSP;1",
                        rr_name=j.name, joliet_path=jp, file_mode=0o100444)
+        for i, (name, sig) in enumerate(sorted((signatures or {}).items()), 1):
+            sname = name + SIG_SUFFIX
+            iso.add_fp(io.BytesIO(sig), len(sig), iso_path=f"/JOBS/S{i:07d}.SIG;1",
+                       rr_name=sname, file_mode=0o100444,
+                       joliet_path=f"/{JOBS_DIR}/{sname}" if joliet_ok(sname) else None)
         iso.add_fp(io.BytesIO(manifest), len(manifest), iso_path="/MANIFEST.SHA;1",
                    rr_name=MANIFEST_NAME, joliet_path="/" + MANIFEST_NAME, file_mode=0o100444)
+        if manifest_sig is not None:
+            iso.add_fp(io.BytesIO(manifest_sig), len(manifest_sig), iso_path="/MANIFEST.SIG;1",
+                       rr_name=MANIFEST_SIG_NAME, joliet_path="/" + MANIFEST_SIG_NAME,
+                       file_mode=0o100444)
         bw = io.BufferedWriter(cast(io.RawIOBase, dst), buffer_size=CHUNK)
         iso.write_fp(bw, blocksize=CHUNK)
         bw.flush()

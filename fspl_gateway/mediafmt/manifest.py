@@ -20,6 +20,8 @@ from fspl_gateway.core.log import get_logger
 log = get_logger(__name__)
 
 MANIFEST_NAME = "MANIFEST.sha256"
+#: The manifest's detached minisign signature (signed media).
+MANIFEST_SIG_NAME = MANIFEST_NAME + ".minisig"
 JOBS_DIR = "jobs"
 #: The longest manifest line we accept (a name is at most 255 bytes).
 MAX_MANIFEST_LINE = 4096
