@@ -157,8 +157,11 @@ def run_setting(tmp: str, rtmp: str, a: argparse.Namespace, where: str,
         os.sync()  # both tools start from files already on disk
         qdir = os.path.join(base, "queue")
         q.queue_init(qdir)
+        # --settle 0: the jobs were written elsewhere and renamed in whole (the writer
+        # guideline); rclone does not wait for growing files either
         gw.times.append(timed([*gw_cmd(), "-l", "warn", "sync", "-t", "local", "-r", src_gw,
-                               "-q", qdir, "--concurrency", str(a.concurrency)]))
+                               "-q", qdir, "--concurrency", str(a.concurrency),
+                               "--settle", "0"]))
         assert len(os.listdir(os.path.join(qdir, "jobs"))) == a.jobs
         assert os.listdir(os.path.join(src_gw, "jobs")) == []
         if rclone:

@@ -40,7 +40,7 @@ def gw_sync(s: SSHD, path: str, qdir: str, concurrency: int, env: dict[str, str]
                   f"{s.user}@{s.host}:{s.port}{path}", "-q", qdir,
                   "-o", f"identity_file={s.identity_file}", "-o", f"known_hosts={s.known_hosts}",
                   "-o", "ssh_config=none", "-o", "allow_agent=false",
-                  "--concurrency", str(concurrency), "--no-progress"], env=env)
+                  "--concurrency", str(concurrency), "--no-progress", "--settle", "0"], env=env)
 
 
 def rclone_copy(s: SSHD, path: str, dst: str, transfers: int, env: dict[str, str],

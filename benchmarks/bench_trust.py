@@ -49,7 +49,7 @@ MiB = 1 << 20
 
 
 def _sync(remote: str, qdir: str, *extra: str) -> list[str]:
-    return [*gw_cmd(), "-l", "warn", "sync", "-t", "local", "-r", remote, "-q", qdir, *extra]
+    return [*gw_cmd(), "-l", "warn", "sync", "-t", "local", "-r", remote, "-q", qdir, "--settle", "0", *extra]
 
 
 # -- (a) -------------------------------------------------------------------------------
