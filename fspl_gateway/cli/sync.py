@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import click
 
 from fspl_gateway.cli import options as opt
+from fspl_gateway.cli import receipts as rcpt
 from fspl_gateway.cli.options import CONTEXT
 from fspl_gateway.core.errors import PartialFailure
 from fspl_gateway.core.log import log
@@ -61,10 +62,14 @@ def finish(res: SyncResult | PushResult, what: str) -> None:
 @click.option("--after-fetch", type=opt.EnumChoice(opt.AFTER_FETCH), default="delete",
               show_default=True, help="What to do with the remote copy once fetched.")
 @_run_options
+@click.option("--receipts", is_flag=True,
+              help="Send receipts of delivered and run jobs to the remote's receipts/.")
+@rcpt.send_options
 def sync_cmd(config_file: str | None, remote: str, transport: str | None,
              options: tuple[str, ...], queuedir: str, after_fetch: AfterFetch,
              decoder: str | None, dry_run: bool, max_jobs: int | None, concurrency: int,
-             retries: int, wait_lock: float | None, progress: bool | None) -> None:
+             retries: int, wait_lock: float | None, progress: bool | None, receipts: bool,
+             queue_id: str | None, receipts_key: str | None) -> None:
     """Pull new jobs from a remote queue's jobs/ into a local queue."""
     from fspl_gateway.gateway.pull import SyncOptions, pull
     from fspl_gateway.gateway.remotes import open_remote
@@ -74,9 +79,18 @@ def sync_cmd(config_file: str | None, remote: str, transport: str | None,
                        max_jobs=max_jobs, concurrency=concurrency,
                        retry=RetryPolicy(attempts=retries), wait_lock=wait_lock,
                        progress=progress)
+    so = rcpt.make_send_options(queue_id, receipts_key) if receipts else None
+    if so is not None and not dry_run:
+        from fspl_gateway.gateway.receipts import enable
+
+        enable(queuedir)  # before the pull: what it delivers is receipted
     t = open_remote(remote, transport, options, config_file=config_file)
     try:
         res = pull(t, queuedir, opts)
+        if so is not None and not dry_run and not res.locked_out:
+            from fspl_gateway.gateway.receipts import send
+
+            send(t, queuedir, so)
     finally:
         t.close()
     finish(res, "sync")
@@ -88,10 +102,15 @@ def sync_cmd(config_file: str | None, remote: str, transport: str | None,
 @click.option("--after-push", type=opt.EnumChoice(opt.AFTER_PUSH), default="delete",
               show_default=True, help="What to do with the local job once pushed.")
 @_run_options
+@click.option("--receipts", is_flag=True,
+              help="Then fetch the remote's receipts (implied by keep-until-*).")
+@rcpt.fetch_options
 def push_cmd(config_file: str | None, remote: str, transport: str | None,
              options: tuple[str, ...], queuedir: str, after_push: AfterPush,
              decoder: str | None, dry_run: bool, max_jobs: int | None, concurrency: int,
-             retries: int, wait_lock: float | None, progress: bool | None) -> None:
+             retries: int, wait_lock: float | None, progress: bool | None, receipts: bool,
+             trust_keys: tuple[str, ...], expect_queue: str | None,
+             on_failure: str | None, stuck_after: float) -> None:
     """Push the jobs of a local outbox queue to a remote queue's jobs/."""
     from fspl_gateway.gateway.push import PushOptions, push
     from fspl_gateway.gateway.remotes import open_remote
@@ -101,9 +120,19 @@ def push_cmd(config_file: str | None, remote: str, transport: str | None,
                        max_jobs=max_jobs, concurrency=concurrency,
                        retry=RetryPolicy(attempts=retries), wait_lock=wait_lock,
                        progress=progress)
+    until = str(after_push).removeprefix("keep-until-") if str(after_push).startswith(
+        "keep-until-") else None
+    fo = None
+    if receipts or until is not None:
+        from fspl_gateway.gateway.receipts import KeepUntil
+
+        fo = rcpt.make_fetch_options(trust_keys, expect_queue, on_failure, stuck_after,
+                                     KeepUntil(until) if until else None)
     t = open_remote(remote, transport, options, config_file=config_file)
     try:
         res = push(t, queuedir, opts)
+        if fo is not None and not dry_run and not res.locked_out:
+            rcpt.run_fetch(t, queuedir, fo)
     finally:
         t.close()
     finish(res, "push")
