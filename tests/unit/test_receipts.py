@@ -213,3 +213,22 @@ def test_no_receipts_unless_enabled(tmp_path: Path) -> None:
     with pytest.raises(Exception, match="not a queue directory"):
         rc.enable(str(tmp_path / "nope"))
     assert not (tmp_path / "nope").exists()
+
+
+def test_workers_record_outcomes_in_the_incoming_queue(tmp_path: Path) -> None:
+    from fspl_gateway.core.process import ProcessOpts
+    from fspl_gateway.gateway.workers import WorkersOpts, _run_one
+
+    incoming, worker = tmp_path / "in", tmp_path / "w" / "worker-1"
+    q.queue_init(str(incoming))
+    worker.parent.mkdir()
+    q.queue_init(str(worker))
+    rc.enable(str(incoming))
+    (name, data), = job_set(1, start=4).items()
+    (worker / "jobs" / name).write_bytes(data)
+    assert _run_one(WorkersOpts(str(incoming), 1, str(tmp_path / "w"), ProcessOpts("true")),
+                    str(worker))
+    got: list[dict[str, object]] = []
+    outcomes.take(QueueLayout(str(incoming)).outcomes, got.extend)
+    assert [(o["name"], o["seq"], o["ok"]) for o in got] == [(name, 4, True)]
+    assert not os.path.exists(QueueLayout(str(worker)).outcomes)
