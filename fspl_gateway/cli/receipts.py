@@ -14,6 +14,8 @@ from fspl_gateway.core.errors import PartialFailure
 from fspl_gateway.core.log import log
 
 if TYPE_CHECKING:
+    from fspl_gateway.gateway.config import RemoteSpec
+    from fspl_gateway.gateway.receipt_settings import ReceiptSettings
     from fspl_gateway.gateway.receipts import FetchOptions, KeepUntil, SendOptions
     from fspl_gateway.transports.base import Transport
 
@@ -45,17 +47,33 @@ def fetch_options(f: F) -> F:
                      help="Shell command run once per failed job and once per queue stuck "
                           "behind one ($FSPL_GW_ALERT, $FSPL_GW_JOB, $FSPL_GW_SEQ, "
                           "$FSPL_GW_EXIT, $FSPL_GW_REMOTE)."),
-        click.option("--stuck-after", type=click.FloatRange(min=0), default=3600.0,
-                     show_default=True, metavar="SECONDS",
-                     help="Alert when the queue is stuck behind a failed job this long."),
+        click.option("--stuck-after", type=click.FloatRange(min=0), default=None,
+                     metavar="SECONDS",
+                     help="Alert when the queue is stuck behind a failed job this long "
+                          "(default: the remote's stuck_after, else 3600)."),
     ]):
         f = o(f)
     return f
 
 
-def make_send_options(queue_id: str | None, receipts_key: str | None) -> SendOptions:
+def resolve(config_file: str | None, remote: str, transport: str | None,
+            options: tuple[str, ...]) -> tuple[RemoteSpec, ReceiptSettings]:
+    """The remote and its receipt settings (config keys and ``-o`` pairs; a flag given
+    on the command line wins over them)."""
+    from fspl_gateway.gateway import receipt_settings
+    from fspl_gateway.gateway.config import resolve_remote
+
+    spec = resolve_remote(remote, transport, options, config_file=config_file)
+    return spec, receipt_settings.parse(spec.settings, spec.name or spec.location)
+
+
+def make_send_options(queue_id: str | None, receipts_key: str | None,
+                      rs: ReceiptSettings | None = None) -> SendOptions:
     from fspl_gateway.gateway.receipts import SendOptions
 
+    if rs is not None:
+        queue_id = queue_id or rs.queue_id
+        receipts_key = receipts_key or rs.receipts_key
     key = None
     if receipts_key is not None:
         from fspl_gateway.cli.keys import read_passphrase
@@ -72,9 +90,17 @@ def make_send_options(queue_id: str | None, receipts_key: str | None) -> SendOpt
 
 
 def make_fetch_options(trust_keys: tuple[str, ...], expect_queue: str | None,
-                       on_failure: str | None, stuck_after: float,
-                       keep_until: KeepUntil | None) -> FetchOptions:
+                       on_failure: str | None, stuck_after: float | None,
+                       keep_until: KeepUntil | None,
+                       rs: ReceiptSettings | None = None) -> FetchOptions:
+    from fspl_gateway.gateway.receipt_settings import ReceiptSettings
     from fspl_gateway.gateway.receipts import FetchOptions, load_trust_keys
+
+    rs = rs or ReceiptSettings()
+    trust_keys = trust_keys or rs.trust_keys
+    expect_queue = expect_queue or rs.expect_queue
+    on_failure = on_failure or rs.on_failure
+    stuck_after = rs.stuck_after if stuck_after is None else stuck_after
 
     return FetchOptions(trust_keys=load_trust_keys(trust_keys), expect_queue=expect_queue,
                         keep_until=keep_until, on_failure=on_failure,
@@ -107,8 +133,9 @@ def send_cmd(config_file: str | None, remote: str, transport: str | None,
     from fspl_gateway.gateway.receipts import send
     from fspl_gateway.gateway.remotes import open_remote
 
-    so = make_send_options(queue_id, receipts_key)
-    t = open_remote(remote, transport, options, config_file=config_file)
+    spec, rs = resolve(config_file, remote, transport, options)
+    so = make_send_options(queue_id, receipts_key, rs)
+    t = open_remote(spec)
     try:
         send(t, queuedir, so)
     finally:
@@ -124,12 +151,13 @@ def send_cmd(config_file: str | None, remote: str, transport: str | None,
 def fetch_cmd(config_file: str | None, remote: str, transport: str | None,
               options: tuple[str, ...], queuedir: str, prune: KeepUntil | None,
               trust_keys: tuple[str, ...], expect_queue: str | None,
-              on_failure: str | None, stuck_after: float) -> None:
+              on_failure: str | None, stuck_after: float | None) -> None:
     """Read, verify and record the remote's receipts, then remove them there."""
     from fspl_gateway.gateway.remotes import open_remote
 
-    fo = make_fetch_options(trust_keys, expect_queue, on_failure, stuck_after, prune)
-    t = open_remote(remote, transport, options, config_file=config_file)
+    spec, rs = resolve(config_file, remote, transport, options)
+    fo = make_fetch_options(trust_keys, expect_queue, on_failure, stuck_after, prune, rs)
+    t = open_remote(spec)
     try:
         run_fetch(t, queuedir, fo)
     finally:

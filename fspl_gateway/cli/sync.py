@@ -79,12 +79,14 @@ def sync_cmd(config_file: str | None, remote: str, transport: str | None,
                        max_jobs=max_jobs, concurrency=concurrency,
                        retry=RetryPolicy(attempts=retries), wait_lock=wait_lock,
                        progress=progress)
-    so = rcpt.make_send_options(queue_id, receipts_key) if receipts else None
+    spec, rs = rcpt.resolve(config_file, remote, transport, options)
+    so = rcpt.make_send_options(queue_id, receipts_key, rs) if receipts or rs.receipts \
+        else None
     if so is not None and not dry_run:
         from fspl_gateway.gateway.receipts import enable
 
         enable(queuedir)  # before the pull: what it delivers is receipted
-    t = open_remote(remote, transport, options, config_file=config_file)
+    t = open_remote(spec)
     try:
         res = pull(t, queuedir, opts)
         if so is not None and not dry_run and not res.locked_out:
@@ -110,7 +112,7 @@ def push_cmd(config_file: str | None, remote: str, transport: str | None,
              decoder: str | None, dry_run: bool, max_jobs: int | None, concurrency: int,
              retries: int, wait_lock: float | None, progress: bool | None, receipts: bool,
              trust_keys: tuple[str, ...], expect_queue: str | None,
-             on_failure: str | None, stuck_after: float) -> None:
+             on_failure: str | None, stuck_after: float | None) -> None:
     """Push the jobs of a local outbox queue to a remote queue's jobs/."""
     from fspl_gateway.gateway.push import PushOptions, push
     from fspl_gateway.gateway.remotes import open_remote
@@ -122,13 +124,14 @@ def push_cmd(config_file: str | None, remote: str, transport: str | None,
                        progress=progress)
     until = str(after_push).removeprefix("keep-until-") if str(after_push).startswith(
         "keep-until-") else None
+    spec, rs = rcpt.resolve(config_file, remote, transport, options)
     fo = None
-    if receipts or until is not None:
+    if receipts or rs.receipts or until is not None:
         from fspl_gateway.gateway.receipts import KeepUntil
 
         fo = rcpt.make_fetch_options(trust_keys, expect_queue, on_failure, stuck_after,
-                                     KeepUntil(until) if until else None)
-    t = open_remote(remote, transport, options, config_file=config_file)
+                                     KeepUntil(until) if until else None, rs)
+    t = open_remote(spec)
     try:
         res = push(t, queuedir, opts)
         if fo is not None and not dry_run and not res.locked_out:

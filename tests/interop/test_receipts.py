@@ -119,3 +119,37 @@ def test_receipts_loop(remote: Remote, tmp_path: Path) -> None:
     rs = json.loads(gw("status", "-q", str(outbox), "--json"))["queues"][0]["receipts"][0]
     assert (rs["ran"], rs["failed"], rs["stuck"], rs["unconfirmed"]) == (3, [], False, 0)
     assert alerts.read_text().splitlines() == ["failed 2 7", "stuck 2 "]
+
+
+def test_receipts_from_the_config_file(tmp_path: Path) -> None:
+    """``receipts = true`` and the other receipt keys in a remote's table do what the
+    flags do: signed receipts sent by sync, verified and pruned by push."""
+    from fspl_gateway.core.minisign import generate_keypair, save_keypair
+
+    key = generate_keypair()
+    save_keypair(key, str(tmp_path / "r.key"), str(tmp_path / "r.pub"), None)
+    root = tmp_path / "remote"
+    (root / "jobs").mkdir(parents=True)
+    cfg = tmp_path / "config.toml"
+    cfg.write_text(f'[remotes.b]\ntransport = "local"\nlocation = "{root}"\n'
+                   f'receipts = true\nqueue_id = "site-b"\nreceipts_key = "{tmp_path}/r.key"\n'
+                   f'trust_keys = ["{tmp_path}/r.pub"]\nexpect_queue = "site-b"\n')
+    outbox, inbox = tmp_path / "outbox", tmp_path / "inbox"
+    q.queue_init(str(outbox), append_only=True)
+    q.queue_init(str(inbox))
+    name = "fspl-00000001-0000-4000-8000-000000000000.fspl"
+    (outbox / "jobs" / name).write_bytes(cmd_job(1, b"ok\n"))
+    gw("push", "--config", str(cfg), "-r", "b", "-q", str(outbox),
+       "--after-push", "keep-until-ran")
+    gw("sync", "--config", str(cfg), "-r", "b", "-q", str(inbox))
+    assert run_cli("queue-process", "-q", str(inbox), "--", *CMD).returncode == 0
+    gw("sync", "--config", str(cfg), "-r", "b", "-q", str(inbox))
+    sigs = [n for n in os.listdir(root / "receipts") if n.endswith(".minisig")]
+    assert len(sigs) == 2 and b"queue=site-b" in (root / "receipts" / sigs[0]).read_bytes()
+    # a flag wins over the file: receipts from another queue id are refused
+    r = run_cli("push", "--config", str(cfg), "-r", "b", "-q", str(outbox),
+                "--after-push", "keep-until-ran", "--expect-queue", "site-c")
+    assert r.returncode == 3 and os.listdir(outbox / "jobs") == [name]
+    gw("push", "--config", str(cfg), "-r", "b", "-q", str(outbox),
+       "--after-push", "keep-until-ran")
+    assert os.listdir(outbox / "jobs") == [] and os.listdir(root / "receipts") == []
