@@ -489,15 +489,39 @@ def _make_batches(db: ReceiptsDB, remote: str, qid: str, key: SecretKey | None) 
                     " NULL ORDER BY at LIMIT ?", (remote, BATCH_MAX))
         if not rows:
             return
-        b = Batch(uuid.uuid4().hex, qid, socket.gethostname()[:255], round(time.time(), 3),
-                  tuple(_row_receipt(r[1:]) for r in rows))
-        body = encode_batch(b)
-        sig = sign_batch(key, body, qid) if key is not None else None
+        b, body, sig = _build(tuple(_row_receipt(r[1:]) for r in rows), qid, key)
         with db.tx() as c:
             c.execute("INSERT INTO out_batches (id, remote, body, sig, created) VALUES"
                       " (?,?,?,?,?)", (b.batch, remote, body, sig, b.created))
             c.executemany("UPDATE out_items SET batch=? WHERE rowid=?",
                           [(b.batch, r[0]) for r in rows])
+
+
+def _build(receipts: tuple[Receipt, ...], qid: str,
+           key: SecretKey | None) -> tuple[Batch, bytes, bytes | None]:
+    """A new batch of ``receipts``: (batch, its file's bytes, its signature or None)."""
+    b = Batch(uuid.uuid4().hex, qid, socket.gethostname()[:255], round(time.time(), 3),
+              receipts)
+    body = encode_batch(b)
+    return b, body, (sign_batch(key, body, qid) if key is not None else None)
+
+
+def write_batch(transport: Transport, receipts: Sequence[Receipt], qid: str,
+                key: SecretKey | None = None) -> Batch:
+    """Write ``receipts`` at once as one batch into ``transport``'s ``receipts/``, for a
+    receiver that runs jobs straight from the remote (multi-host workers: the job stays
+    on the remote until its receipt is written, so a crash before runs it, and receipts
+    it, again).  Raises TransportError."""
+    if not _QUEUE_ID.fullmatch(qid):
+        raise ReceiptError(f"bad queue id {qid!r} (letters, digits and ._:@+/- only)")
+    b, body, sig = _build(tuple(receipts), qid, key)
+    rt = transport.sibling(AREA)
+    try:
+        rt.make_area()
+        _upload(rt, b.file_name, body, sig)
+    finally:
+        rt.close()
+    return b
 
 
 def _upload(rt: Transport, name: str, body: bytes, sig: bytes | None) -> None:

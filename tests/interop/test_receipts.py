@@ -153,3 +153,26 @@ def test_receipts_from_the_config_file(tmp_path: Path) -> None:
     gw("push", "--config", str(cfg), "-r", "b", "-q", str(outbox),
        "--after-push", "keep-until-ran")
     assert os.listdir(outbox / "jobs") == [] and os.listdir(root / "receipts") == []
+
+
+@pytest.mark.parametrize("remote", ["local", "s3"], indirect=True)
+def test_multihost_workers_write_ran_receipts(remote: Remote, tmp_path: Path) -> None:
+    """``workers --remote --receipts`` runs jobs straight from the remote and writes a
+    ran receipt per job there; the sender's push prunes exactly the ones that ran."""
+    outbox = tmp_path / "outbox"
+    q.queue_init(str(outbox), append_only=True)
+    names = {seq: f"fspl-{seq:08d}-0000-4000-8000-000000000000.fspl" for seq in (1, 2)}
+    for seq, payload in ((1, b"ok\n"), (2, b"fail\n")):
+        (outbox / "jobs" / names[seq]).write_bytes(cmd_job(seq, payload))
+    gw("push", *remote.args, "-q", str(outbox), "--after-push", "keep-until-ran")
+    r = run_cli("workers", *remote.args, "-q", str(tmp_path / "work"), "-n", "1",
+                "--on-error", "delete", "--receipts", "--queue-id", "site-b",
+                CMD[0], "--", *CMD[1:])
+    assert r.returncode == 0, r.stderr
+    assert len(remote.receipts_dir()) == 2  # one batch per job run
+    gw("push", *remote.args, "-q", str(outbox), "--after-push", "keep-until-ran",
+       "--expect-queue", "site-b")
+    assert os.listdir(outbox / "jobs") == [names[2]] and remote.receipts_dir() == []
+    rs = json.loads(gw("status", "-q", str(outbox), "--json"))["queues"][0]["receipts"][0]
+    assert (rs["pushed"], rs["ran"], [(f["seq"], f["exit"]) for f in rs["failed"]]) == \
+        (2, 1, [(2, 7)])
