@@ -40,16 +40,24 @@ def export_cmd(queuedir: str, dest: str, keep: bool, overwrite: bool, volume_id:
               help="If the manifest check fails for some jobs, import the good ones anyway "
                    "(exit 3).")
 @click.option("--no-manifest", is_flag=True, help="Import media that carries no manifest.")
+@click.option("--receipts", is_flag=True,
+              help="Turn receipts on for QUEUE first (send them back with `receipts send "
+                   "-t media -r DIR`).")
 @opt.decoder()
 @opt.wait_lock()
 def import_cmd(queuedir: str, source: str, good_only: bool, no_manifest: bool,
-               decoder: str | None, wait_lock: float | None) -> None:
+               receipts: bool, decoder: str | None, wait_lock: float | None) -> None:
     """Verify the media's MANIFEST.sha256 and import its jobs (never writes the media)."""
     from fspl_gateway.cli.sync import finish
     from fspl_gateway.core.errors import PartialFailure
     from fspl_gateway.core.log import log
     from fspl_gateway.gateway.media import import_media
     from fspl_gateway.gateway.pull import SyncOptions
+
+    if receipts:
+        from fspl_gateway.gateway.receipts import enable
+
+        enable(queuedir)  # before the import: what it delivers is receipted
 
     res = import_media(source, queuedir, good_only=good_only,
                        require_manifest=not no_manifest,

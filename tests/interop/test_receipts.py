@@ -176,3 +176,36 @@ def test_multihost_workers_write_ran_receipts(remote: Remote, tmp_path: Path) ->
     rs = json.loads(gw("status", "-q", str(outbox), "--json"))["queues"][0]["receipts"][0]
     assert (rs["pushed"], rs["ran"], [(f["seq"], f["exit"]) for f in rs["failed"]]) == \
         (2, 1, [(2, 7)])
+
+
+def test_receipts_round_trip_on_a_usb_directory(tmp_path: Path) -> None:
+    """export → import --receipts → queue-process → receipts send to the stick →
+    the sender's receipts fetch from it prunes exactly the jobs that ran; an ISO image
+    cannot carry receipts (one-line error)."""
+    stick = tmp_path / "usb"
+    stick.mkdir()
+    media = ["-t", "media", "-r", str(stick)]
+    outbox, inbox = tmp_path / "outbox", tmp_path / "inbox"
+    q.queue_init(str(outbox), append_only=True)
+    q.queue_init(str(inbox))
+    names = {seq: f"fspl-{seq:08d}-0000-4000-8000-000000000000.fspl" for seq in (1, 2)}
+    for seq, payload in ((1, b"ok\n"), (2, b"fail\n")):
+        (outbox / "jobs" / names[seq]).write_bytes(cmd_job(seq, payload))
+    gw("export", "-q", str(outbox), "--to", str(stick), "--keep")
+    gw("import", "-q", str(inbox), "--from", str(stick), "--receipts")
+    assert run_cli("queue-process", "-q", str(inbox), "--", *CMD).returncode != 0
+    gw("receipts", "send", *media, "-q", str(inbox), "--queue-id", "site-b")
+    assert len(os.listdir(stick / "receipts")) == 1
+    gw("receipts", "fetch", *media, "-q", str(outbox), "--prune", "ran")
+    assert os.listdir(outbox / "jobs") == [names[2]] and os.listdir(stick / "receipts") == []
+    rs = json.loads(gw("status", "-q", str(outbox), "--json"))["queues"][0]["receipts"][0]
+    assert (rs["pushed"], rs["delivered"], rs["ran"]) == (2, 2, 1)
+    assert [(f["seq"], f["exit"]) for f in rs["failed"]] == [(2, 7)]
+
+    iso = tmp_path / "jobs.iso"
+    gw("export", "-q", str(outbox), "--to", str(iso), "--keep")
+    inbox2 = tmp_path / "inbox2"
+    q.queue_init(str(inbox2))
+    gw("import", "-q", str(inbox2), "--from", str(iso), "--receipts")
+    r = run_cli("receipts", "send", "-t", "media", "-r", str(iso), "-q", str(inbox2))
+    assert r.returncode != 0 and "directory media" in r.stderr.strip().splitlines()[-1]
