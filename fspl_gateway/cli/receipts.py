@@ -69,24 +69,16 @@ def resolve(config_file: str | None, remote: str, transport: str | None,
 
 def make_send_options(queue_id: str | None, receipts_key: str | None,
                       rs: ReceiptSettings | None = None) -> SendOptions:
-    from fspl_gateway.gateway.receipts import SendOptions
+    """The receipt flags over the remote's settings (a flag wins)."""
+    import dataclasses
 
-    if rs is not None:
-        queue_id = queue_id or rs.queue_id
-        receipts_key = receipts_key or rs.receipts_key
-    key = None
-    if receipts_key is not None:
-        from fspl_gateway.cli.keys import read_passphrase
-        from fspl_gateway.core.minisign import (
-            read_secret_key,
-            secret_key_is_encrypted,
-        )
+    from fspl_gateway.cli.keys import read_passphrase
+    from fspl_gateway.gateway.receipt_settings import ReceiptSettings, send_options
 
-        with open(receipts_key, encoding="utf-8", errors="replace") as f:
-            encrypted = secret_key_is_encrypted(f.read(8192))
-        key = read_secret_key(receipts_key,
-                              read_passphrase(confirm=False) if encrypted else None)
-    return SendOptions(queue_id=queue_id, sign_key=key)
+    rs = rs or ReceiptSettings()
+    rs = dataclasses.replace(rs, queue_id=queue_id or rs.queue_id,
+                             receipts_key=receipts_key or rs.receipts_key)
+    return send_options(rs, lambda: read_passphrase(confirm=False))
 
 
 def make_fetch_options(trust_keys: tuple[str, ...], expect_queue: str | None,

@@ -21,11 +21,15 @@ They mirror the receipt flags (a flag given on the command line wins)::
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from fspl_gateway.core.errors import ConfigError
 from fspl_gateway.transports.options import Option, OptionSchema, OptionType
+
+if TYPE_CHECKING:
+    from fspl_gateway.gateway.receipts import SendOptions
 
 SCHEMA = OptionSchema(
     Option("receipts", OptionType.BOOL, "Receipts on for this remote: sync sends them, push "
@@ -62,3 +66,20 @@ def parse(raw: Mapping[str, Any], remote: str = "remote") -> ReceiptSettings:
     return ReceiptSettings(bool(v["receipts"]), v["queue_id"], v["receipts_key"],
                            tuple(v["trust_keys"] or ()), v["expect_queue"], v["on_failure"],
                            float(v["stuck_after"]))
+
+
+def send_options(rs: ReceiptSettings, passphrase: Callable[[], str]) -> SendOptions:
+    """The receiver's :class:`~fspl_gateway.gateway.receipts.SendOptions` of ``rs``: its
+    signing key read (``passphrase`` is asked only for an encrypted key)."""
+    from fspl_gateway.core.minisign import read_secret_key, secret_key_is_encrypted
+    from fspl_gateway.gateway.receipts import SendOptions
+
+    key = None
+    if rs.receipts_key is not None:
+        try:
+            with open(rs.receipts_key, encoding="utf-8", errors="replace") as f:
+                encrypted = secret_key_is_encrypted(f.read(8192))
+        except OSError as e:
+            raise ConfigError(f"receipts key {rs.receipts_key}: {e.strerror}") from None
+        key = read_secret_key(rs.receipts_key, passphrase() if encrypted else None)
+    return SendOptions(queue_id=rs.queue_id, sign_key=key)
