@@ -28,6 +28,9 @@ def _stable_env(monkeypatch: pytest.MonkeyPatch) -> None:
         if k.startswith(("FSPL_SET_", "FSPL_GW_DROPBOX_")) or k == "FSPL_GW_CONFIG":
             monkeypatch.delenv(k, raising=False)
     monkeypatch.setenv("TZ", os.environ.get("TZ", "UTC"))
+    # Tests write a remote file and sync it at once: no settle wait unless a test asks
+    # for one (the settle tests set the option or FSPL_GW_SETTLE themselves).
+    monkeypatch.setenv("FSPL_GW_SETTLE", "0")
 
 
 @pytest.fixture

@@ -63,11 +63,25 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, BinaryIO, ClassVar
 
-from fspl_gateway.core.errors import ConfigError, NotSupportedError, TransportError
+from fspl_gateway.core.errors import (
+    ConfigError,
+    IntegrityError,
+    NotSupportedError,
+    TransportError,
+)
 from fspl_gateway.core.layout import JOBS
-from fspl_gateway.transports.options import OptionSchema, OptionValues
+from fspl_gateway.transports.options import Option, OptionSchema, OptionType, OptionValues
 
 ENTRY_POINT_GROUP = "fspl_gateway.transports"
+
+#: Default of the ``settle`` option (seconds).
+DEFAULT_SETTLE_S = 5.0
+#: The ``settle`` option of the transports whose files do not appear atomically.
+SETTLE_OPTION = Option(
+    "settle", OptionType.DURATION, default=DEFAULT_SETTLE_S, minimum=0.0,
+    env=("FSPL_GW_SETTLE",),
+    help="Fetch a file only once its size and mtime have stayed unchanged this long "
+         "(a writer may still be filling it under its final name); 0 turns this off.")
 
 
 @dataclass(frozen=True)
@@ -88,6 +102,12 @@ class Capabilities:
     can_delete: bool = True
     #: ``write_new`` refuses to overwrite atomically (not by a racy check).
     atomic_noclobber: bool = True
+    #: A file appears in a listing only whole (S3 and Dropbox objects; a medium written
+    #: elsewhere).  False where a writer may create the final name first and fill it
+    #: afterwards (a directory, SFTP: ``cp``, ``scp``, rclone < 1.63): the sync engine
+    #: then fetches a file only once it has stopped changing
+    #: (:meth:`Transport.settle_interval`, :mod:`fspl_gateway.gateway.settle`).
+    atomic_appearance: bool = True
 
 
 class Transport(abc.ABC):
@@ -132,20 +152,21 @@ class Transport(abc.ABC):
         """Copy one remote file into ``dst``; return the byte count.
 
         Transports override this to use their SDK's fast path and to verify the
-        remote's checksum (raise IntegrityError on mismatch).
+        remote's checksum (raise IntegrityError on mismatch).  Never more than the
+        listed size (``entry.size``) is accepted: a fetch reads at most one byte more and
+        then raises IntegrityError (:func:`check_not_more`), as it does for fewer bytes.
         """
+        limit = listed_size(entry)
         with self.open(name) as src:
             n = 0
             while True:
-                buf = src.read(1 << 20)
+                buf = src.read(1 << 20 if limit is None else min(1 << 20, limit + 1 - n))
                 if not buf:
                     break
                 dst.write(buf)
                 n += len(buf)
-        if entry is not None and entry.size is not None and entry.size != n:
-            from fspl_gateway.core.errors import IntegrityError
-
-            raise IntegrityError(f"{name}: read {n} bytes, remote said {entry.size}")
+                check_not_more(name, n, limit)
+        check_listed_size(name, n, entry)
         return n
 
     @abc.abstractmethod
@@ -230,6 +251,17 @@ class Transport(abc.ABC):
         """Create this instance's directory (:attr:`area`) if the remote has directories
         and it is missing.  Default: nothing (object stores)."""
 
+    def settle_interval(self) -> float:
+        """Seconds a listed file's size and mtime must stay unchanged before it may be
+        fetched: 0 where files appear whole (:attr:`Capabilities.atomic_appearance`),
+        else the ``settle`` option (:data:`SETTLE_OPTION`)."""
+        if self.capabilities.atomic_appearance:
+            return 0.0
+        try:
+            return float(self.settings["settle"])
+        except KeyError:
+            return DEFAULT_SETTLE_S
+
     def cleanup_temporaries(self) -> int:
         """Remove leftovers of our own interrupted writes; return how many. Optional."""
         return 0
@@ -282,13 +314,54 @@ _UNSAFE_CHARS = re.compile(r"[\x00-\x1f\x7f/\\]")
 
 def is_safe_name(name: str) -> bool:
     """True for one plain file name: no ``/``, not ``.``/``..``, no NUL or control
-    characters, not empty, at most 255 bytes."""
+    characters (newline, escape …), valid UTF-8 (a name read from a remote with other
+    bytes carries surrogate escapes: refused), not empty, at most 255 bytes."""
     if not name or name in (".", "..") or _UNSAFE_CHARS.search(name):
         return False
     try:
-        return len(name.encode("utf-8", "surrogateescape")) <= 255
+        return len(name.encode("utf-8")) <= 255
     except UnicodeError:
         return False
+
+
+def show_name(name: str) -> str:
+    """A remote name for a message, on one line and printable: quoted, control characters
+    and bytes that are not UTF-8 escaped (``'fspl-\\xff.fspl'``, ``'a\\nb'``)."""
+    try:
+        name.encode("utf-8")
+    except UnicodeError:
+        return repr(name.encode("utf-8", "surrogateescape"))[1:]
+    return repr(name)
+
+
+class ListingChangedError(IntegrityError):
+    """A file's bytes do not match its listing: it changed since (still being written,
+    replaced).  Not retried with that listing: a later run lists it afresh."""
+
+    transient = False
+
+
+def listed_size(entry: RemoteEntry | None) -> int | None:
+    """The size a listing gave for a file (None: unknown)."""
+    return None if entry is None else entry.size
+
+
+def check_not_more(name: str, n: int, limit: int | None) -> None:
+    """Raise IntegrityError once a fetch has read more than the listed ``limit`` bytes:
+    every fetch reads at most one byte more than listed (a file swapped for an endless
+    one must not fill the disk)."""
+    if limit is not None and n > limit:
+        raise ListingChangedError(f"{name}: more bytes than the {limit} listed; it changed since "
+                             "the listing (still being written?); not taken")
+
+
+def check_listed_size(name: str, n: int, entry: RemoteEntry | None) -> None:
+    """Raise IntegrityError if a finished fetch of ``n`` bytes does not match the listing."""
+    limit = listed_size(entry)
+    check_not_more(name, n, limit)
+    if limit is not None and n != limit:
+        raise ListingChangedError(f"{name}: read {n} bytes, the listing said {limit}; it changed "
+                             "since the listing; not taken")
 
 
 def is_job_name(name: str) -> bool:

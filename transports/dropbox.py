@@ -65,7 +65,14 @@ from fspl_gateway.core.errors import (
     TransportError,
 )
 from fspl_gateway.core.log import get_logger
-from fspl_gateway.transports.base import Capabilities, RemoteEntry, Transport
+from fspl_gateway.transports.base import (
+    Capabilities,
+    RemoteEntry,
+    Transport,
+    check_listed_size,
+    check_not_more,
+    listed_size,
+)
 from fspl_gateway.transports.options import Option, OptionSchema, OptionType
 
 log = get_logger(__name__)
@@ -493,13 +500,18 @@ class DropboxTransport(Transport):
 
     def fetch(self, name: str, dst: BinaryIO, entry: RemoteEntry | None = None) -> int:
         dl = self._download(name)
+        limit = listed_size(entry)
         n = 0
         try:
             for chunk in dl.chunks():
+                if limit is not None and n + len(chunk) > limit:
+                    chunk = chunk[:limit + 1 - n]  # never accept more than listed
                 dst.write(chunk)
                 n += len(chunk)
+                check_not_more(name, n, limit)
         finally:
             dl.close()
+        check_listed_size(name, n, entry)
         return n
 
     def write_new(self, name: str, src: BinaryIO, size: int) -> RemoteEntry:

@@ -8,9 +8,12 @@ mount, a Syncthing folder, an rclone mount, or just another directory.
 * ``open`` — a raw unbuffered file (``O_NOFOLLOW``, ``O_NONBLOCK`` so that a FIFO cannot
   hang us, then checked to be a regular file).
 * ``fetch`` — a kernel copy (:func:`fspl_gateway.core.fsutil.copy_fd` through
-  :func:`~fspl_gateway.core.fsutil.copy_stream`), then the byte count is checked against the
-  file's size when opened (and the listed size, if given): a mismatch is an
-  :class:`~fspl_gateway.core.errors.IntegrityError`.
+  :func:`~fspl_gateway.core.fsutil.copy_stream`) of at most the listed size + 1 byte, then
+  the byte count is checked against the file's size when opened and the listed size: a
+  mismatch is a :class:`~fspl_gateway.transports.base.ListingChangedError`.  A file that a
+  process on this host still has open for writing (a read lease cannot be taken) is
+  refused the same way.  Files do not appear atomically here (``cp`` writes the final
+  name): the sync engine waits for them to settle (option ``settle``).
 * ``write_new`` — :class:`fspl_gateway.core.fsutil.AtomicWriter` inside the remote ``jobs/``
   (temporary name → fsync → link/rename without clobbering → fsync the directory), so
   the file appears whole or not at all and never over an existing name.
@@ -66,7 +69,15 @@ from fspl_gateway.core.errors import (
 )
 from fspl_gateway.core.fsutil import TMP_PREFIX, AtomicWriter, copy_stream, fsync_dir
 from fspl_gateway.core.log import get_logger
-from fspl_gateway.transports.base import RemoteEntry, Transport
+from fspl_gateway.transports.base import (
+    SETTLE_OPTION,
+    Capabilities,
+    ListingChangedError,
+    RemoteEntry,
+    Transport,
+    check_listed_size,
+    listed_size,
+)
 from fspl_gateway.transports.options import Option, OptionSchema, OptionType
 
 log = get_logger(__name__)
@@ -74,13 +85,15 @@ log = get_logger(__name__)
 DEFAULT_TMP_MAX_AGE_S = 3600.0
 DEFAULT_TMP_GRACE_S = 60.0
 
-OPTIONS = OptionSchema(
+#: The options of our temporaries (shared with directory media).
+TMP_OPTIONS = OptionSchema(
     Option("tmp_max_age", OptionType.DURATION, default=DEFAULT_TMP_MAX_AGE_S,
            help="Remove a leftover temporary of ours untouched for this long."),
     Option("tmp_grace", OptionType.DURATION, default=DEFAULT_TMP_GRACE_S,
            help="Remove sooner a leftover whose writer process on this host is gone, once "
                 "untouched for this long."),
 )
+OPTIONS = TMP_OPTIONS + OptionSchema(SETTLE_OPTION)
 #: File systems on a local disk (or in memory): one thread is fastest there.
 LOCAL_DISK_FS = frozenset({
     "ext2", "ext3", "ext4", "xfs", "btrfs", "f2fs", "jfs", "reiserfs", "zfs", "bcachefs",
@@ -204,11 +217,31 @@ def open_regular_nofollow(path: str, what: str) -> BinaryIO:
         raise
 
 
+def open_for_writing(fd: int) -> bool | None:
+    """Whether some process on this host has the file of ``fd`` open for writing (a read
+    lease cannot be taken then); None where that cannot be told (not our file, a network
+    file system, leases off)."""
+    try:
+        fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_RDLCK)
+    except OSError as e:
+        return True if e.errno == errno.EAGAIN else None
+    fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_UNLCK)
+    return False
+
+
+def _refuse_if_being_written(fd: int, name: str) -> None:
+    if open_for_writing(fd):
+        raise ListingChangedError(f"{name}: still open for writing by a process on this "
+                                  "host; not taken")
+
+
 class LocalTransport(Transport):
     """A remote queue that is a directory (see the module documentation)."""
 
     name = "local"
     options_schema = OPTIONS
+    #: ``cp`` and other writers fill the final name: see ``settle``.
+    capabilities = Capabilities(atomic_appearance=False)
 
     def __init__(self, location: str, options: Mapping[str, Any] | None = None) -> None:
         super().__init__(location, options)
@@ -270,15 +303,17 @@ class LocalTransport(Transport):
 
     def fetch(self, name: str, dst: BinaryIO, entry: RemoteEntry | None = None) -> int:
         with self.open(name) as src:
+            _refuse_if_being_written(src.fileno(), name)
             expect = os.fstat(src.fileno()).st_size
-            try:
-                n = copy_stream(src, dst)
+            limit = listed_size(entry)
+            try:  # never more than listed (or than the file had when opened) + 1 byte
+                n = copy_stream(src, dst, (expect if limit is None else limit) + 1)
             except OSError as e:
                 raise _os_error(f"copying {self.jobs_dir}/{name}", e) from None
-        if n != expect or (entry is not None and entry.size is not None and entry.size != n):
-            listed = entry.size if entry is not None else None
-            raise IntegrityError(f"{name}: copied {n} bytes, file had {expect} "
-                                 f"(listed {listed}); it changed while being read")
+        check_listed_size(name, n, entry)
+        if n != expect:
+            raise ListingChangedError(f"{name}: copied {n} bytes, file had {expect} "
+                                 f"(listed {limit}); it changed while being read")
         return n
 
     def set_concurrency(self, n: int) -> int:
@@ -312,11 +347,12 @@ class LocalTransport(Transport):
             st = os.fstat(src.fileno())
             if st.st_uid != os.geteuid() or st.st_nlink != 1:
                 return None  # another owner's file, or another name shares the inode
+            _refuse_if_being_written(src.fileno(), name)  # a writer would write into ours
             limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
             if limit != resource.RLIM_INFINITY and st.st_size > limit:
                 return None  # this process may not make such a file: no way round it
             if entry is not None and entry.size is not None and entry.size != st.st_size:
-                raise IntegrityError(f"{name}: the file has {st.st_size} bytes, listed "
+                raise ListingChangedError(f"{name}: the file has {st.st_size} bytes, listed "
                                      f"{entry.size}; it changed since the listing")
             try:
                 # The inode that was opened and checked, not whatever the name is now:

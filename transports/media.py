@@ -43,8 +43,15 @@ from fspl_gateway.core.fsutil import copy_stream
 from fspl_gateway.core.log import get_logger
 from fspl_gateway.mediafmt.iso import IsoFile, IsoImage
 from fspl_gateway.mediafmt.manifest import MANIFEST_NAME, ManifestReport, verify
-from fspl_gateway.transports.base import Capabilities, RemoteEntry, Transport, is_job_name
-from fspl_gateway.transports.local import OPTIONS as LOCAL_OPTIONS
+from fspl_gateway.transports.base import (
+    Capabilities,
+    RemoteEntry,
+    Transport,
+    check_listed_size,
+    is_job_name,
+    listed_size,
+)
+from fspl_gateway.transports.local import TMP_OPTIONS as LOCAL_OPTIONS
 from fspl_gateway.transports.local import LocalTransport, open_regular_nofollow
 from fspl_gateway.transports.options import Option, OptionSchema, OptionType
 
@@ -147,6 +154,8 @@ class MediaTransport(Transport):
             if not h.has_jobs:
                 raise RemoteNotFoundError(f"ISO image {self.path} has no jobs/ directory")
             self.refused = list(h.refused)
+            if h.problem:
+                log.warning("%s", h.problem)
             for r in self.refused:
                 log.warning("%s: refusing jobs/%s on the media: %s", self.path, *r)
             entries = [RemoteEntry(f.name, f.size, None, f.mtime) for f in h.files.values()]
@@ -190,9 +199,11 @@ class MediaTransport(Transport):
         if not self.is_iso:
             return self._require_dir().fetch(name, dst, entry)
         h, f = self._iso_file(name)
+        limit = listed_size(entry)
         with h.open(f) as src:
-            n = copy_stream(src, dst)  # type: ignore[arg-type]
-        if n != f.size or (entry is not None and entry.size is not None and entry.size != n):
+            n = copy_stream(src, dst, (f.size if limit is None else limit) + 1)  # type: ignore[arg-type]
+        check_listed_size(name, n, entry)
+        if n != f.size:
             raise IntegrityError(f"{name}: read {n} bytes from the image, expected {f.size}")
         return n
 
@@ -226,6 +237,12 @@ class MediaTransport(Transport):
         if self.is_iso or not self.capabilities.can_write:
             return 0
         return self._require_dir().cleanup_temporaries()
+
+    @property
+    def problem(self) -> str | None:
+        """Why the job names on this media cannot be told (a plain ISO 9660 image
+        without a manifest), or None."""
+        return self._image(refresh=False).problem if self.is_iso else None
 
     def open_manifest(self) -> BinaryIO:
         """The media's MANIFEST.sha256 as a stream; RemoteNotFoundError if absent."""

@@ -46,6 +46,7 @@ from typing import Any
 
 from fspl_gateway.core.errors import ConfigError
 from fspl_gateway.core.log import get_logger
+from fspl_gateway.core.redact import add_secret
 
 log = get_logger(__name__)
 
@@ -220,6 +221,9 @@ class OptionSchema(Sequence[Option]):
                     break
             else:
                 values[o.name] = o.default
+        for o in self._options:
+            if o.secret and values.get(o.name) not in (None, ""):
+                add_secret(values[o.name])  # masked in every output from now on
         return OptionValues(values, given)
 
     def unknown_message(self, key: str, transport: str) -> str:

@@ -21,6 +21,14 @@ CRC32 or (with awscrt installed) CRC32C when present; otherwise a single-part ET
 MD5 of the object unless SSE-KMS/SSE-C); otherwise only the size.  Composite multipart
 checksums (``…-N``) cannot be checked without the part layout: size only.
 
+Writes are verified against what the store reports, because not every store validates
+``x-amz-checksum-sha256`` (s3rver and moto do not): a single PUT's ETag must be the MD5 of
+the bytes sent, each part's ETag its MD5, a multipart object's ETag the MD5 of the part
+MD5s plus ``-N``; a mismatch removes the new object and raises IntegrityError (the
+caller's retry writes it again; push keeps the outbox copy until a write matches).
+Multipart objects also carry rclone's ``md5chksum`` metadata (base64 of the whole
+object's MD5) so that ``rclone check`` can verify them.
+
 Listing tags are the ETag (the only per-object value ListObjectsV2 returns);
 ``write_new`` returns the same ETag so the two compare.
 """
@@ -35,7 +43,7 @@ import time
 import zlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, BinaryIO, NoReturn
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 import boto3
 import botocore.exceptions as bce
@@ -45,13 +53,21 @@ from fspl_gateway.core.errors import (
     AuthError,
     ConfigError,
     IntegrityError,
+    NotSupportedError,
     RemoteExistsError,
     RemoteNotFoundError,
     TransientError,
     TransportError,
 )
 from fspl_gateway.core.log import get_logger
-from fspl_gateway.transports.base import Capabilities, RemoteEntry, Transport
+from fspl_gateway.core.redact import add_secret, redact, strip_userinfo
+from fspl_gateway.transports.base import (
+    Capabilities,
+    RemoteEntry,
+    Transport,
+    check_not_more,
+    listed_size,
+)
 from fspl_gateway.transports.options import MIB, Option, OptionSchema, OptionType
 
 log = get_logger(__name__)
@@ -92,7 +108,7 @@ def _http_url(url: str) -> str | None:
     except ValueError:
         ok = False
     if not ok:
-        return f"expected http(s)://HOST[:PORT], got {_redact_url(url)!r}"
+        return f"expected http(s)://HOST[:PORT], got {strip_userinfo(url)!r}"
     return None
 
 
@@ -148,19 +164,6 @@ def parse_location(location: str) -> tuple[str, str]:
     return bucket, prefix
 
 
-def _redact_url(url: str) -> str:
-    """Drop user:password@ from a URL for messages (also from one that does not parse)."""
-    try:
-        u = urlsplit(url)
-        if u.username or u.password:
-            host = u.hostname or ""
-            netloc = f"{host}:{u.port}" if u.port else host
-            return urlunsplit((u.scheme, netloc, u.path, u.query, u.fragment))
-        return url
-    except ValueError:
-        return re.sub(r"(//)[^/?#]*@", r"\1", url)
-
-
 def _retry_after(value: object) -> float | None:
     """An HTTP Retry-After header in seconds (delta-seconds or an HTTP date), or None."""
     if value is None:
@@ -178,8 +181,27 @@ def _retry_after(value: object) -> float | None:
         return None
 
 
+def _client_error_detail(e: bce.ClientError) -> str:
+    err = e.response.get("Error", {}) or {}
+    status = e.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+    return f"HTTP {status} {err.get('Code') or ''}".strip()
+
+
+def _date_skew(resp: Mapping[str, Any], when: float) -> float | None:
+    """Store clock − local clock from a response's Date header (seconds), or None."""
+    date = resp.get("ResponseMetadata", {}).get("HTTPHeaders", {}).get("date")
+    if not date:
+        return None
+    try:
+        from email.utils import parsedate_to_datetime
+
+        return round(parsedate_to_datetime(str(date)).timestamp() - when, 1) + 0.0
+    except (TypeError, ValueError, OverflowError):
+        return None
+
+
 def _one_line(s: object, limit: int = 300) -> str:
-    text = " ".join(str(s).split())
+    text = redact(" ".join(str(s).split()))  # botocore's messages repeat the endpoint URL
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
@@ -348,6 +370,12 @@ class S3Transport(Transport):
         self.bucket, self.prefix = parse_location(location)
         self.jobs_prefix = f"{self.prefix}/{self.area}/" if self.prefix else f"{self.area}/"
         self.opts = self.settings
+        endpoint = self.opts['endpoint_url']
+        if endpoint:
+            try:
+                add_secret(urlsplit(endpoint).password)
+            except ValueError:
+                pass
         if not self.opts['conditional_writes']:
             self.capabilities = Capabilities(atomic_noclobber=False)  # type: ignore[misc]
         self._pool_size = 0
@@ -476,16 +504,19 @@ class S3Transport(Transport):
         where = self._where(name)
         body = resp["Body"]
         verifier = choose_verifier(resp)
+        limit = listed_size(entry)
         n = 0
         try:
             while True:
-                chunk = body.read(READ_CHUNK)
+                chunk = body.read(READ_CHUNK if limit is None
+                                  else max(1, min(READ_CHUNK, limit + 1 - n)))
                 if not chunk:
                     break
                 if verifier is not None:
                     verifier.update(chunk)
                 dst.write(chunk)
                 n += len(chunk)
+                check_not_more(where, n, limit)  # never accept more than listed
         except (bce.BotoCoreError, bce.ClientError) as e:
             self._raise(e, where)
         finally:
@@ -528,10 +559,12 @@ class S3Transport(Transport):
     def _put_single(self, name: str, src: BinaryIO, size: int) -> RemoteEntry:
         where = self._where(name)
         h = hashlib.sha256()
+        md5 = hashlib.md5(usedforsecurity=False)
         body: Any
         if size <= self.opts['multipart_chunksize'] and not _seekable(src):
             body = _read_exactly(src, size, where)
             h.update(body)
+            md5.update(body)
         else:
             win = _Window(src, size)
             got = 0
@@ -540,6 +573,7 @@ class S3Transport(Transport):
                 if not chunk:
                     break
                 h.update(chunk)
+                md5.update(chunk)
                 got += len(chunk)
             if got != size:
                 raise TransportError(f"{where}: source ended early ({got} of {size} bytes)")
@@ -555,30 +589,76 @@ class S3Transport(Transport):
             )
         except (bce.BotoCoreError, bce.ClientError) as e:
             self._raise(e, where, conditional=True)
-        return RemoteEntry(name=name, size=size, tag=str(resp.get("ETag") or "").strip('"') or None)
+        tag = self._verify_write(name, resp, md5.hexdigest())
+        return RemoteEntry(name=name, size=size, tag=tag)
+
+    def _verify_write(self, name: str, resp: Mapping[str, Any], expected: str) -> str | None:
+        """Compare the ETag the store reports for a write with the MD5 we computed while
+        sending (``expected``: a hex MD5, or ``MD5-of-part-MD5s-N`` for multipart): a
+        store that does not validate ``x-amz-checksum-sha256`` (s3rver, moto) keeps what
+        arrived, and a byte flipped on the way shows only here.  A mismatch removes the
+        object we just created and raises IntegrityError (transient: the caller writes
+        again; the local copy stays until a write matches).  An ETag that is no MD5
+        (SSE-KMS, SSE-C) is not compared: such stores validate the checksum."""
+        tag = str(resp.get("ETag") or "").strip('"') or None
+        if tag is None or resp.get("SSECustomerAlgorithm") or \
+                str(resp.get("ServerSideEncryption") or "").startswith("aws:kms") or \
+                not re.fullmatch(r"[0-9a-fA-F]{32}(-[0-9]+)?", tag):
+            return tag
+        if tag.lower() == expected:
+            return tag
+        where = self._where(name)
+        try:
+            self._client.delete_object(Bucket=self.bucket, Key=self._key(name))
+            fate = "removed it"
+        except (bce.BotoCoreError, bce.ClientError) as e:
+            fate = f"could NOT remove it ({_one_line(e)}): remove it by hand"
+        raise IntegrityError(f"{where}: the store holds other bytes than were sent (ETag "
+                             f"{tag}, sent {expected}); {fate}")
 
     def _put_multipart(self, name: str, src: BinaryIO, size: int) -> RemoteEntry:
         where = self._where(name)
         key = self._key(name)
         part_size = max(self.opts['multipart_chunksize'], -(-size // MAX_PARTS))
         self._precheck_absent(name)
+        # rclone's metadata for the whole object's MD5 (x-amz-meta-md5chksum, base64 of the
+        # digest), so `rclone check` can verify a multipart object: known only at the end
+        # of a stream, so the source is read twice where it can be (seekable), else not set
+        meta: dict[str, str] = {}
+        if _seekable(src):
+            start = src.tell()
+            whole = hashlib.md5(usedforsecurity=False)
+            win = _Window(src, size)
+            while chunk := win.read(READ_CHUNK):
+                whole.update(chunk)
+            src.seek(start)
+            meta["md5chksum"] = base64.b64encode(whole.digest()).decode()
         try:
-            mpu = self._client.create_multipart_upload(Bucket=self.bucket, Key=key, ChecksumAlgorithm="SHA256")
+            mpu = self._client.create_multipart_upload(Bucket=self.bucket, Key=key,
+                                                       ChecksumAlgorithm="SHA256",
+                                                       Metadata=meta)
         except (bce.BotoCoreError, bce.ClientError) as e:
             self._raise(e, where)
         upload_id = mpu["UploadId"]
         try:
             parts: list[dict[str, Any]] = []
+            part_md5s = b""
             done = 0
             number = 1
             while done < size or number == 1:
                 data = _read_exactly(src, min(part_size, size - done), where)
                 digest = base64.b64encode(hashlib.sha256(data).digest()).decode()
+                part_md5 = hashlib.md5(data, usedforsecurity=False).digest()
+                part_md5s += part_md5
                 r = self._client.upload_part(
                     Bucket=self.bucket, Key=key, UploadId=upload_id, PartNumber=number,
                     Body=data, ContentLength=len(data),
                     ChecksumAlgorithm="SHA256", ChecksumSHA256=digest,
                 )
+                etag = str(r.get("ETag") or "").strip('"').lower()
+                if re.fullmatch(r"[0-9a-f]{32}", etag) and etag != part_md5.hex():
+                    raise IntegrityError(f"{where}: part {number} arrived with other bytes "
+                                         f"than were sent (ETag {etag}, sent {part_md5.hex()})")
                 parts.append({"PartNumber": number, "ETag": r["ETag"], "ChecksumSHA256": digest})
                 done += len(data)
                 number += 1
@@ -592,7 +672,8 @@ class S3Transport(Transport):
             if isinstance(e, bce.BotoCoreError | bce.ClientError):
                 self._raise(e, where, conditional=True)
             raise
-        return RemoteEntry(name=name, size=size, tag=str(resp.get("ETag") or "").strip('"') or None)
+        expected = f"{hashlib.md5(part_md5s, usedforsecurity=False).hexdigest()}-{len(parts)}"
+        return RemoteEntry(name=name, size=size, tag=self._verify_write(name, resp, expected))
 
     def _abort(self, key: str, upload_id: str) -> None:
         try:
@@ -655,9 +736,69 @@ class S3Transport(Transport):
                         continue
                     self._abort(up["Key"], up["UploadId"])
                     n += 1
-        except (bce.BotoCoreError, bce.ClientError) as e:
+        except bce.ClientError as e:
+            status = int(e.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
+            code = str((e.response.get("Error", {}) or {}).get("Code") or "")
+            if status == 501 or code in _NOT_IMPLEMENTED_CODES:
+                # housekeeping a store does not offer: not worth a retry
+                raise NotSupportedError(f"{self._where()}: this store does not list multipart "
+                                        f"uploads ({_client_error_detail(e)})") from None
+            self._raise(e, self._where())
+        except bce.BotoCoreError as e:
             self._raise(e, self._where())
         return n
+
+    # -- the capability probe (gateway/probe.py, ``fspl-gw remote check``) ------------
+    def probe_store(self, name: str) -> dict[str, tuple[Any, str]]:
+        """What this store does beyond the transport's declaration, tried with probe
+        objects under ``name`` (removed again): conditional writes, checksum validation,
+        multipart listing, clock skew (``"clock skew"``: seconds or None)."""
+        self.check_name(name)
+        key = self._key(name)
+        out: dict[str, tuple[Any, str]] = {}
+        skew: float | None = None
+        try:
+            t0 = time.time()
+            r = self._client.put_object(Bucket=self.bucket, Key=key, Body=b"1", IfNoneMatch="*")
+            skew = _date_skew(r, (t0 + time.time()) / 2)
+            try:
+                self._client.put_object(Bucket=self.bucket, Key=key, Body=b"2", IfNoneMatch="*")
+                out["conditional writes"] = (False, "If-None-Match: * was ignored (overwrote)")
+            except bce.ClientError as e:
+                status = int(e.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
+                if status == 412:
+                    out["conditional writes"] = (True, "If-None-Match: * refused an overwrite")
+                else:
+                    out["conditional writes"] = (False, f"answered {_client_error_detail(e)}")
+        except (bce.BotoCoreError, bce.ClientError) as e:
+            out["conditional writes"] = (None, _one_line(e))
+        wrong = base64.b64encode(hashlib.sha256(b"not these bytes").digest()).decode()
+        try:
+            self._client.put_object(Bucket=self.bucket, Key=key + ".sum", Body=b"probe",
+                                    ChecksumSHA256=wrong)
+            out["checksum validation"] = (False, "a PUT with a wrong x-amz-checksum-sha256 "
+                                                 "was stored; writes are verified by ETag")
+        except bce.ClientError as e:
+            out["checksum validation"] = (True, f"a wrong x-amz-checksum-sha256 was refused "
+                                                f"({_client_error_detail(e)})")
+        except bce.BotoCoreError as e:
+            out["checksum validation"] = (None, _one_line(e))
+        for k in (key, key + ".sum"):
+            try:
+                self._client.delete_object(Bucket=self.bucket, Key=k)
+            except (bce.BotoCoreError, bce.ClientError):
+                pass
+        try:
+            self._client.list_multipart_uploads(Bucket=self.bucket, Prefix=self.jobs_prefix,
+                                                MaxUploads=1)
+            out["multipart listing"] = (True, "stale uploads are cleaned up")
+        except bce.ClientError as e:
+            out["multipart listing"] = (False, f"{_client_error_detail(e)}; stale multipart "
+                                               "uploads are not cleaned up")
+        except bce.BotoCoreError as e:
+            out["multipart listing"] = (None, _one_line(e))
+        out["clock skew"] = (skew, "")
+        return out
 
     def close(self) -> None:
         try:
@@ -668,5 +809,5 @@ class S3Transport(Transport):
     def describe(self) -> str:
         where = f"s3://{self.bucket}/{self.prefix}".rstrip("/")
         if self.opts['endpoint_url']:
-            where += f" at {_redact_url(self.opts['endpoint_url'])}"
+            where += f" at {strip_userinfo(self.opts['endpoint_url'])}"
         return where

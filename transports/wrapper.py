@@ -150,6 +150,9 @@ class DelegatingTransport(Transport):
     def wait_for_change(self, timeout: float) -> bool | None:
         return self.inner.wait_for_change(timeout)
 
+    def settle_interval(self) -> float:
+        return self.inner.settle_interval()
+
     def cleanup_temporaries(self) -> int:
         return self.inner.cleanup_temporaries()
 

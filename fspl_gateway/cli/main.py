@@ -34,6 +34,7 @@ LAZY_COMMANDS = {
     "status": "fspl_gateway.cli.watch:status_cmd",
     "keygen": "fspl_gateway.cli.keys:keygen_cmd",
     "receipts": "fspl_gateway.cli.receipts:receipts_group",
+    "remote": "fspl_gateway.cli.remote:remote_group",
 }
 
 LICENSE_TEXT = """fspl-gateway {v}
@@ -371,7 +372,9 @@ def _fail(msg: str, code: int) -> NoReturn:
         sys.stdout.flush()
     except Exception:
         pass
-    print(f"Error: {msg}", file=sys.stderr)
+    from fspl_gateway.core.redact import redact
+
+    print(f"Error: {redact(msg)}", file=sys.stderr)
     sys.exit(code)
 
 

@@ -17,15 +17,25 @@ from fspl_gateway.cli.options import CONTEXT
 @click.option("--keep", is_flag=True, help="Keep the exported jobs in the outbox.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing ISO image.")
 @click.option("--volume-id", default="FSPL_JOBS", show_default=True, help="ISO volume label.")
-def export_cmd(queuedir: str, dest: str, keep: bool, overwrite: bool, volume_id: str) -> None:
-    """Write the outbox's jobs and a MANIFEST.sha256 to removable media."""
+@opt.trust_send(encrypt=False)
+def export_cmd(queuedir: str, dest: str, keep: bool, overwrite: bool, volume_id: str,
+               sign: str | None, queue_id: str | None) -> None:
+    """Write the outbox's jobs and a MANIFEST.sha256 to removable media.
+
+    --sign writes each job's signature beside it and signs the manifest (directories)."""
+    from fspl_gateway.core.errors import UsageError
     from fspl_gateway.core.log import log
     from fspl_gateway.gateway.media import export_dir, export_iso
+    from fspl_gateway.gateway.trust import sign_policy_from
 
+    policy = sign_policy_from({}, sign=sign, queue_id=queue_id)
     if dest.lower().endswith(".iso"):
+        if policy is not None:
+            raise UsageError("--sign: signed media are directories (a stick) for now, not "
+                             "ISO images")
         res = export_iso(queuedir, dest, keep=keep, overwrite=overwrite, volume_id=volume_id)
     else:
-        res = export_dir(queuedir, dest, keep=keep)
+        res = export_dir(queuedir, dest, keep=keep, sign=policy)
     log.info("export: %d written, %d already there, %d removed from the outbox, %d bad "
              "skipped → %s", res.exported, res.already_present, res.removed, res.skipped_bad,
              res.target or dest)
@@ -45,23 +55,31 @@ def export_cmd(queuedir: str, dest: str, keep: bool, overwrite: bool, volume_id:
                    "-t media -r DIR`).")
 @opt.decoder()
 @opt.wait_lock()
+@opt.trust_receive(routes=False)
 def import_cmd(queuedir: str, source: str, good_only: bool, no_manifest: bool,
-               receipts: bool, decoder: str | None, wait_lock: float | None) -> None:
+               receipts: bool, decoder: str | None, wait_lock: float | None,
+               trust: tuple[str, ...], queue_id: str | None, identity: tuple[str, ...],
+               signature_wait: float | None) -> None:
     """Verify the media's MANIFEST.sha256 and import its jobs (never writes the media)."""
     from fspl_gateway.cli.sync import finish
     from fspl_gateway.core.errors import PartialFailure
     from fspl_gateway.core.log import log
     from fspl_gateway.gateway.media import import_media
     from fspl_gateway.gateway.pull import SyncOptions
+    from fspl_gateway.gateway.trust import policy_from
 
     if receipts:
         from fspl_gateway.gateway.receipts import enable
 
         enable(queuedir)  # before the import: what it delivers is receipted
 
+    # a medium is complete when it arrives: a missing signature waits for nothing
+    policy = policy_from({}, trust=trust, queue_id=queue_id, identities=identity,
+                         signature_wait=0.0 if signature_wait is None else signature_wait)
+
     res = import_media(source, queuedir, good_only=good_only,
                        require_manifest=not no_manifest,
-                       opts=SyncOptions(decoder=decoder, wait_lock=wait_lock))
+                       opts=SyncOptions(decoder=decoder, wait_lock=wait_lock, trust=policy))
     if res.rejected:
         log.warning("import: %d jobs rejected by the manifest check: %s", len(res.rejected),
                     ", ".join(res.rejected[:10]))

@@ -204,3 +204,49 @@ def remote(required: bool = True) -> Callable[[F], F]:
         click.option("-o", "--option", "options", multiple=True, metavar="KEY=VALUE",
                      help="Transport option; repeatable; overrides the config file."),
     )
+
+
+# -- trust -----------------------------------------------------------------------------
+def trust_receive(*, routes: bool = True) -> Callable[[F], F]:
+    """A receiver's trust options (sync; import without ``--route``): see
+    fspl_gateway.gateway.trust."""
+    opts = [
+        click.option("--trust", multiple=True, metavar="PUBKEY",
+                     help="Only take jobs signed by this key: a minisign public key file or "
+                          "one-line key (RW…); repeatable; adds to the config's trusted_keys."),
+        click.option("--queue-id", metavar="ID",
+                     help="The queue id that senders sign for and receipts name (required with "
+                          "trust; config: queue_id)."),
+        click.option("--identity", multiple=True, metavar="FILE", shell_complete=complete_file,
+                     help="age identity file: decrypt encrypted jobs after verifying them; "
+                          "repeatable."),
+        click.option("--signature-wait", type=click.FloatRange(0), default=None,
+                     metavar="SECONDS",
+                     help="How long a job may wait for its signature before it is "
+                          "quarantined as unsigned (default 120)."),
+    ]
+    if routes:
+        opts.append(_many("--route", "KEY=QUEUE",
+                          "Send the jobs signed by KEY (key id or public key) to the queue "
+                          "QUEUE; repeatable; config: [remotes.NAME.routes]."))
+    return _stack(*opts)
+
+
+def _many(name: str, metavar: str, help: str) -> Callable[[F], F]:
+    return click.option(name, multiple=True, metavar=metavar, help=help)
+
+
+def trust_send(*, encrypt: bool = True) -> Callable[[F], F]:
+    """A sender's trust options (push; export without ``--encrypt-to``)."""
+    opts = [
+        click.option("--sign", metavar="SECKEY", shell_complete=complete_file,
+                     help="Sign each job with this minisign secret key (passphrase from "
+                          "$FSPL_GW_KEY_PASSPHRASE); config: sign_key."),
+        click.option("--queue-id", metavar="ID",
+                     help="The receiver's queue id the signatures bind (config: queue_id)."),
+    ]
+    if encrypt:
+        opts.append(_many("--encrypt-to", "RECIPIENT",
+                          "Encrypt each job with age to this recipient (age1…, ssh-ed25519, "
+                          "ssh-rsa) before signing; repeatable; config: encrypt_to."))
+    return _stack(*opts)

@@ -22,17 +22,19 @@ if TYPE_CHECKING:
 F = TypeVar("F", bound=Callable[..., Any])
 
 
+def receipts_key_option(f: F) -> F:
+    """Receiver side's signing key (sync, where --queue-id is the trust option's)."""
+    return click.option("--receipts-key", metavar="FILE", default=None,
+                        help="Sign receipts with this minisign secret key (passphrase from "
+                             "$FSPL_GW_KEY_PASSPHRASE).")(f)
+
+
 def send_options(f: F) -> F:
-    """Receiver side (sync, receipts send)."""
-    for o in reversed([
-        click.option("--queue-id", metavar="ID", default=None,
-                     help="The queue id receipts name (default: HOST:QUEUE-DIR-NAME)."),
-        click.option("--receipts-key", metavar="FILE", default=None,
-                     help="Sign receipts with this minisign secret key (passphrase from "
-                          "$FSPL_GW_KEY_PASSPHRASE)."),
-    ]):
-        f = o(f)
-    return f
+    """Receiver side (receipts send, workers)."""
+    f = receipts_key_option(f)
+    return click.option("--queue-id", metavar="ID", default=None,
+                        help="The queue id receipts name (default: HOST:QUEUE-DIR-NAME)."
+                        )(f)
 
 
 def fetch_options(f: F) -> F:
@@ -64,7 +66,7 @@ def resolve(config_file: str | None, remote: str, transport: str | None,
     from fspl_gateway.gateway.config import resolve_remote
 
     spec = resolve_remote(remote, transport, options, config_file=config_file)
-    return spec, receipt_settings.parse(spec.settings, spec.name or spec.location)
+    return spec, receipt_settings.of_remote(spec)
 
 
 def make_send_options(queue_id: str | None, receipts_key: str | None,

@@ -55,12 +55,19 @@ def _renameat2_noreplace(src: str, dst: str) -> None:
         raise OSError(err, os.strerror(err), dst)
 
 
-def move_noclobber(src: str, dst: str) -> None:
+def move_noclobber(src: str, dst: str, *, one_name: bool = False) -> None:
     """Move ``src`` to ``dst`` atomically; raise FileExistsError if ``dst`` exists.
 
     Hard link + unlink where the file system has links, else renameat2(RENAME_NOREPLACE),
     else (e.g. some FUSE mounts) an existence check followed by rename.
+
+    ``one_name=True`` tries renameat2(RENAME_NOREPLACE) first, so that a crash never
+    leaves the file under both names (a consumer could take ``dst`` while ``src`` is
+    still there, and a recovery would then move it again); the file systems without it
+    get the order above.
     """
+    if one_name and _rename_noreplace_if_supported(src, dst):
+        return
     try:
         os.link(src, dst)
     except FileExistsError:
@@ -68,19 +75,27 @@ def move_noclobber(src: str, dst: str) -> None:
     except OSError as e:
         if e.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.EMLINK, errno.ENOSYS, errno.EXDEV):
             raise
-        try:
-            _renameat2_noreplace(src, dst)
+        if _rename_noreplace_if_supported(src, dst):
             return
-        except FileExistsError:
-            raise
-        except OSError as e2:
-            if e2.errno not in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
-                raise
         if os.path.lexists(dst):
             raise FileExistsError(errno.EEXIST, "File exists", dst) from None
         os.rename(src, dst)
         return
     os.unlink(src)
+
+
+def _rename_noreplace_if_supported(src: str, dst: str) -> bool:
+    """renameat2(RENAME_NOREPLACE): True when done, False when the file system (or libc)
+    lacks it; FileExistsError and other errors propagate."""
+    try:
+        _renameat2_noreplace(src, dst)
+        return True
+    except FileExistsError:
+        raise
+    except OSError as e:
+        if e.errno not in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+            raise
+    return False
 
 
 class AtomicWriter:

@@ -19,6 +19,7 @@
         receipts.on             receipts are on for this queue (gateway; read by process)
         outcomes.jsonl          outcomes of jobs run here, not yet in a receipt (process)
         receipts.sqlite         receipts to send (receiver) or received (sender)
+        capabilities.json       what each remote's store really does (gateway/probe)
 
 Everything that reads or writes one of these names asks :class:`QueueLayout` (or, for
 the two Filespooler names used everywhere, :func:`jobs_dir` and :func:`seqfile_path`).
@@ -122,6 +123,10 @@ class QueueLayout:
     @property
     def receipts_db(self) -> str:
         return os.path.join(self.gw, "receipts.sqlite")
+
+    @property
+    def capabilities(self) -> str:
+        return os.path.join(self.gw, "capabilities.json")
 
 
 __all__ = ["GW_DIR", "JOBS", "NEXTSEQ", "QueueLayout", "jobs_dir", "seqfile_path"]

@@ -11,13 +11,16 @@ that tree — never ``logging.getLogger(__name__)``, which would sit outside it 
 all printed as ``LEVEL fspl_gw: message``.  Every other logger is foreign (boto3,
 botocore, s3transfer, urllib3, paramiko, dropbox, watchdog, pycdlib …): those are kept
 at warnings and errors unless tracing, so that their debug chatter (which may carry
-request headers) stays out.
+request headers) stays out.  Every message passes through the one redaction function
+(:func:`fspl_gateway.core.redact.redact`).
 """
 
 from __future__ import annotations
 
 import logging
 import sys
+
+from fspl_gateway.core.redact import redact
 
 TRACE = 5
 logging.addLevelName(TRACE, "TRACE")
@@ -51,7 +54,7 @@ def is_ours(name: str) -> bool:
 class _Formatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         target = ROOT if is_ours(record.name) else record.name
-        return f"{record.levelname:>5} {target}: {record.getMessage()}"
+        return f"{record.levelname:>5} {target}: {redact(record.getMessage())}"
 
 
 def parse_level(text: str) -> int:

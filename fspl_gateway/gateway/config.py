@@ -9,6 +9,12 @@ Where: ``--config FILE``, else ``$FSPL_GW_CONFIG``, else ``~/.config/fspl-gw/con
     endpoint_url = "https://…"      # any other key is a transport option
     secret_access_key = "…"
     receipts = true                 # receipt settings: not passed to the transport
+    queue_id = "site-b"             # a trust setting, also the queue id receipts name
+
+Trust settings (:mod:`fspl_gateway.gateway.trust`) live in the same table and are not
+transport options: ``trusted_keys`` (list), ``queue_id``, ``identity`` (list),
+``signature_wait``, ``sign_key``, ``encrypt_to`` (list) and a ``[remotes.NAME.routes]``
+table (key → queue directory); :attr:`RemoteSpec.trust` holds them.
 
 ``--remote NAME`` picks a configured remote; anything that is not a configured name is a
 literal location, and then ``--transport`` is required.  ``-o key=value`` (repeatable)
@@ -35,6 +41,9 @@ from fspl_gateway.gateway.receipt_settings import KEYS as SETTING_KEYS
 from fspl_gateway.transports.options import OptionSchema
 
 ENV_VAR = "FSPL_GW_CONFIG"
+#: Keys of a remote's table that are trust settings (gateway.trust.CONFIG_KEYS).
+TRUST_KEYS = frozenset({"trusted_keys", "queue_id", "routes", "identity", "signature_wait",
+                        "sign_key", "encrypt_to"})
 SECRET_WORDS = ("secret", "token", "password", "key", "passphrase")
 MASK = "***"
 
@@ -94,6 +103,8 @@ class RemoteSpec:
     #: Gateway settings of this remote, not for the transport (unparsed; see
     #: :mod:`fspl_gateway.gateway.receipt_settings`).
     settings: dict[str, Any] = field(default_factory=dict)
+    #: The trust settings of the remote's table (see the module doc).
+    trust: dict[str, Any] = field(default_factory=dict)
 
     def redacted(self) -> dict[str, Any]:
         return redacted(self.options, self.transport)
@@ -164,6 +175,8 @@ def load(explicit: str | None = None) -> Config:
         if not isinstance(table, dict):
             raise ConfigError(f"config file {path}: remotes.{name} must be a table")
         for k, v in table.items():
+            if k in TRUST_KEYS:
+                continue
             if isinstance(v, dict) or (isinstance(v, list) and (
                     k not in SETTING_KEYS or not all(isinstance(x, str) for x in v))):
                 raise ConfigError(f"config file {path}: remotes.{name}.{k} must be a "
@@ -206,10 +219,12 @@ def resolve_remote(remote: str | None, transport: str | None = None,
         loc = table.get("location")
         if loc is None or not isinstance(loc, str | int):
             raise ConfigError(f"remote {remote!r} in {cfg.path} has no location")
-        options = {k: v for k, v in table.items() if k not in ("transport", "location")}
+        options = {k: v for k, v in table.items()
+                   if k not in ("transport", "location") and k not in TRUST_KEYS}
         options.update(opts)
         options, settings = _split(options)
-        return RemoteSpec(t, str(loc), options, remote, settings)
+        trust = {k: v for k, v in table.items() if k in TRUST_KEYS}
+        return RemoteSpec(t, str(loc), options, remote, settings, trust)
     if not transport:
         known = ", ".join(sorted(cfg.remotes)) or "none"
         where = cfg.path or default_path()

@@ -89,12 +89,50 @@ class DisperseResult:
     recovered: int = 0
 
 
+#: Test hook: ``FSPL_GW_FAULT_PAUSE=disperse-deliver`` makes a pass stop (sleep) at the
+#: final hand-off step, so a fault test can kill it there (tests/faults).
+FAULT_ENV = "FSPL_GW_FAULT_PAUSE"
+
+
+def _fault_point(name: str) -> None:
+    if os.environ.get(FAULT_ENV) == name:
+        marker = os.environ.get(FAULT_ENV + "_FILE")
+        if marker:
+            with open(marker, "w") as f:
+                f.write(name)
+        time.sleep(3600)
+
+
 def _finalize(worker: str, name: str) -> None:
-    """Step 4: hand-off area → worker jobs/ (atomic, no clobber)."""
+    """Step 4: hand-off area → worker jobs/ (atomic, no clobber, and never under both
+    names at once: a worker could run the job from jobs/ while a recovery still saw it
+    in the hand-off area and delivered it again)."""
     jdir = q.jobs_dir(worker)
-    move_noclobber(os.path.join(handoff_dir(worker), name), os.path.join(jdir, name))
+    _fault_point("disperse-deliver")
+    move_noclobber(os.path.join(handoff_dir(worker), name), os.path.join(jdir, name),
+                   one_name=True)
     fsync_dir(jdir)
     fsync_dir(handoff_dir(worker))
+
+
+def _already_delivered(worker: str, name: str) -> bool | None:
+    """Whether the staged ``name`` is already in the worker's ``jobs/``: True (the same
+    file — same inode or same bytes: a move whose last half was interrupted), False (not
+    there), None (a *different* job of that name is there)."""
+    staged = os.path.join(handoff_dir(worker), name)
+    there = os.path.join(q.jobs_dir(worker), name)
+    try:
+        st_there = os.stat(there)
+        st_staged = os.stat(staged)
+    except FileNotFoundError:
+        return False
+    if os.path.samestat(st_there, st_staged):
+        return True
+    if st_there.st_size != st_staged.st_size:
+        return None
+    from fspl_gateway.core.hashing import sha256_hex
+
+    return True if sha256_hex(there) == sha256_hex(staged) else None
 
 
 def _stage(incoming: str, name: str, worker: str) -> None:
@@ -137,10 +175,20 @@ def recover(incoming: str, workers: list[str], seqf: SeqFile | None) -> int:
             except Exception as e:  # noqa: BLE001 - a bad staged file must not stop recovery
                 log.error("hand-off %s unreadable (%s); leaving it", path, e)
                 continue
+            delivered = _already_delivered(w, name)
+            if delivered is None:
+                log.error("hand-off %s: %s/jobs holds a different job of that name; "
+                          "leaving both for a human", path, w)
+                continue
             _unlink_incoming(incoming, name)
             if seqf is not None and seqf.next == meta.seq:
                 seqf.increment()
-            _finalize(w, name)
+            if delivered:
+                # moved, but the hand-off name was left behind: never deliver it twice
+                os.unlink(path)
+                fsync_dir(handoff_dir(w))
+            else:
+                _finalize(w, name)
             log.warning("completed an interrupted hand-off of job %d (%s) to %s",
                         meta.seq, name, w)
             done += 1

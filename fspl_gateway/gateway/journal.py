@@ -8,6 +8,11 @@
   (a :class:`JournalState`).  Pull uses it so that a file it already
   fetched is never downloaded again (``--after-fetch keep``, or a crash between linking
   the job in and deleting the remote copy); push so that a kept job is not pushed twice.
+* ``signers`` — with trust (:mod:`~fspl_gateway.gateway.trust`): who signed each job
+  fetched, by (key id, seq), with the sha256 that was signed, the remote and the name: a
+  (key, seq) seen again with other bytes is a replay; ``fspl-gw status`` shows key ids;
+* ``signature_waits`` — when a job without its signature was first seen (it waits out
+  the signature wait before it is quarantined as unsigned);
 * ``runs`` — the last run of each (direction, remote): start and end time, whether it
   succeeded, and its summary line.  :func:`last_runs` reads it for ``fspl-gw status``.
 
@@ -32,6 +37,7 @@ from enum import StrEnum
 
 from fspl_gateway.core.errors import QueueError
 from fspl_gateway.core.layout import QueueLayout
+from fspl_gateway.core.redact import redact
 
 
 class JournalState(StrEnum):
@@ -92,6 +98,21 @@ CREATE TABLE IF NOT EXISTS runs (
     ok INTEGER NOT NULL,
     summary TEXT NOT NULL,
     PRIMARY KEY (direction, remote)
+);
+CREATE TABLE IF NOT EXISTS signers (
+    key_id TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    sha256 TEXT NOT NULL,
+    remote TEXT NOT NULL,
+    name BLOB NOT NULL,
+    time REAL NOT NULL,
+    PRIMARY KEY (key_id, seq)
+);
+CREATE TABLE IF NOT EXISTS signature_waits (
+    remote TEXT NOT NULL,
+    name BLOB NOT NULL,
+    first_seen REAL NOT NULL,
+    PRIMARY KEY (remote, name)
 );
 """
 
@@ -194,7 +215,7 @@ class Journal:
                    " seq, time, state, remote_deleted, detail)"
                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 0, ?)",
                    (direction, remote, _key(name), size, tag, sha256, seq, time.time(), state,
-                    detail))
+                    redact(detail) if detail else detail))
 
     def _exec_many(self, sql: str, rows: Sequence[tuple[object, ...]]) -> None:
         """``sql`` for each of ``rows`` in one transaction (all or nothing)."""
@@ -236,12 +257,47 @@ class Journal:
         self._exec("DELETE FROM files WHERE direction=? AND remote=? AND name=?",
                    (direction, remote, _key(name)))
 
+    # -- signers (trust) -------------------------------------------------------------
+    def claim_signed(self, key_id: str, seq: int, sha256: str, remote: str,
+                     name: str) -> str | None:
+        """Record that ``key_id`` signed ``seq`` as ``sha256`` (first claim wins); the
+        sha256 already on record when it differs (a replay with other bytes), else None.
+        INSERT OR IGNORE is atomic: of two claims at once, the second sees the first."""
+        self._exec("INSERT OR IGNORE INTO signers (key_id, seq, sha256, remote, name, time)"
+                   " VALUES (?, ?, ?, ?, ?, ?)",
+                   (key_id, seq, sha256, remote, _key(name), time.time()))
+        rows = self._exec("SELECT sha256 FROM signers WHERE key_id=? AND seq=?", (key_id, seq))
+        row = rows[0] if rows else None
+        return None if row is None or row[0] == sha256 else str(row[0])
+
+    def signers(self) -> list[tuple[str, int, int, float]]:
+        """(key id, jobs, last seq, last time) per signing key, by key id; empty for a
+        journal older than trust."""
+        try:
+            rows = self._exec("SELECT key_id, COUNT(*), MAX(seq), MAX(time) FROM signers"
+                              " GROUP BY key_id ORDER BY key_id")
+        except QueueError:
+            return []  # no signers table: written before trust existed
+        return [(str(k), int(n), int(s), float(t)) for k, n, s, t in rows]  # type: ignore[call-overload, arg-type]
+
+    def first_seen(self, remote: str, name: str, now: float) -> float:
+        """When ``name`` was first seen without its signature (``now`` if never)."""
+        self._exec("INSERT OR IGNORE INTO signature_waits (remote, name, first_seen)"
+                   " VALUES (?, ?, ?)", (remote, _key(name), now))
+        rows = self._exec("SELECT first_seen FROM signature_waits WHERE remote=? AND name=?",
+                          (remote, _key(name)))
+        return float(rows[0][0])  # type: ignore[arg-type]
+
+    def forget_wait(self, remote: str, name: str) -> None:
+        self._exec("DELETE FROM signature_waits WHERE remote=? AND name=?",
+                   (remote, _key(name)))
+
     # -- runs ----------------------------------------------------------------------
     def record_run(self, direction: str, remote: str, started: float, ok: bool,
                    summary: str) -> None:
         self._exec("INSERT OR REPLACE INTO runs (direction, remote, started, finished, ok,"
                    " summary) VALUES (?, ?, ?, ?, ?, ?)",
-                   (direction, remote, started, time.time(), int(ok), summary))
+                   (direction, remote, started, time.time(), int(ok), redact(summary)))
 
     def runs(self) -> list[RunRecord]:
         rows = self._exec("SELECT direction, remote, started, finished, ok, summary FROM runs"
@@ -293,6 +349,17 @@ def known_files(qdir: str, direction: str, remote: str) -> dict[str, FileRecord]
         return {}
     try:
         return j.known(direction, remote)
+    finally:
+        j.close()
+
+
+def signers(qdir: str) -> list[tuple[str, int, int, float]]:
+    """:meth:`Journal.signers` of ``qdir`` (empty without a journal); never creates one."""
+    j = open_existing(qdir)
+    if j is None:
+        return []
+    try:
+        return j.signers()
     finally:
         j.close()
 

@@ -185,7 +185,8 @@ def _remove_from_outbox(jobs: list[_Job]) -> int:
 
 
 # -- export to a directory -----------------------------------------------------------
-def export_dir(outbox_queue_dir: str, dest_dir: str, *, keep: bool = False) -> ExportResult:
+def export_dir(outbox_queue_dir: str, dest_dir: str, *, keep: bool = False,
+               sign: Any = None) -> ExportResult:
     """Copy every valid job of the outbox queue to ``dest_dir/jobs/`` and (re)write
     ``dest_dir/MANIFEST.sha256`` covering every job on the media.
 
@@ -193,13 +194,16 @@ def export_dir(outbox_queue_dir: str, dest_dir: str, *, keep: bool = False) -> E
     unmounted stick is not silently replaced by a directory on the root disk); its
     ``jobs/`` is created if needed.  A job already on the media with the same bytes is
     not rewritten; one with different bytes is an error raised before anything is
-    written.  Jobs leave the outbox (unless ``keep``) only after the manifest is written
+    written.  With ``sign`` (a :class:`~fspl_gateway.gateway.trust.SignPolicy`) each job
+    gets its ``.minisig`` beside it and the manifest its ``MANIFEST.sha256.minisig``
+    (:func:`~fspl_gateway.gateway.trust.sign_manifest`).  Jobs leave the outbox (unless ``keep``) only after the manifest is written
     and every copy has been read back from the media and matched.
     """
     dest = os.path.abspath(dest_dir)
     if not os.path.isdir(dest):
         raise RemoteNotFoundError(f"destination {dest} does not exist or is not a "
                                   "directory (is the stick mounted?)")
+    _refuse_symlinked_target(dest)
     jobs, bad = _outbox_jobs(outbox_queue_dir)
     res = ExportResult(skipped_bad=bad, target=os.path.join(dest, MANIFEST_NAME))
     mjobs = os.path.join(dest, JOBS_DIR)
@@ -261,8 +265,19 @@ def export_dir(outbox_queue_dir: str, dest_dir: str, *, keep: bool = False) -> E
         res.exported += 1
         res.bytes += n
 
-    # 3. The manifest: every job file on the media.
+    # 3. The manifest: every job file on the media (signed, and each job, with ``sign``).
+    if sign is not None:
+        _sign_jobs(jobs, mjobs, sign)
     _write_dir_manifest(dest, digests)
+    if sign is not None:
+        from fspl_gateway.gateway import trust
+
+        mpath = os.path.join(dest, MANIFEST_NAME)
+        try:
+            with AtomicWriter(dest, MANIFEST_NAME + ".minisig", clobber=True) as w:
+                w.file.write(trust.sign_manifest(mpath, sign))
+        except OSError as e:
+            raise _media_error(f"signing {mpath}", e) from None
     res.names = [j.name for j in jobs]
     # 4. The push journal (before the outbox loses them): receipts that come back on a
     # stick mounted here (``receipts fetch -t media -r DEST``) are matched against it.
@@ -273,6 +288,39 @@ def export_dir(outbox_queue_dir: str, dest_dir: str, *, keep: bool = False) -> E
     if not keep:
         res.removed = _remove_from_outbox(jobs)
     return res
+
+
+def _sign_jobs(jobs: list[_Job], mjobs: str, sign: Any) -> None:
+    """Each exported job's signature beside it on the media (signing the media's copy)."""
+    from fspl_gateway.core.jobsig import sign_job
+    from fspl_gateway.gateway import trust
+
+    for j in jobs:
+        try:
+            sig = sign_job(os.path.join(mjobs, j.name), sign.key, sign.queue_id)
+            trust.write_signature(mjobs, j.name, sig)
+        except OSError as e:
+            raise _media_error(f"signing {j.name} in {mjobs}", e) from None
+
+
+def _refuse_symlinked_target(dest: str) -> None:
+    """Refuse a stick whose root, ``jobs/`` or manifest is a symlink (or the manifest not
+    a regular file), before anything is written: the export would write wherever the
+    link points on this host, as import refuses to read through one."""
+    for path, what in ((dest, "the destination"), (os.path.join(dest, JOBS_DIR), JOBS_DIR),
+                       (os.path.join(dest, MANIFEST_NAME), MANIFEST_NAME)):
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            continue
+        except OSError as e:
+            raise _media_error(f"checking {path}", e) from None
+        if stat.S_ISLNK(st.st_mode):
+            raise TransportError(f"{path}: {what} is a symbolic link; refusing to export "
+                                 "through it (nothing written)")
+        if path.endswith(MANIFEST_NAME) and not stat.S_ISREG(st.st_mode):
+            raise TransportError(f"{path} is not a regular file; refusing to export "
+                                 "(nothing written)")
 
 
 def _write_dir_manifest(dest: str, fresh: dict[str, str]) -> None:
@@ -436,6 +484,30 @@ class _CheckedMedia(DelegatingTransport):
         return n
 
 
+def _check_signed_media(source: str, manifest_found: bool, allowed: set[str], policy: Any,
+                        media: MediaTransport) -> set[str]:
+    """With trust: the manifest must carry a trusted signature (directory media; an ISO
+    image's jobs are still verified one by one); returns the signature files of the
+    allowed jobs, which the import then reads."""
+    from fspl_gateway.gateway import trust
+
+    if os.path.isdir(source):
+        mpath = os.path.join(source, MANIFEST_NAME)
+        if not manifest_found:
+            raise MediaCheckError(f"{source}: trust needs a signed {MANIFEST_NAME}; "
+                                  "nothing imported", ManifestReport())
+        try:
+            kid = trust.verify_manifest_signature(mpath, mpath + ".minisig", policy)
+        except trust.TrustRefused as r:
+            raise MediaCheckError(f"{source}: {r.reason}: {r}; nothing imported",
+                                  ManifestReport()) from None
+        log.info("%s: manifest signed by %s", source, kid)
+    else:
+        log.warning("%s: the manifest signature of an ISO image is not checked; each job's "
+                    "signature is", source)
+    return {trust.sig_name(n) for n in allowed}
+
+
 def import_media(source: str, queue_dir: str, *, good_only: bool = False,
                  require_manifest: bool = True, opts: Any = None) -> ImportResult:
     """Import the jobs of a media (directory or ISO image) into the local queue
@@ -461,6 +533,8 @@ def import_media(source: str, queue_dir: str, *, good_only: bool = False,
     try:
         report = media.verify_manifest()
         listed_jobs = {e.name for e in media.list() if is_job_name(e.name)}
+        if not listed_jobs and media.problem:
+            raise TransportError(media.problem)  # not "0 fetched", exit 0
         digests: dict[str, str] | None
         if not report.manifest_found:
             if require_manifest:
@@ -477,15 +551,20 @@ def import_media(source: str, queue_dir: str, *, good_only: bool = False,
             allowed = {n for n in report.ok if is_job_name(n)}
             rejected = report.bad
             if not report.clean and not good_only:
+                offer = (f"import the {len(allowed)} good job"
+                         f"{'' if len(allowed) == 1 else 's'} only with --good-only"
+                         if allowed else "no job on it passed the check")
                 raise MediaCheckError(
                     f"{source}: manifest check failed ({report.summary()}); nothing "
-                    f"imported (import the {len(allowed)} good jobs only with good_only)",
-                    report)
+                    f"imported ({offer})", report)
             if rejected:
                 log.warning("%s: not importing %d bad jobs: %s", source, len(rejected),
                             ", ".join(rejected))
         o = opts if opts is not None else sync.SyncOptions()
         o = dataclasses.replace(o, after_fetch=sync.AfterFetch.KEEP)
+        if o.trust is not None:
+            allowed = allowed | _check_signed_media(source, report.manifest_found, allowed,
+                                                    o.trust, media)
         checked = _CheckedMedia(media, digests, allowed)
         res = sync.pull(checked, queue_dir, o)
         return ImportResult(report=report, rejected=rejected, sync=res)

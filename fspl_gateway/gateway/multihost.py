@@ -32,7 +32,8 @@ still running there.
 Claims are only safe where the transport's no-clobber write is atomic
 (``Capabilities.atomic_noclobber``): a transport without it (S3 with
 ``-o conditional_writes=false``: a racy check, then a put) is refused with a ConfigError
-(exit 2) before anything is claimed.
+(exit 2) before anything is claimed; so is one whose store overwrote in the capability
+probe (:mod:`fspl_gateway.gateway.probe`: ``rclone serve sftp``, s3rver).
 """
 
 from __future__ import annotations
@@ -57,10 +58,12 @@ from fspl_gateway.core.errors import (
     TransportError,
 )
 from fspl_gateway.core.hashing import hash_fd
+from fspl_gateway.core.layout import QueueLayout
 from fspl_gateway.core.log import log
 from fspl_gateway.core.packet import Meta, read_header_fd
 from fspl_gateway.core.process import JobResult, ProcessOpts, run_job
 from fspl_gateway.gateway import receipts as rcpt
+from fspl_gateway.gateway.probe import verify_capabilities
 from fspl_gateway.gateway.retry import RetryPolicy
 from fspl_gateway.transports.base import Transport, is_job_name
 
@@ -112,8 +115,9 @@ def require_atomic_noclobber(transport: Transport) -> None:
     two hosts could otherwise both win one claim and run one job twice."""
     if not transport.capabilities.atomic_noclobber:
         raise ConfigError(f"{transport.describe()} cannot create a file without overwriting "
-                          "atomically (e.g. S3 with conditional_writes=false), so claims "
-                          "could race; multi-host workers need a transport that can")
+                          "atomically (e.g. S3 with conditional_writes=false, or a store "
+                          "that overwrote in the probe: see `fspl-gw remote check`), so "
+                          "claims could race; multi-host workers need a store that can")
 
 
 class Host:
@@ -326,7 +330,8 @@ class Host:
 def run_hosts(transport: Transport, opts: HostOpts, n: int) -> int:
     """Run ``n`` claiming workers in this process until the queue has nothing claimable
     (or forever with ``follow``); return the number of jobs done.  ConfigError for a
-    transport without atomic no-clobber writes."""
+    transport without atomic no-clobber writes, declared or found by the probe."""
+    verify_capabilities(transport, QueueLayout(opts.workdir))
     require_atomic_noclobber(transport)
     hosts = [Host(transport, HostOpts(**{**opts.__dict__, "host_id": f"{opts.host_id}/{i + 1}"}))
              for i in range(n)]

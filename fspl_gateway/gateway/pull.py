@@ -1,7 +1,12 @@
 """Pull: move job files from a remote queue's ``jobs/`` into a local queue, safely.
 
 For each remote file named ``fspl-*.fspl`` (names with ``/``, ``..``, NUL or control
-characters are refused with a warning and never fetched; other names are ignored):
+characters such as a newline, or bytes that are not UTF-8, are refused with one escaped
+warning and never fetched; other names are ignored):
+
+0. where the transport cannot guarantee that a file appears whole, wait until it has
+   stopped changing (:mod:`~fspl_gateway.gateway.settle`: size and mtime unchanged for
+   the settle interval; a file still changing is left for a later run);
 
 1. skip it if the journal already knows it (same size/tag): it was fetched before, so it
    is never downloaded twice; with ``after_fetch="delete"`` its remote copy is removed;
@@ -16,7 +21,11 @@ characters are refused with a warning and never fetched; other names are ignored
 5. seq below ``nextseq`` → already processed: dropped, remote cleaned up per policy;
 6. make it durable (fsync), then link it into ``jobs/`` without clobbering and fsync
    ``jobs/``.  A name already there: same bytes → skipped (remote cleaned up), different
-   bytes → quarantined (exit 3);
+   bytes → quarantined (exit 3).  In a sequence queue (one with ``nextseq``) no two files
+   may claim one seq (fspl would stop there for good; conflict copies from Dropbox or
+   Syncthing do that): a file whose seq another file in ``jobs/`` (or earlier in the
+   batch) already has is dropped if it has the same bytes (journaled), else quarantined
+   (exit 3);
 7. record it in the journal, then apply the remote clean-up policy (delete or keep).
 
 Steps 1–5 run in parallel (``concurrency`` threads); steps 6–7 run for a batch of files
@@ -31,6 +40,10 @@ frame (:mod:`~fspl_gateway.gateway.runframe`).  A busy lock makes :func:`pull` r
 result with ``locked_out`` set (the CLI prints one info line and exits 0); ``wait_lock``
 waits up to that many seconds first and then raises
 :class:`~fspl_gateway.core.errors.LockBusyError`.
+
+A fetch never accepts more bytes than listed, and a fetch whose byte count differs from
+the listing is never linked: the file changed since the listing (a writer is still at
+it), so it is left for a later run (counted "still being written", exit 0).
 
 A local write error (disk full, file size limit, read-only) aborts the run with a
 QueueError: the staged file is removed, the remote untouched.  AuthError and
@@ -51,6 +64,7 @@ from fspl_gateway.core.errors import (
     EXIT_OK,
     EXIT_PARTIAL,
     AuthError,
+    FsplError,
     HostKeyError,
     NotSupportedError,
     PacketError,
@@ -68,8 +82,9 @@ from fspl_gateway.core.fsutil import (
 from fspl_gateway.core.hashing import sha256_hex as sha256_path
 from fspl_gateway.core.layout import QueueLayout
 from fspl_gateway.core.log import TRACE, log
+from fspl_gateway.core.minisign import Signature
 from fspl_gateway.core.packet import Meta, read_header, read_header_file
-from fspl_gateway.core.queue import OpenJob
+from fspl_gateway.core.queue import OpenJob, is_job_filename, read_meta
 from fspl_gateway.gateway.concurrency import ParallelMap
 from fspl_gateway.gateway.journal import FileRow, Journal, JournalState, open_existing
 from fspl_gateway.gateway.progress import Progress
@@ -79,10 +94,21 @@ from fspl_gateway.gateway.runframe import (
     BATCH,
     RunResult,
     check_options,
+    clean_remote_temporaries,
     fmt_seconds,
     run_engine,
 )
-from fspl_gateway.transports.base import RemoteEntry, Transport, is_job_name, is_safe_name
+from fspl_gateway.gateway.settle import wait_settled
+from fspl_gateway.gateway.trust import ReceiveGate, TrustPolicy, TrustRefused
+from fspl_gateway.transports.base import (
+    ListingChangedError,
+    RemoteEntry,
+    Transport,
+    check_listed_size,
+    is_job_name,
+    is_safe_name,
+    show_name,
+)
 
 #: Remote files at least this big (or of unknown size) get their header read before the
 #: download, so that an already-processed job is not downloaded at all.
@@ -113,11 +139,20 @@ class SyncOptions:
     #: None: a progress bar when stderr is a terminal.
     progress: bool | None = None
     peek_min: int = PEEK_MIN
+    #: Only jobs a trusted key signed get in (:mod:`~fspl_gateway.gateway.trust`).
+    trust: TrustPolicy | None = None
+    #: Seconds a file must stay unchanged before it is fetched (``--settle``); None: the
+    #: transport's (:meth:`Transport.settle_interval`: 0 where files appear whole).
+    settle: float | None = None
 
 
 @dataclass
 class SyncResult(RunResult):
     fetched: int = 0
+    #: Jobs left on the remote to wait for their signature (trust).
+    waiting: int = 0
+    #: Files left for a later run because they were still changing (being written).
+    unsettled: int = 0
 
     @property
     def exit_code(self) -> int:
@@ -133,6 +168,10 @@ class SyncResult(RunResult):
             s += f", {self.failed} failed"
         if self.refused:
             s += f", {self.refused} refused"
+        if self.waiting:
+            s += f", {self.waiting} waiting for a signature"
+        if self.unsettled:
+            s += f", {self.unsettled} still being written"
         return s + f" from {self.remote} in {fmt_seconds(self.seconds)}"
 
 
@@ -174,11 +213,19 @@ class _Puller:
         self.can_delete = transport.capabilities.can_delete
         #: The run's parallel map (in :meth:`run`): its first error stops the run.
         self.par: ParallelMap | None = None
+        self.gate = None if opts.trust is None else ReceiveGate(
+            opts.trust, transport, self.remote, qdir,
+            lambda f, what: opts.retry.call(f, what, self.stop))
+        #: seq → name of the jobs in jobs/ (a sequence queue only; read when first needed).
+        self.seq_index: dict[int, str] | None = None
 
     # -- planning ------------------------------------------------------------------
     def _list(self) -> list[RemoteEntry]:
-        return self.opts.retry.call(lambda: list(self.t.list()), f"listing {self.remote}",
-                                    self.stop)
+        entries: list[RemoteEntry] = self.opts.retry.call(
+            lambda: list(self.t.list()), f"listing {self.remote}", self.stop)
+        if self.gate is not None:
+            self.gate.index(entries)
+        return entries
 
     def _plan(self, entries: list[RemoteEntry], known: dict[str, Any]
               ) -> tuple[list[RemoteEntry], list[tuple[RemoteEntry, Any]]]:
@@ -188,8 +235,9 @@ class _Puller:
         for e in sorted(entries, key=lambda e: e.name):
             if not is_job_name(e.name):
                 if not is_safe_name(e.name):
-                    log.warning("refusing remote file with an unsafe name %r in %s",
-                                e.name, self.remote)
+                    log.warning("refusing remote file with an unsafe name %s in %s (not "
+                                "fetched; rename it on the remote)", show_name(e.name),
+                                self.remote)
                     self.res.refused += 1
                 else:
                     log.log(TRACE, "ignoring %s: not a job file name", e.name)
@@ -266,15 +314,10 @@ class _Puller:
     def run(self) -> None:
         self._recover_linking()
         self._clean_staging()
-        try:
-            n = self.opts.retry.call(self.t.cleanup_temporaries,
-                                     "cleaning up remote temporaries", self.stop)
-            if n:
-                log.debug("removed %d stale remote temporaries in %s", n, self.remote)
-        except NotSupportedError:
-            pass
+        clean_remote_temporaries(self.t, self.opts.retry, self.stop, self.remote)
         assert self.journal is not None
         todo, done = self._plan(self._list(), self.journal.known("pull", self.remote))
+        todo = self._settled(todo)
         for e, rec in done:
             if rec.state == JournalState.QUARANTINED:
                 log.warning("%s from %s is still quarantined (%s/%s); not fetched again",
@@ -311,7 +354,23 @@ class _Puller:
         finally:
             par.close()
             progress.close()
+            if self.gate is not None:
+                self.res.waiting = self.gate.waiting
         par.raise_error()
+
+    def _settled(self, todo: list[RemoteEntry]) -> list[RemoteEntry]:
+        """The entries of ``todo`` that have stopped changing (waiting once for young
+        ones: :func:`~fspl_gateway.gateway.settle.wait_settled`); the others are left for
+        a later run."""
+        settle = self.opts.settle if self.opts.settle is not None else self.t.settle_interval()
+        if settle <= 0 or not todo:
+            return todo
+        ready, changing = wait_settled(todo, settle, self._list, self.stop)
+        for e in changing:
+            log.info("%s in %s is still changing (being written?); left for a later run",
+                     e.name, self.remote)
+        self.res.unsettled += len(changing)
+        return ready
 
     # -- one file ------------------------------------------------------------------
     def _count(self, what: str, n: int = 1) -> None:
@@ -325,6 +384,9 @@ class _Puller:
             raise
         except RemoteNotFoundError as err:
             log.debug("%s vanished from %s before it was fetched: %s", e.name, self.remote, err)
+        except ListingChangedError as err:
+            log.info("%s; left for a later run", err)
+            self._count("unsettled")
         except TransportError as err:
             log.error("cannot fetch %s from %s: %s", e.name, self.remote, err)
             self._count("failed")
@@ -342,7 +404,18 @@ class _Puller:
 
     def _fetch_one(self, e: RemoteEntry) -> _Staged | None:
         """Download and validate one file into staging (fsynced)."""
-        if (self.nextseq is not None and self.opts.decoder is None
+        sig: Signature | None = None
+        if self.gate is not None:  # trust: never a byte of an unsigned job in jobs/
+            assert self.journal is not None
+            pre = self.gate.before_fetch(e, self.journal)
+            if pre is None:
+                return None
+            if isinstance(pre, TrustRefused):
+                path, _ = self._stage(e)
+                self._quarantine(path, e, sha256_path(path), f"{pre.reason}: {pre}")
+                return None
+            sig = pre
+        if (self.nextseq is not None and self.opts.decoder is None and sig is None
                 and (e.size is None or e.size >= self.opts.peek_min)):
             seq = self._peek_seq(e.name)
             if seq is not None and seq < self.nextseq:
@@ -352,7 +425,18 @@ class _Puller:
         for attempt in (1, 2):
             path, size = self._stage(e)
             try:
+                adm = None
+                if sig is not None:
+                    assert self.gate is not None and self.journal is not None
+                    adm = self.gate.admit(path, e, sig, self.journal, self.opts.decoder)
+                    path = adm.path
+                    size = os.stat(path).st_size
                 sha, meta = self._inspect(path)
+                if adm is not None:
+                    ReceiveGate.check_header(adm, meta)
+            except TrustRefused as refused:
+                self._quarantine(path, e, sha256_path(path), f"{refused.reason}: {refused}")
+                return None
             except PacketError as perr:
                 sha = sha256_path(path)
                 if attempt == 1:
@@ -402,13 +486,19 @@ class _Puller:
             (st.entry.name, JournalState.LINKING, st.size, st.entry.tag, st.sha, st.meta.seq, st.path)
             for st in keep])
         fetched: list[_Staged] = []
+        # the older of two files with one seq is linked, the later one is the copy
+        keep.sort(key=lambda st: (st.entry.mtime or 0.0, st.entry.name))
         for i, st in enumerate(keep):
-            how = self._link(st)
+            how, copy_of = self._seq_clash(st)
+            if how is None:
+                how = self._link(st)
             if how == "linked":
                 fetched.append(st)
+                if self.seq_index is not None:
+                    self.seq_index[st.meta.seq] = st.entry.name
             elif how == "skipped":
-                rows.append(self._row(st.entry, JournalState.ALREADY_LOCAL, st.size, st.sha,
-                                      st.meta.seq))
+                rows.append((st.entry.name, JournalState.ALREADY_LOCAL, st.size, st.entry.tag,
+                             st.sha, st.meta.seq, copy_of))
                 clean.append(st.entry.name)
             elif self.stop.is_set():
                 # a local error stopped the run: what was not linked is fetched next time
@@ -430,6 +520,46 @@ class _Puller:
         assert self.journal is not None
         self.journal.record_many("pull", self.remote, rows)
         return clean
+
+    def _jobs_by_seq(self) -> dict[int, str]:
+        """seq → name of every job in jobs/ whose header can be read (one scan per run)."""
+        if self.seq_index is None:
+            self.seq_index = {}
+            try:
+                names = sorted(n for n in os.listdir(self.jdir) if is_job_filename(n))
+            except OSError as err:
+                raise QueueError(f"cannot read {self.jdir}: {err.strerror}") from None
+            for n in names:
+                try:
+                    self.seq_index.setdefault(read_meta(self.qdir, n, self.opts.decoder).seq, n)
+                except (FsplError, OSError):
+                    continue  # unreadable or gone: fspl deals with it
+        return self.seq_index
+
+    def _seq_clash(self, st: _Staged) -> tuple[str | None, str | None]:
+        """In a sequence queue, whether another file in jobs/ already claims ``st``'s seq:
+        (None, None) if not; ("skipped", "copy of NAME") if that file has the same bytes
+        (``st`` is a copy: dropped); ("quarantined", NAME) if not (``st`` quarantined)."""
+        if self.nextseq is None:
+            return None, None
+        seq, name = st.meta.seq, st.entry.name
+        other = self._jobs_by_seq().get(seq)
+        if other is None or other == name:
+            return None, None
+        same = _same_bytes(os.path.join(self.jdir, other), st.size, st.sha)
+        if same is None:  # processed and removed meanwhile
+            del self._jobs_by_seq()[seq]
+            return None, None
+        if same:
+            os.unlink(st.path)
+            log.warning("%s from %s is a copy of %s (seq %d, same bytes): dropped", name,
+                        self.remote, other, seq)
+            self._count("skipped")
+            return "skipped", f"copy of {other}"
+        self._quarantine(st.path, st.entry, st.sha,
+                         f"seq {seq} is already taken by {other} in jobs/ (a conflict copy?); "
+                         "two files with one seq would stop the queue")
+        return "quarantined", other
 
     def _row(self, e: RemoteEntry, state: JournalState, size: int | None, sha: str | None,
              seq: int | None) -> FileRow:
@@ -495,6 +625,7 @@ class _Puller:
 
         try:
             n = self.opts.retry.call(fetch, f"fetching {e.name}", self.stop)
+            check_listed_size(f"{e.name} from {self.remote}", n, e)  # never link a changed one
         except BaseException as exc:
             self._unlink_quiet(path)
             disk = is_local_disk_error(exc)
@@ -571,7 +702,7 @@ class _Puller:
         name that cannot be removed stays: the next run removes it."""
         if not names or self.opts.after_fetch != "delete" or not self.can_delete:
             return
-        pending = list(names)
+        pending = list(names) + (self.gate.companions(names) if self.gate else [])
         deleted: list[str] = []
         attempt = 1
         try:

@@ -10,6 +10,11 @@ The mirror image of :mod:`fspl_gateway.gateway.pull`.  For each ``fspl-*.fspl`` 
    existing name), retrying transient errors with backoff; a name already on the remote
    is compared: the same bytes count as already pushed, different bytes are reported and
    the local job is kept (exit 3);
+   On a store that cannot refuse to overwrite (declared, or found by the capability
+   probe, :mod:`fspl_gateway.gateway.probe`, cached per remote) push warns once and
+   checks each name just before writing it (a narrow race with another writer of the
+   same name remains; job names are unique per sender, so only two senders pushing one
+   name could meet there);
 4. it is verified: the size the remote reports, and its checksum where the tag is a
    plain MD5 or SHA-256 of the content;
 5. it is recorded in the journal, then removed from the outbox (``after_push="delete"``)
@@ -34,7 +39,6 @@ from fspl_gateway.core.errors import (
     AuthError,
     HostKeyError,
     IntegrityError,
-    NotSupportedError,
     PacketError,
     QueueError,
     RemoteExistsError,
@@ -49,6 +53,7 @@ from fspl_gateway.core.packet import read_header_fd
 from fspl_gateway.core.queue import OpenJob, is_job_filename
 from fspl_gateway.gateway.concurrency import ParallelMap
 from fspl_gateway.gateway.journal import Journal, JournalState, open_existing
+from fspl_gateway.gateway.probe import verify_capabilities
 from fspl_gateway.gateway.progress import Progress
 from fspl_gateway.gateway.pull import sha256_path
 from fspl_gateway.gateway.quarantine import quarantine
@@ -57,9 +62,11 @@ from fspl_gateway.gateway.runframe import (
     BATCH,
     RunResult,
     check_options,
+    clean_remote_temporaries,
     fmt_seconds,
     run_engine,
 )
+from fspl_gateway.gateway.trust import Outgoing, SignPolicy
 from fspl_gateway.transports.base import RemoteEntry, Transport, is_safe_name
 
 
@@ -84,6 +91,8 @@ class PushOptions:
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     wait_lock: float | None = None
     progress: bool | None = None
+    #: Sign (and encrypt) each job (:mod:`~fspl_gateway.gateway.trust`).
+    sign: SignPolicy | None = None
 
 
 @dataclass
@@ -144,6 +153,8 @@ class _Pusher:
         self.listing: dict[str, RemoteEntry] = {}
         #: Pushed (journaled) jobs still to be removed from the outbox.
         self._remove: list[str] = []
+        #: The store may overwrite on create: check each name just before writing it.
+        self.overwriting = False
 
     def _count(self, what: str, n: int = 1) -> None:
         with self.mutex:
@@ -205,11 +216,7 @@ class _Pusher:
             self.res.names.append(name)
 
     def run(self) -> None:
-        try:
-            self.opts.retry.call(self.t.cleanup_temporaries,
-                                 "cleaning up remote temporaries", self.stop)
-        except NotSupportedError:
-            pass
+        clean_remote_temporaries(self.t, self.opts.retry, self.stop, self.remote)
         assert self.journal is not None
         todo, done = self._plan(self.journal.known("push", self.remote))
         if self.opts.after_push == "delete":
@@ -218,6 +225,10 @@ class _Pusher:
             self.res.skipped += len(done)
         else:
             self.res.known = len(done)
+        if todo and not verify_capabilities(self.t, self.layout):
+            self.overwriting = True
+            log.warning("%s may overwrite an existing job on create; push checks each name "
+                        "just before writing it", self.remote)
         if todo:
             self.listing = {e.name: e for e in self.opts.retry.call(
                 lambda: list(self.t.list()), f"listing {self.remote}", self.stop)}
@@ -258,11 +269,22 @@ class _Pusher:
                 f.close()
                 self._quarantine(name, f"the header does not validate: {perr}")
                 return
+            local_sha = None
+            out = None
+            if self.opts.sign is not None:  # what travels: encrypted, signed
+                out = Outgoing(self.opts.sign, self.qdir, name, path, seq)
+                if out.encrypted:
+                    local_sha = _digests(fd)[1]  # the journal knows the local job by it
+                    f.close()
+                    fd = os.open(out.path, os.O_RDONLY | os.O_CLOEXEC)
+                    f = os.fdopen(fd, "rb", buffering=0)
             size, sha, md5 = _digests(fd)
             listed = self.listing.get(name)
+            if listed is None and self.overwriting and self._on_remote(name):
+                listed = RemoteEntry(name=name)
             if listed is not None:
                 try:
-                    self._exists(name, size, sha, listed.size)
+                    self._exists(name, size, sha, listed.size, local_sha=local_sha)
                     return
                 except RemoteNotFoundError:
                     pass  # removed remotely since the listing: write it
@@ -280,11 +302,15 @@ class _Pusher:
                 return entry
 
             try:
+                if out is not None:  # the signature first: a receiver finds both
+                    out.send_signature(self.t, lambda c, what: self.opts.retry.call(
+                        c, what, self.stop))
                 entry = self.opts.retry.call(write, f"writing {name}", self.stop)
             except RemoteExistsError:
                 # after a failed attempt the name may be our own write whose answer was
                 # lost: the same bytes then count as pushed
-                self._exists(name, size, sha, None, ours=attempts > 1, seq=seq)
+                self._exists(name, size, sha, None, ours=attempts > 1, seq=seq,
+                             local_sha=local_sha)
                 return
         finally:
             f.close()
@@ -293,7 +319,9 @@ class _Pusher:
             log.log(TRACE, "%s: checksum verified (%s)", name, tag)
         assert self.journal is not None
         self.journal.record("push", self.remote, name, state=JournalState.PUSHED, size=size,
-                            tag=entry.tag, sha256=sha, seq=seq)
+                            tag=entry.tag, sha256=local_sha or sha, seq=seq)
+        if out is not None:
+            out.done()
         log.debug("pushed %s (%d bytes, seq %s) to %s", name, size, seq, self.remote)
         with self.mutex:
             self.res.pushed += 1
@@ -308,6 +336,17 @@ class _Pusher:
         with OpenJob(path, self.opts.decoder) as j:
             return j.meta.seq
 
+    def _on_remote(self, name: str) -> bool:
+        """Whether ``name`` is on the remote now (the check before writing to a store
+        that may overwrite)."""
+        def probe() -> bool:
+            try:
+                self.t.open(name).close()
+                return True
+            except RemoteNotFoundError:
+                return False
+        return self.opts.retry.call(probe, f"checking {name}", self.stop)
+
     def _remote_sha256(self, name: str) -> str:
         def read() -> str:
             with self.t.open(name) as s:
@@ -315,9 +354,11 @@ class _Pusher:
         return self.opts.retry.call(read, f"reading {name} back", self.stop)
 
     def _exists(self, name: str, size: int, sha: str, remote_size: int | None, *,
-                ours: bool = False, seq: int | None = None) -> None:
+                ours: bool = False, seq: int | None = None,
+                local_sha: str | None = None) -> None:
         """``name`` is already on the remote: the same bytes → already pushed (by us,
-        ``ours``: an earlier attempt of this run whose answer was lost)."""
+        ``ours``: an earlier attempt of this run whose answer was lost).  ``local_sha``:
+        the local job's, when what was sent is its encrypted copy."""
         same = remote_size in (None, size) and self._remote_sha256(name) == sha
         if not same:
             log.error("%s is already on %s with different content; the local job is kept "
@@ -328,7 +369,7 @@ class _Pusher:
         if ours:
             log.debug("%s: an earlier attempt had written it to %s", name, self.remote)
             self.journal.record("push", self.remote, name, state=JournalState.PUSHED,
-                                size=size, sha256=sha, seq=seq)
+                                size=size, sha256=local_sha or sha, seq=seq)
             with self.mutex:
                 self.res.pushed += 1
                 self.res.bytes += size
@@ -336,7 +377,7 @@ class _Pusher:
         else:
             log.debug("%s is already on %s with the same bytes", name, self.remote)
             self.journal.record("push", self.remote, name, state=JournalState.ALREADY_REMOTE,
-                                size=size, sha256=sha)
+                                size=size, sha256=local_sha or sha)
             self._count("skipped")
         self._cleanup_local(os.path.join(self.jdir, name))
 

@@ -15,7 +15,8 @@ They mirror the receipt flags (a flag given on the command line wins)::
     stuck_after = "1h"              # --stuck-after (sender)
 
 :func:`fspl_gateway.gateway.config.resolve_remote` moves these keys from the options to
-:attr:`RemoteSpec.settings`; they are parsed by the one option parser
+:attr:`RemoteSpec.settings` (``queue_id``, also a trust setting, to :attr:`RemoteSpec.trust`:
+:func:`of_remote` reads it from there); they are parsed by the one option parser
 (:mod:`fspl_gateway.transports.options`) with :data:`SCHEMA`.
 """
 
@@ -29,6 +30,7 @@ from fspl_gateway.core.errors import ConfigError
 from fspl_gateway.transports.options import Option, OptionSchema, OptionType
 
 if TYPE_CHECKING:
+    from fspl_gateway.gateway.config import RemoteSpec
     from fspl_gateway.gateway.receipts import SendOptions
 
 SCHEMA = OptionSchema(
@@ -66,6 +68,17 @@ def parse(raw: Mapping[str, Any], remote: str = "remote") -> ReceiptSettings:
     return ReceiptSettings(bool(v["receipts"]), v["queue_id"], v["receipts_key"],
                            tuple(v["trust_keys"] or ()), v["expect_queue"], v["on_failure"],
                            float(v["stuck_after"]))
+
+
+def of_remote(spec: RemoteSpec) -> ReceiptSettings:
+    """The receipt settings of ``spec``.  ``queue_id`` is also a trust setting (one key,
+    one meaning: the queue's id): :func:`~fspl_gateway.gateway.config.resolve_remote`
+    files it under :attr:`RemoteSpec.trust`, so it is taken from there when
+    :attr:`RemoteSpec.settings` (e.g. ``-o queue_id=…``) has none."""
+    raw = dict(spec.settings)
+    if raw.get("queue_id") is None and spec.trust.get("queue_id") is not None:
+        raw["queue_id"] = spec.trust["queue_id"]
+    return parse(raw, spec.name or spec.location)
 
 
 def send_options(rs: ReceiptSettings, passphrase: Callable[[], str]) -> SendOptions:

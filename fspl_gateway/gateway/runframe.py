@@ -13,6 +13,7 @@ raises :class:`~fspl_gateway.core.errors.LockBusyError`.
 from __future__ import annotations
 
 import os
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -20,9 +21,17 @@ from enum import StrEnum
 from typing import Protocol, TypeVar
 
 from fspl_gateway.core import seqfile
-from fspl_gateway.core.errors import FsplError, LockBusyError, QueueError, UsageError
+from fspl_gateway.core.errors import (
+    FsplError,
+    LockBusyError,
+    QueueError,
+    TransportError,
+    UsageError,
+)
 from fspl_gateway.core.layout import QueueLayout
+from fspl_gateway.core.log import log
 from fspl_gateway.gateway.journal import Journal
+from fspl_gateway.gateway.retry import RetryPolicy
 from fspl_gateway.transports.base import Transport
 
 #: Files linked into (or removed from) jobs/ per fsync of jobs/, and per round of remote
@@ -77,6 +86,21 @@ OptT = TypeVar("OptT", bound=RunOptions)
 ResT = TypeVar("ResT", bound=RunResult)
 #: An engine class: (transport, queue dir, options, journal (None in a dry run), result).
 EngineFactory = Callable[[Transport, str, OptT, "Journal | None", ResT], Engine]
+
+
+def clean_remote_temporaries(t: Transport, retry: RetryPolicy, stop: threading.Event,
+                             remote: str) -> None:
+    """The optional housekeeping step of every run: remove stale remote temporaries.
+    It never blocks the main job: any failure (a store that does not list multipart
+    uploads, a least-privilege key denied it, a server error after the retries) is one
+    warning, and the run goes on."""
+    try:
+        n = retry.call(t.cleanup_temporaries, "cleaning up remote temporaries", stop)
+    except TransportError as e:
+        log.warning("skipped the clean-up of stale temporaries on %s: %s", remote, e)
+        return
+    if n:
+        log.debug("removed %d stale remote temporaries in %s", n, remote)
 
 
 def check_options(cleanup: str, policies: type[StrEnum], concurrency: int,

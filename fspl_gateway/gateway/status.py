@@ -2,7 +2,8 @@
 Prometheus (a textfile-collector metrics file).
 
 Per queue: the next sequence number, the pending jobs, the gap that blocks a sequence
-queue ("waiting for 42; have 43–57"), the age of the oldest pending job (since its file
+queue ("waiting for 42; have 43–57") or the files that claim one seq ("two files with
+seq 42: a, b"; fspl stops there), the age of the oldest pending job (since its file
 landed in ``jobs/``), the quarantined files and the last sync/push of each remote (from
 the journal).
 
@@ -14,6 +15,7 @@ the journal is opened only if it exists.  No transport (and so no SDK) is import
 from __future__ import annotations
 
 import os
+import re
 import time
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
@@ -23,7 +25,8 @@ from fspl_gateway.core import queue as q
 from fspl_gateway.core import seqfile
 from fspl_gateway.core.errors import FsplError, PacketError, QueueError
 from fspl_gateway.core.fsutil import atomic_write
-from fspl_gateway.gateway.journal import last_runs
+from fspl_gateway.core.redact import redact
+from fspl_gateway.gateway.journal import last_runs, signers
 from fspl_gateway.gateway.quarantine import quarantined
 from fspl_gateway.gateway.receipts import RemoteReceipts, remote_receipts
 
@@ -36,6 +39,16 @@ class RemoteStatus:
     finished: float
     ok: bool
     summary: str
+
+
+@dataclass
+class SignerStatus:
+    """A key that signed jobs fetched into the queue (trust): its minisign key id."""
+
+    key_id: str
+    jobs: int
+    last_seq: int
+    last_time: float
 
 
 @dataclass
@@ -58,6 +71,7 @@ class QueueStatus:
     remotes: list[RemoteStatus] = field(default_factory=list)
     #: What the receipts of each remote say (an outbox that fetches receipts).
     receipts: list[RemoteReceipts] = field(default_factory=list)
+    signers: list[SignerStatus] = field(default_factory=list)
     order_by: str = "sequence"
     #: Set when the queue could not be read at all.
     error: str | None = None
@@ -80,6 +94,10 @@ def ranges(nums: Iterable[int]) -> str:
     return ", ".join(out)
 
 
+def _count_word(n: int) -> str:
+    return {2: "two", 3: "three"}.get(n, str(n))
+
+
 def _quarantined(qdir: str) -> list[str]:
     try:
         return quarantined(qdir)
@@ -98,6 +116,7 @@ def queue_status(qdir: str, *, decoder: str | None = None, order_by: str = "sequ
     st.next_seq = seqfile.read_unlocked(q.seqfile_path(qdir))
     oldest: float | None = None
     seqs: list[int] = []
+    by_seq: dict[int, list[str]] = {}
     try:
         with os.scandir(jdir) as it:
             entries = [e for e in it if q.is_job_filename(e.name)]
@@ -115,6 +134,7 @@ def queue_status(qdir: str, *, decoder: str | None = None, order_by: str = "sequ
             continue
         st.pending_jobs += 1
         seqs.append(meta.seq)
+        by_seq.setdefault(meta.seq, []).append(ent.name)
         oldest = mtime if oldest is None else min(oldest, mtime)
     st.pending_seqs = sorted(seqs)
     if oldest is not None:
@@ -125,11 +145,23 @@ def queue_status(qdir: str, *, decoder: str | None = None, order_by: str = "sequ
         if later:
             st.blocked = True
             st.blocked_reason = f"waiting for {st.next_seq}; have {ranges(later)}"
+    dup = min((s for s, names in by_seq.items() if len(names) > 1
+               and (st.next_seq is None or s >= st.next_seq)), default=None)
+    if order_by == "sequence" and st.next_seq is not None and dup is not None:
+        # fspl stops at a seq that two files claim (conflict copies): name them
+        names = sorted(by_seq[dup])
+        why = f"{_count_word(len(names))} files with seq {dup}: " + ", ".join(names)
+        if dup == st.next_seq or not st.blocked:
+            st.blocked = dup == st.next_seq
+            st.blocked_reason = why if st.blocked else f"will stop at seq {dup}: {why}"
+        else:
+            st.blocked_reason = f"{st.blocked_reason}; then {why}"
     st.quarantined = _quarantined(qdir)
     st.quarantined_files = len(st.quarantined)
     st.remotes = [RemoteStatus(r.remote, r.direction, r.started, r.finished, r.ok, r.summary)
                   for r in last_runs(qdir)]
     st.receipts = remote_receipts(qdir, now)
+    st.signers = [SignerStatus(*row) for row in signers(qdir)]
     return st
 
 
@@ -171,7 +203,7 @@ def _state(st: QueueStatus) -> str:
     if st.blocked:
         return f"blocked: {st.blocked_reason}"
     if st.pending_jobs:
-        return "pending"
+        return f"pending ({st.blocked_reason})" if st.blocked_reason else "pending"
     return "idle"
 
 
@@ -196,11 +228,25 @@ def render_text(statuses: list[QueueStatus], now: float | None = None) -> str:
             q_line += " (" + ", ".join(st.quarantined[:5]) + (", …" if st.quarantined_files > 5 else "") + ")"
         lines.append(q_line)
         for r in st.remotes:
-            lines.append(f"  last {'sync' if r.direction == 'pull' else r.direction} "
-                         f"{r.remote}: {'ok' if r.ok else 'FAILED'} at {_when(r.finished, now)}: "
-                         f"{r.summary}")
+            word = "sync" if r.direction == "pull" else r.direction
+            lines.append(f"  last {word} {r.remote}: {'ok' if r.ok else 'FAILED'} at "
+                         f"{_when(r.finished, now)}: {_short_summary(r.summary, word, r.remote)}")
+        for sg in st.signers:
+            lines.append(f"  signed by {sg.key_id}: {sg.jobs} job(s), last seq {sg.last_seq} "
+                         f"at {_when(sg.last_time, now)}")
         lines.extend(_receipt_lines(st.receipts))
-    return "\n".join(lines) + ("\n" if lines else "")
+    return redact("\n".join(lines) + ("\n" if lines else ""))
+
+
+def _short_summary(summary: str, word: str, remote: str) -> str:
+    """A run's summary without what the status line already says: the log-style
+    ``sync:``/``push:`` prefix (also behind a log level and ``fspl_gw:``) and the
+    remote (``from``/``to REMOTE``)."""
+    text = " ".join(summary.split())
+    text = re.sub(rf"^(?:[A-Z]+ +fspl_gw: +)?{re.escape(word)}(?: \(dry run\))?: +", "", text)
+    for prep in ("from", "to"):
+        text = text.replace(f" {prep} {remote}", "")
+    return text
 
 
 def _receipt_lines(receipts: list[RemoteReceipts]) -> list[str]:

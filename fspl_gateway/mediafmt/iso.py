@@ -2,7 +2,10 @@
 
 Reading (:class:`IsoImage`), *without mounting*: names are taken from Rock Ridge if the
 image has it, else Joliet, else plain ISO 9660 (``;1`` version suffix and a trailing dot
-removed).  A Rock Ridge symlink or special file in ``jobs/`` is not listed but recorded
+removed; the 8.3 names there are no job names, so each file is matched to the manifest by
+its sha256 to recover its name; without a manifest :attr:`IsoImage.problem` says why
+the names are lost).
+A corrupt image is a one-line TransportError, never pycdlib's ValueError/struct.error.  A Rock Ridge symlink or special file in ``jobs/`` is not listed but recorded
 in :attr:`IsoImage.refused`; subdirectories are ignored.
 
 Writing (:func:`write_image`): ISO 9660 interchange level 3 + Rock Ridge 1.09 + Joliet.
@@ -33,6 +36,11 @@ CHUNK = 1 << 20
 _JOLIET_BAD = set('*/:;?\\')
 
 
+def _one_line(e: BaseException) -> str:
+    text = " ".join(str(e).split()) or type(e).__name__
+    return f"{type(e).__name__}: {text[:200]}" if not isinstance(e, TransportError) else text
+
+
 # -- reading --------------------------------------------------------------------------------
 @dataclass
 class IsoFile:
@@ -59,13 +67,16 @@ class IsoImage:
         st = os.stat(path)
         #: (device, inode, size, mtime): a different key means a different image.
         self.key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+        self.path = path
         self.iso = pycdlib.PyCdlib()
         try:
             self.iso.open(path)
-        except PyCdlibException as e:
-            raise TransportError(f"{path}: not a readable ISO 9660 image ({e})") from None
         except OSError as e:
             raise TransportError(f"{path}: cannot read the image ({e.strerror})") from None
+        except (PyCdlibException, Exception) as e:  # noqa: BLE001 - corrupt images raise
+            # ValueError, struct.error, IndexError … from deep inside pycdlib
+            raise TransportError(f"{path}: not a readable ISO 9660 image "
+                                 f"({_one_line(e)})") from None
         self._streams = 0
         self._stale = False
         self.lock = threading.Lock()
@@ -81,7 +92,19 @@ class IsoImage:
         self.refused: list[tuple[str, str]] = []
         self.has_jobs = False
         self.manifest: IsoFile | None = None
-        self._scan()
+        #: Why the job names of this image cannot be told (a plain ISO 9660 image without
+        #: a manifest), or None.
+        self.problem: str | None = None
+        try:
+            self._scan()
+            if self.kind == "iso_path":
+                self._recover_plain_names()
+        except TransportError:
+            self.close()
+            raise
+        except Exception as e:  # noqa: BLE001 - a corrupt directory record, as above
+            self.close()
+            raise TransportError(f"{path}: corrupt ISO 9660 image ({_one_line(e)})") from None
 
     def _name_of(self, rec: Any) -> str:
         if self.kind == "rr_path" and rec.rock_ridge is not None:
@@ -159,6 +182,47 @@ class IsoImage:
             if ent is not None:
                 self.files[name] = ent
 
+    def _recover_plain_names(self) -> None:
+        """A plain ISO 9660 image (no Rock Ridge, no Joliet: ``genisoimage`` without
+        ``-R``/``-J``) holds 8.3 names (``FSPL_108.FSP``) that are no job names.  Recover
+        each one by matching its sha256 to the manifest; without a manifest the names are
+        lost: TransportError saying so."""
+        from fspl_gateway.core.hashing import sha256_stream
+        from fspl_gateway.core.queue import is_job_filename
+        from fspl_gateway.mediafmt.manifest import job_digests, parse_manifest
+
+        short = [n for n in self.files if not is_job_filename(n)]
+        if not short:
+            return
+        why = (f"{self.path} is a plain ISO 9660 image without Rock Ridge or Joliet names, "
+               f"so its job names were shortened (e.g. {short[0]})")
+        if self.manifest is None:
+            self.problem = (f"{why} and it has no {MANIFEST_NAME} to recover them from; "
+                            "make the image with Rock Ridge (genisoimage -R, xorriso -as "
+                            "mkisofs -R) or with the manifest")
+            return
+        with self.open(self.manifest) as mf:
+            entries, _ = parse_manifest(cast(BinaryIO, mf))
+        by_digest: dict[str, list[str]] = {}
+        for name, digest in sorted(job_digests(entries).items()):
+            if name not in self.files:
+                by_digest.setdefault(digest, []).append(name)
+        lost: list[str] = []
+        for name in short:
+            f = self.files[name]
+            with self.open(f) as s:
+                digest = sha256_stream(cast(BinaryIO, s))[0]
+            names = by_digest.get(digest)
+            if not names:
+                lost.append(name)
+                continue
+            real = names.pop(0)
+            del self.files[name]
+            self.files[real] = IsoFile(real, f.kind, f.path, f.size, f.mtime)
+        log.warning("%s; %d of %d recovered by matching their sha256 to the manifest%s",
+                    why, len(short) - len(lost), len(short),
+                    f" (not: {', '.join(sorted(lost))})" if lost else "")
+
     def open(self, f: IsoFile) -> IsoStream:
         """A readable stream of one file of this image."""
         from pycdlib.pycdlibexception import PyCdlibException
@@ -167,8 +231,9 @@ class IsoImage:
             try:
                 raw = self.iso.open_file_from_iso(**{f.kind: f.path})
                 raw.__enter__()
-            except PyCdlibException as e:
-                raise TransportError(f"{f.name}: cannot open it in the image ({e})") from None
+            except (PyCdlibException, Exception) as e:  # noqa: BLE001 - corrupt records
+                raise TransportError(f"{f.name}: cannot open it in the image "
+                                     f"({_one_line(e)})") from None
             self._streams += 1
         return IsoStream(self, raw)
 
@@ -210,7 +275,13 @@ class IsoStream(io.RawIOBase):
 
     def readinto(self, b: Any) -> int:
         with self._image.lock:
-            return int(self._raw.readinto(b))
+            try:
+                return int(self._raw.readinto(b))
+            except OSError:
+                raise
+            except Exception as e:  # noqa: BLE001 - pycdlib on a corrupt image
+                raise TransportError(f"{self._image.path}: corrupt ISO 9660 image "
+                                     f"({_one_line(e)})") from None
 
     def close(self) -> None:
         if not self.closed:

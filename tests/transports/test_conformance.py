@@ -377,3 +377,220 @@ def test_read_only_refuses(backend: Backend, remote: Transport) -> None:
     assert backend.raw_names(remote) == ["fspl-ro.fspl"]
     assert _read(remote, "fspl-ro.fspl") == b"read only"
     assert remote.cleanup_temporaries() == 0
+
+
+# -- hostile remotes (issue 12) ------------------------------------------------------
+# What a remote holds must never hurt the receiver: each test below checks the
+# transport's bound and, through the sync engine (gateway.pull), its safe behaviour.
+# Directory-backed remotes (extra "jobs_dir": the remote's jobs/ on this machine) also
+# get names that are not UTF-8, symlinks and special files.
+
+def _job(seq: int, payload: bytes | None = None) -> bytes:
+    from fspl_gateway.core.packet import Meta, encode_header
+
+    if payload is None:
+        payload = f"payload of job {seq}\n".encode() * 50
+    return encode_header(Meta(seq, (1700000000 + seq, 0), "NOP")) + payload
+
+
+def _queue(tmp_path: Path, name: str = "q") -> Path:
+    from fspl_gateway.core.queue import queue_init
+
+    q = tmp_path / name
+    queue_init(str(q))  # a sequence queue (nextseq 1)
+    return q
+
+
+def _pull(t: Transport, q: Path, **kw: object) -> object:
+    from fspl_gateway.gateway.pull import SyncOptions, pull
+    from fspl_gateway.gateway.retry import RetryPolicy
+
+    kw.setdefault("settle", 0.0)
+    opts = SyncOptions(retry=RetryPolicy(attempts=2, backoff=0.01), progress=False,
+                       **kw)  # type: ignore[arg-type]
+    return pull(t, q, opts)
+
+
+def _jobs_dir(backend: Backend, t: Transport) -> str:
+    from fspl_gateway.transports.wrapper import DelegatingTransport
+
+    f = backend.extra.get("jobs_dir")
+    if f is None:
+        pytest.skip(f"{backend.name}: no directory on this machine to plant files in")
+    inner = t.inner if isinstance(t, DelegatingTransport) else t
+    return str(f(inner))  # type: ignore[operator]
+
+
+def _replace(backend: Backend, t: Transport, name: str, data: bytes) -> None:
+    """Put other bytes under ``name`` behind the transport's back."""
+    if backend.read_only:
+        pytest.skip(f"{backend.name}: a file cannot be replaced there")
+    t.delete(name)
+    backend.put(t, name, data)
+
+
+def _local_names(q: Path) -> list[str]:
+    return sorted(os.listdir(q / "jobs"))
+
+
+def test_hostile_bigger_than_listed(backend: Backend, remote: Transport,
+                                    tmp_path: Path) -> None:
+    """A file swapped for a bigger one after the listing: the fetch reads at most one
+    byte more than listed and fails; sync links nothing, keeps the remote copy and takes
+    the file whole on the next run."""
+    from fspl_gateway.core.errors import IntegrityError
+
+    small, big = _job(1), _job(1, os.urandom(3 * MiB))
+    backend.put(remote, "fspl-big.fspl", small)
+    entry = _listing(remote)["fspl-big.fspl"]
+    _replace(backend, remote, "fspl-big.fspl", big)
+    sink = HashSink()
+    with pytest.raises(IntegrityError):
+        remote.fetch("fspl-big.fspl", sink, entry)  # type: ignore[arg-type]
+    assert sink.n <= len(small) + 1, f"accepted {sink.n} bytes, {len(small)} listed"
+    with pytest.raises(IntegrityError):
+        remote.fetch_to_path("fspl-big.fspl", str(tmp_path / "got"), entry)
+    assert not (tmp_path / "got").exists()
+
+    # the engine: listed small, grown before the fetch → not linked, not quarantined
+    q = _queue(tmp_path)
+    real_list = remote.list
+    stale = [entry]
+    remote.list = lambda: iter(stale)  # type: ignore[method-assign]
+    res = _pull(remote, q)
+    assert (res.fetched, res.quarantined, res.unsettled) == (0, 0, 1)  # type: ignore[attr-defined]
+    assert res.exit_code == 0 and _local_names(q) == []  # type: ignore[attr-defined]
+    remote.list = real_list  # type: ignore[method-assign]
+    res = _pull(remote, q)
+    assert res.fetched == 1 and (q / "jobs" / "fspl-big.fspl").read_bytes() == big  # type: ignore[attr-defined]
+
+
+def test_hostile_grows_after_listing(backend: Backend, remote: Transport,
+                                     tmp_path: Path) -> None:
+    """A file still being written under its final name (``cp``, ``scp``, old rclone):
+    appended to after the listing.  The fetch does not take the longer file; on
+    transports without atomic appearance sync waits for it to settle."""
+    from fspl_gateway.core.errors import IntegrityError
+
+    data = _job(1, os.urandom(200_000))
+    d = _jobs_dir(backend, remote)
+    with open(os.path.join(d, "fspl-grow.fspl"), "xb") as f:
+        f.write(data[:50_000])
+        f.flush()
+        entry = _listing(remote)["fspl-grow.fspl"]
+        f.write(data[50_000:100_000])
+        f.flush()
+        with pytest.raises(IntegrityError):
+            remote.fetch("fspl-grow.fspl", HashSink(), entry)  # type: ignore[arg-type]
+        if not remote.capabilities.atomic_appearance:
+            # a young file is looked at again after the settle interval: grown meanwhile
+            # → left for a later run
+            real_list = remote.list
+            calls = []
+
+            def growing_list() -> Iterator[RemoteEntry]:
+                calls.append(1)
+                if len(calls) == 2:  # the second look, after the wait
+                    f.write(data[100_000:150_000])
+                    f.flush()
+                return real_list()
+
+            remote.list = growing_list  # type: ignore[method-assign]
+            q = _queue(tmp_path)
+            res = _pull(remote, q, settle=0.3)
+            remote.list = real_list  # type: ignore[method-assign]
+            assert len(calls) == 2
+            assert (res.fetched, res.unsettled) == (0, 1)  # type: ignore[attr-defined]
+            assert res.exit_code == 0 and _local_names(q) == []  # type: ignore[attr-defined]
+        f.write(data[f.tell():])
+    q2 = _queue(tmp_path, "q2")
+    res = _pull(remote, q2)
+    assert res.fetched == 1 and (q2 / "jobs" / "fspl-grow.fspl").read_bytes() == data  # type: ignore[attr-defined]
+
+
+def test_hostile_swapped_for_endless_or_special(backend: Backend, remote: Transport,
+                                                tmp_path: Path) -> None:
+    """After the listing the file becomes a symlink to /dev/zero, or a FIFO: the fetch
+    fails within the listed size (+1), never hangs, never fills the disk."""
+    d = _jobs_dir(backend, remote)
+    data = _job(1)
+    backend.put(remote, "fspl-z.fspl", data)
+    entry = _listing(remote)["fspl-z.fspl"]
+    os.unlink(os.path.join(d, "fspl-z.fspl"))
+    os.symlink("/dev/zero", os.path.join(d, "fspl-z.fspl"))
+    sink = HashSink()
+    with pytest.raises(TransportError):
+        remote.fetch("fspl-z.fspl", sink, entry)  # type: ignore[arg-type]
+    assert sink.n <= len(data) + 1
+    if not backend.extra.get("fifo_hangs_server"):  # sftp-server blocks opening a FIFO
+        os.unlink(os.path.join(d, "fspl-z.fspl"))
+        os.mkfifo(os.path.join(d, "fspl-z.fspl"))
+        with pytest.raises(TransportError):
+            remote.fetch("fspl-z.fspl", HashSink(), entry)  # type: ignore[arg-type]
+
+
+def test_hostile_symlinks_and_special_files_not_taken(backend: Backend, remote: Transport,
+                                                      tmp_path: Path) -> None:
+    """Symlinks (to a job outside, to /dev/zero), a FIFO and a directory named like jobs
+    are not listed and not fetched; the regular job next to them is."""
+    d = _jobs_dir(backend, remote)
+    outside = tmp_path / "outside.fspl"
+    outside.write_bytes(_job(2))
+    os.symlink(outside, os.path.join(d, "fspl-link.fspl"))
+    os.symlink("/dev/zero", os.path.join(d, "fspl-zero.fspl"))
+    os.mkfifo(os.path.join(d, "fspl-fifo.fspl"))
+    os.mkdir(os.path.join(d, "fspl-dir.fspl"))
+    backend.put(remote, "fspl-ok.fspl", _job(1))
+    assert set(_listing(remote)) == {"fspl-ok.fspl"}
+    q = _queue(tmp_path)
+    res = _pull(remote, q)
+    assert res.fetched == 1 and _local_names(q) == ["fspl-ok.fspl"]  # type: ignore[attr-defined]
+    assert outside.read_bytes() == _job(2)
+
+
+def test_hostile_names_not_utf8_or_with_newline(backend: Backend, remote: Transport,
+                                                tmp_path: Path,
+                                                caplog: pytest.LogCaptureFixture) -> None:
+    """A job name that is not UTF-8, or holds a newline: refused with one escaped
+    warning, no traceback, every other job fetched — on every run."""
+    d = _jobs_dir(backend, remote)
+    with open(os.path.join(os.fsencode(d), b"fspl-\xff\xfe.fspl"), "xb") as f:
+        f.write(_job(1))
+    backend.put(remote, "fspl-a\nb.fspl", _job(1))
+    backend.put(remote, "fspl-ok.fspl", _job(1))
+    names = set(_listing(remote))
+    assert "fspl-a\nb.fspl" in names and len(names) == 3
+    q = _queue(tmp_path)
+    for _ in range(2):
+        caplog.clear()
+        res = _pull(remote, q)
+        assert (res.refused, res.failed) == (2, 0)  # type: ignore[attr-defined]
+        assert _local_names(q) == ["fspl-ok.fspl"]
+        text = caplog.text
+        assert "fspl-\\xff\\xfe.fspl" in text and "fspl-a\\nb.fspl" in text
+        assert "\n" not in "".join(r.getMessage() for r in caplog.records)
+
+
+def test_hostile_two_files_with_one_seq(backend: Backend, remote: Transport,
+                                        tmp_path: Path) -> None:
+    """Conflict copies (Dropbox's "(… conflicted copy …)", Syncthing's ".sync-conflict-")
+    claim a seq another job has: same bytes → dropped (journaled), different bytes →
+    quarantined (exit 3); never two files with one seq in jobs/."""
+    from fspl_gateway.gateway.status import queue_status
+
+    job1 = _job(1)
+    backend.put(remote, "fspl-one.fspl", job1)
+    backend.put(remote, "fspl-one (A's conflicted copy 2024-01-01).fspl", job1)
+    backend.put(remote, "fspl-two.fspl", _job(2))
+    backend.put(remote, "fspl-two.sync-conflict-20240101-000000-ABCDEFG.fspl",
+                _job(2, b"other bytes"))
+    q = _queue(tmp_path)
+    res = _pull(remote, q)
+    jobs = _local_names(q)
+    assert len(jobs) == 2, jobs
+    assert res.quarantined == 1 and res.exit_code == 3  # type: ignore[attr-defined]
+    reason = [p for p in os.listdir(q / ".fspl-gw" / "quarantine") if p.endswith(".reason")]
+    assert len(reason) == 1
+    assert "seq 2 is already taken" in (q / ".fspl-gw" / "quarantine" / reason[0]).read_text()
+    st = queue_status(str(q))
+    assert not st.blocked and sorted(st.pending_seqs) == [1, 2]

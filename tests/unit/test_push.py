@@ -47,6 +47,14 @@ def fill(outbox: Path, jobs: dict[str, bytes]) -> None:
         (outbox / "jobs" / name).write_bytes(data)
 
 
+def probed(outbox: Path, t: LocalTransport) -> None:
+    """Cache the capability probe's answer, so that write_new counts only jobs."""
+    from fspl_gateway.core.layout import QueueLayout
+    from fspl_gateway.gateway.probe import store_noclobber
+
+    store_noclobber(QueueLayout(str(outbox)), t.describe(), True)
+
+
 def opts(**kw: Any) -> PushOptions:
     kw.setdefault("retry", FAST)
     kw.setdefault("progress", False)
@@ -101,6 +109,7 @@ def test_push_remote_exists_error_path(outbox: Path, remote: Path) -> None:
             return iter(())
 
     t = Blind(str(remote))
+    probed(outbox, t)
     res = push(t, outbox, opts())
     assert t.calls["write_new"] == 2
     assert (res.pushed, res.skipped, res.conflicts, res.exit_code) == (0, 1, 1, 3)
@@ -166,6 +175,7 @@ def test_push_bounded_retries(outbox: Path, remote: Path) -> None:
     src = job_set(1)
     fill(outbox, src)
     t = CountingTransport(str(remote))
+    probed(outbox, t)
     t.fail = {"write_new": [TransientError("down")] * 10}
     res = push(t, outbox, opts())
     assert (res.failed, res.exit_code) == (1, 3) and t.calls["write_new"] == 5

@@ -6,7 +6,8 @@ brackets.  The path after the host is absolute (``host/srv/q`` is ``/srv/q``);
 ``host/~/q`` and ``host:q`` are relative to the login directory, ``host/~`` is the login
 directory itself.  The SSH config (``~/.ssh/config``, or another file, or none) gives
 ``HostName``, ``User``, ``Port``, ``IdentityFile`` and ``UserKnownHostsFile``; values in
-the location win over it.
+the location win over it.  A password in the location (``user:PASSWORD@host``) is refused
+(ConfigError, the password masked): it would end up in every description of the remote.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from typing import Any
 import paramiko
 
 from fspl_gateway.core.errors import ConfigError
+from fspl_gateway.core.redact import add_secret, redact
 
 
 @dataclass(frozen=True)
@@ -48,6 +50,12 @@ def parse_location(location: str) -> Location:
             f"bad sftp location {location!r}: expected [user@]host[:port]/path"
         )
     user, host, tail = m.group("user"), m.group("host"), m.group("tail")
+    if user is not None and ":" in user:
+        add_secret(user.partition(":")[2])  # masked in every output from now on
+        raise ConfigError(
+            f"sftp location {redact(location)!r}: a password in the location is not "
+            "accepted (it would show in logs, the journal and status); log in with a key: "
+            "the identity_file option in the config file, or ssh-agent")
     if host.startswith("["):
         host = host[1:-1]
     port: int | None = None

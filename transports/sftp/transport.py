@@ -44,13 +44,19 @@ from paramiko.sftp_attr import SFTPAttributes
 
 from fspl_gateway.core.errors import (
     ConfigError,
-    IntegrityError,
     RemoteNotFoundError,
     TransportError,
 )
 from fspl_gateway.core.fsutil import TMP_PREFIX
 from fspl_gateway.core.log import get_logger
-from fspl_gateway.transports.base import Capabilities, RemoteEntry, Transport
+from fspl_gateway.transports.base import (
+    SETTLE_OPTION,
+    Capabilities,
+    RemoteEntry,
+    Transport,
+    check_listed_size,
+    check_not_more,
+)
 from fspl_gateway.transports.local import pid_alive
 from fspl_gateway.transports.options import Option, OptionSchema, OptionType
 from fspl_gateway.transports.sftp.auth import DEFAULT_PASSPHRASE_ENV, Authenticator
@@ -132,12 +138,14 @@ OPTIONS = OptionSchema(
            help="Remove a leftover temporary untouched for this long."),
     Option("fsync", OptionType.BOOL, default=True,
            help="Make uploads durable with `fsync@openssh.com` where offered."),
+    SETTLE_OPTION,
 )
 
 
 class SFTPTransport(Transport):
     name = "sftp"
-    capabilities = Capabilities(can_write=True, can_delete=True, atomic_noclobber=True)
+    #: a file may be filled under its final name (scp, rclone < 1.63): see ``settle``
+    capabilities = Capabilities(atomic_appearance=False)
     options_schema = OPTIONS
 
     def __init__(self, location: str, options: Mapping[str, Any] | None = None) -> None:
@@ -236,6 +244,7 @@ class SFTPTransport(Transport):
         self.check_name(name)
         path = self._path(name)
         proto = self.proto
+        where = f"{path} on {self._host_entry}"
         n = 0
         with self.pool.use() as ch:
             with proto.remote(ch, path, "open"):
@@ -249,16 +258,17 @@ class SFTPTransport(Transport):
                         expected = SFTPAttributes._from_msg(msg).st_size
                 chunks = proto.read_chunks(ch, path, handle, expected)
                 for data in chunks:
+                    if expected is not None and n + len(data) > expected:
+                        data = data[:expected + 1 - n]  # never accept more than listed
                     dst.write(data)  # local errors propagate unchanged
                     n += len(data)
+                    check_not_more(where, n, expected)
             finally:
                 if chunks is not None:
                     chunks.close()  # type: ignore[attr-defined]
                 with contextlib.suppress(Exception), proto.remote(ch, path, "close"):
                     proto.close_handle(ch, handle)
-        if entry is not None and entry.size is not None and entry.size != n:
-            raise IntegrityError(f"{path} on {self._host_entry}: read {n} bytes, "
-                                 f"the listing said {entry.size}")
+        check_listed_size(where, n, entry)
         return n
 
     def write_new(self, name: str, src: BinaryIO, size: int) -> RemoteEntry:

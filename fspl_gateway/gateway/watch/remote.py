@@ -111,10 +111,14 @@ class RemotePoller:
     def _pull(self, t: Transport) -> bool:
         from fspl_gateway.gateway.pull import AfterFetch, SyncOptions, pull
         from fspl_gateway.gateway.retry import RetryPolicy
+        from fspl_gateway.gateway.trust import policy_from, routed_passes
 
         p = self.pipe
+        policy = policy_from(self.spec.trust)  # trust configured: no unsigned job gets in
+        if policy is not None:  # with routes: this queue's pass (others are left to sync)
+            policy = routed_passes(policy, p.queue)[-1][1]
         opts = SyncOptions(after_fetch=AfterFetch(p.after), decoder=p.decoder, concurrency=p.concurrency,
-                           retry=RetryPolicy(attempts=p.retries), progress=False)
+                           retry=RetryPolicy(attempts=p.retries), progress=False, trust=policy)
         so = _receipts(self.spec)
         if so is not None:
             from fspl_gateway.gateway.receipts import enable
@@ -162,7 +166,7 @@ def _receipts(spec: RemoteSpec) -> SendOptions | None:
     from fspl_gateway.core.errors import UsageError
     from fspl_gateway.gateway import receipt_settings as rset
 
-    rs = rset.parse(spec.settings, spec.name or spec.location)
+    rs = rset.of_remote(spec)
     if not rs.receipts:
         return None
 

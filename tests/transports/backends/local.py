@@ -40,6 +40,6 @@ def backend_local(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Backend]
         return LocalTransport(str(root))
 
     yield Backend(name="local", make=make, put=dir_put, raw_names=dir_raw_names,
-                  extra={"delete_missing_raises": True})
+                  extra={"delete_missing_raises": True, "jobs_dir": _jobs})
     for root in made:  # do not leave 1 GiB files in pytest's kept tmp dirs
         shutil.rmtree(root, ignore_errors=True)

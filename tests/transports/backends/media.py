@@ -24,6 +24,7 @@ import pytest
 
 from fspl_gateway.transports.base import Transport
 from tests.transports.backends import Backend
+from tests.transports.backends.local import _jobs as local_jobs_dir
 from tests.transports.backends.local import dir_put, dir_raw_names
 
 _JOLIET_BAD = set('*/:;?\\')
@@ -42,7 +43,7 @@ def backend_media_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Back
         return MediaTransport(str(root))
 
     yield Backend(name="media_dir", make=make, put=dir_put, raw_names=dir_raw_names,
-                  extra={"delete_missing_raises": True})
+                  extra={"delete_missing_raises": True, "jobs_dir": local_jobs_dir})
     for root in made:
         shutil.rmtree(root, ignore_errors=True)
 

@@ -61,6 +61,7 @@ def backend_sftp(sshd: SSHD, tmp_path_factory: pytest.TempPathFactory,
         return SFTPTransport(f"{sshd.user}@{sshd.host}:{sshd.port}{root}", opts)
 
     yield Backend(name="sftp", make=make, put=_put, raw_names=_raw_names, big_size=BIG_SIZE,
-                  extra={"delete_missing_raises": True})
+                  extra={"delete_missing_raises": True, "jobs_dir": _jobs,
+                         "fifo_hangs_server": True})
     for root in made:  # do not leave big files in pytest's kept tmp dirs
         shutil.rmtree(root, ignore_errors=True)

@@ -1,0 +1,563 @@
+"""Trust: only what a trusted sender signed gets into a queue, routed per origin.
+
+The formats are in :mod:`fspl_gateway.core.jobsig` (a detached minisign signature
+``fspl-….fspl.minisig`` beside each job, whose trusted comment binds queue id, seq and
+sha256) and :mod:`fspl_gateway.core.agecrypt` (age files, through the ``age`` binary).
+This module is the policy the engines call: small hooks in
+:mod:`~fspl_gateway.gateway.pull` and :mod:`~fspl_gateway.gateway.push` call into it.
+
+**Receiver** (:class:`TrustPolicy`, :class:`ReceiveGate`; ``sync --trust``, config
+``trusted_keys``).  With trust configured *every* job goes through the gate, whatever the
+transport (sync, ``import`` of media, the watch service):
+
+1. before anything is downloaded, the job's ``.minisig`` is read (a few hundred bytes) from
+   the listing.  Missing: the job waits — it is not fetched, nothing is recorded but the
+   time it was first seen (journal ``signature_waits``) — until the signature wait
+   (``signature_wait``, default :data:`DEFAULT_SIGNATURE_WAIT` s) has passed since; then it
+   is quarantined as unsigned.  Remotes may list in any order, and a sender writes the
+   signature first, so a receiver normally finds both.  An unparsable signature, a key that
+   is not trusted, or (with routes) a trusted key that no route names → quarantined;
+2. the job is downloaded into staging and verified there (:func:`~fspl_gateway.core.jobsig.verify_job`):
+   signature, trusted comment, queue id, sha256 of the bytes, and the header's seq.  Then
+   (key id, seq, sha256) is claimed in the journal (``signers``): the same (key, seq) seen
+   before with other bytes is a replay (or a forked sender) → quarantined;
+3. an encrypted job (age) is decrypted at the boundary, in staging, when the receiver has
+   an identity (``--identity``): streamed through ``age -d`` (flat memory), the plaintext
+   header checked against the signed seq (:func:`~fspl_gateway.core.jobsig.check_decrypted`),
+   and the plaintext is what is linked into ``jobs/``.  Why at the boundary: the header of
+   an encrypted job cannot be read before decryption, and a queue of plain packets keeps
+   ``queue-process``, ``status``, ordering by seq and every fspl-compatible tool working as
+   they do; the payload was authenticated before a byte reached age.  Without an identity
+   an encrypted job is linked as it is and needs ``--decoder 'age -d -i KEY'`` (fspl's own
+   recipe) for sync and processing; its decoded header must carry the signed seq;
+4. only then does the normal pull path (fsync, link into ``jobs/``, journal) go on.  A
+   refusal at any step quarantines the file with its reason (``.reason`` file, exit 3);
+   nothing unverified is ever visible in ``jobs/``.  The ``.minisig`` is deleted from the
+   remote together with its job under ``--after-fetch delete``.
+
+A kill during verification leaves only a staging file, which the next run removes and
+fetches again.
+
+**Routing** (:func:`routed_passes`): ``routes`` maps a key (id or one-line public key) to a
+local queue.  ``sync`` then runs one pull per target queue, each taking only the jobs of
+its keys (the signatures are read once and shared between the passes), so every origin
+keeps its own strict order and its own ``nextseq``, lock, journal and replay record; the
+pass into the ``-q`` queue comes last and quarantines what no route takes (unsigned,
+unknown or unrouted keys).
+
+**Sender** (:class:`SignPolicy`; ``push --sign KEY --queue-id ID [--encrypt-to R]``): the
+job is encrypted first when asked (to a file in ``<outbox>/.fspl-gw/outgoing/``, kept until
+the job is pushed, so that a retry sends the same ciphertext), the file that travels is
+signed, and the signature is written to the remote *before* the job.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from fspl_gateway.core import agecrypt
+from fspl_gateway.core.errors import (
+    FsplError,
+    QueueError,
+    RemoteExistsError,
+    RemoteNotFoundError,
+    UsageError,
+)
+from fspl_gateway.core.fsutil import AtomicWriter, tmp_name
+from fspl_gateway.core.jobsig import (
+    VerifiedJob,
+    check_decrypted,
+    check_queue_id,
+    sign_job,
+    verify_job,
+)
+from fspl_gateway.core.layout import QueueLayout
+from fspl_gateway.core.log import log
+from fspl_gateway.core.minisign import (
+    SIG_SUFFIX,
+    PublicKey,
+    SecretKey,
+    Signature,
+    SignatureError,
+    load_public_key,
+    read_secret_key,
+    secret_key_is_encrypted,
+)
+from fspl_gateway.core.packet import Meta
+from fspl_gateway.transports.base import RemoteEntry, Transport, is_job_name
+
+#: Seconds a job may wait for its signature before it is quarantined as unsigned.
+DEFAULT_SIGNATURE_WAIT = 120.0
+#: A job signature is a few hundred bytes; a bigger ``.minisig`` is refused unread.
+MAX_SIG_BYTES = 4096
+#: The environment variable with the passphrase of an encrypted secret key.
+PASSPHRASE_ENV = "FSPL_GW_KEY_PASSPHRASE"
+
+
+class TrustRefused(FsplError):
+    """A job the trust policy refuses: quarantined with this message (its ``reason`` is
+    a short code)."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+def sig_name(job_name: str) -> str:
+    return job_name + SIG_SUFFIX
+
+
+def _strings(value: Any, what: str) -> list[str]:
+    if value is None:
+        return []
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, list | tuple) and all(isinstance(v, str) for v in value):
+        return list(value)
+    raise UsageError(f"{what} must be a string or a list of strings")
+
+
+def load_keys(specs: Iterable[str]) -> list[PublicKey]:
+    """Public keys from files or minisign one-line keys (``RW…``); duplicates once."""
+    out: dict[str, PublicKey] = {}
+    for spec in specs:
+        k = load_public_key(spec)
+        out.setdefault(k.key_id, k)
+    return list(out.values())
+
+
+def load_secret_key(path: str) -> SecretKey:
+    """A signing key: unencrypted, or with its passphrase from $FSPL_GW_KEY_PASSPHRASE."""
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            text = f.read(1 << 16)
+    except OSError as e:
+        raise UsageError(f"cannot read the secret key {path}: {e.strerror}") from None
+    passphrase = None
+    if secret_key_is_encrypted(text):
+        passphrase = os.environ.get(PASSPHRASE_ENV)
+        if not passphrase:
+            raise UsageError(f"the secret key {path} is encrypted: set ${PASSPHRASE_ENV}")
+    return read_secret_key(path, passphrase)
+
+
+# -- receiver --------------------------------------------------------------------------
+@dataclass
+class TrustPolicy:
+    """What a receiving queue trusts (see the module doc)."""
+
+    keys: list[PublicKey]
+    queue_id: str
+    identities: list[str] = field(default_factory=list)
+    signature_wait: float = DEFAULT_SIGNATURE_WAIT
+    #: key id → queue directory (routing); empty: every trusted key goes to this queue.
+    routes: dict[str, str] = field(default_factory=dict)
+    #: Key ids this pass takes (None: every trusted key, subject to routes).
+    accept: frozenset[str] | None = None
+    #: The pass that quarantines what no pass takes (unsigned, unknown, unrouted).
+    main: bool = True
+    #: Signatures read in this sync, shared by its passes: name → (tag, size, bytes).
+    cache: dict[str, tuple[str | None, int | None, bytes]] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def __post_init__(self) -> None:
+        if not self.keys:
+            raise UsageError("trust needs at least one trusted public key")
+        check_queue_id(self.queue_id)
+        for f in self.identities:
+            if not os.access(f, os.R_OK):
+                raise UsageError(f"cannot read the age identity file {f}")
+        if self.identities:
+            agecrypt.age_binary()  # missing: an error for the run, not a refused job
+        if self.signature_wait < 0:
+            raise UsageError("signature wait must not be negative")
+
+    @property
+    def key_ids(self) -> frozenset[str]:
+        return frozenset(k.key_id for k in self.keys)
+
+    def for_pass(self, accept: frozenset[str] | None, main: bool) -> TrustPolicy:
+        """A copy for one routing pass (sharing the signature cache)."""
+        p = TrustPolicy(self.keys, self.queue_id, self.identities, self.signature_wait,
+                        self.routes, accept, main, self.cache)
+        p._lock = self._lock
+        return p
+
+
+def _route_key(spec: str, keys: list[PublicKey]) -> PublicKey:
+    s = spec.strip()
+    for k in keys:
+        if s.upper() == k.key_id:
+            return k
+    if len(s) == 16:
+        raise UsageError(f"route key {s}: no trusted key has this id (give the public key)")
+    return load_public_key(s)
+
+
+def policy_from(settings: Mapping[str, Any], *, trust: Sequence[str] = (),
+                queue_id: str | None = None, identities: Sequence[str] = (),
+                signature_wait: float | None = None,
+                routes: Sequence[tuple[str, str]] = ()) -> TrustPolicy | None:
+    """The receiving policy from a remote's config trust settings and command-line flags
+    (flags add keys, identities and routes; they replace the queue id and the wait).
+    None when no trusted key and no route is configured (trust off)."""
+    specs = _strings(settings.get("trusted_keys"), "trusted_keys") + list(trust)
+    table = settings.get("routes") or {}
+    if not isinstance(table, Mapping) or not all(isinstance(v, str) for v in table.values()):
+        raise UsageError("routes must be a table of key = \"queue directory\"")
+    route_specs = list(table.items()) + list(routes)
+    if not specs and not route_specs:
+        if queue_id or identities:
+            raise UsageError("--queue-id and --identity need trusted keys (--trust)")
+        return None
+    keys = load_keys(specs)
+    route_map: dict[str, str] = {}
+    for spec, qdir in route_specs:
+        k = _route_key(spec, keys)
+        if k.key_id not in {x.key_id for x in keys}:
+            keys.append(k)  # a routed key is trusted
+        route_map[k.key_id] = os.path.abspath(os.path.expanduser(qdir))
+    qid = queue_id or settings.get("queue_id")
+    if not qid or not isinstance(qid, str):
+        raise UsageError("trust needs the queue id that senders sign for: --queue-id ID "
+                         "(config: queue_id)")
+    wait = signature_wait if signature_wait is not None else settings.get(
+        "signature_wait", DEFAULT_SIGNATURE_WAIT)
+    if not isinstance(wait, int | float) or isinstance(wait, bool):
+        raise UsageError("signature_wait must be a number of seconds")
+    ids = _strings(settings.get("identity"), "identity") + list(identities)
+    return TrustPolicy(keys, qid, ids, float(wait), route_map)
+
+
+@dataclass
+class Admitted:
+    """A staged job that passed the gate: ``path`` (the plaintext when it was
+    decrypted), the verified signature, and whether the header is still to be checked
+    against the signed seq (an encrypted job read through a decoder)."""
+
+    path: str
+    verified: VerifiedJob
+    check_header: bool
+
+
+class ReceiveGate:
+    """The trust hooks of one pull run (see the module doc)."""
+
+    def __init__(self, policy: TrustPolicy, transport: Transport, remote: str, qdir: str,
+                 call: Callable[[Callable[[], Any], str], Any]) -> None:
+        self.p = policy
+        self.t = transport
+        self.remote = remote
+        self.qdir = qdir
+        #: ``retry.call`` bound to the run's stop event.
+        self.call = call
+        self.sigs: dict[str, RemoteEntry] = {}
+        self.waiting = 0
+
+    def index(self, entries: Iterable[RemoteEntry]) -> None:
+        """Note the signature files of a listing (by the name of their job)."""
+        for e in entries:
+            if e.name.endswith(SIG_SUFFIX) and is_job_name(e.name[:-len(SIG_SUFFIX)]):
+                self.sigs[e.name[:-len(SIG_SUFFIX)]] = e
+
+    def companions(self, names: Iterable[str]) -> list[str]:
+        """The listed signature files of ``names``: removed from the remote with them."""
+        return [sig_name(n) for n in names if n in self.sigs]
+
+    def _read_sig(self, e: RemoteEntry) -> bytes:
+        with self.p._lock:
+            hit = self.p.cache.get(e.name)
+        if hit is not None and hit[0] == e.tag and hit[1] == e.size:
+            return hit[2]
+        if e.size is not None and e.size > MAX_SIG_BYTES:
+            raise TrustRefused("bad-signature", f"signature file {e.name} is {e.size} bytes "
+                               f"(a job signature is under {MAX_SIG_BYTES})")
+
+        def read() -> bytes:
+            with self.t.open(e.name) as s:
+                return s.read(MAX_SIG_BYTES + 1)
+
+        data: bytes = self.call(read, f"reading {e.name}")
+        if len(data) > MAX_SIG_BYTES:
+            raise TrustRefused("bad-signature", f"signature file {e.name} is over "
+                               f"{MAX_SIG_BYTES} bytes")
+        with self.p._lock:
+            self.p.cache[e.name] = (e.tag, e.size, data)
+        return data
+
+    def before_fetch(self, e: RemoteEntry, journal: Any) -> Signature | TrustRefused | None:
+        """Whether to fetch job ``e``: its parsed signature (fetch and verify it), a
+        TrustRefused (fetch it into the quarantine), or None (leave it: it waits for its
+        signature, or another routing pass takes it)."""
+        sig_e = self.sigs.get(e.name)
+        data = None
+        if sig_e is not None:
+            try:
+                data = self._read_sig(sig_e)
+            except RemoteNotFoundError:
+                data = None
+            except TrustRefused as r:
+                return r if self.p.main else None
+        if data is None:
+            return self._unsigned(e, journal)
+        try:
+            sig = Signature.parse(data)
+        except SignatureError as err:
+            return TrustRefused(err.reason, f"bad signature file: {err}") if self.p.main else None
+        kid = sig.key_id
+        if kid not in self.p.key_ids:
+            if not self.p.main:
+                return None
+            return TrustRefused("unknown-key", f"signed by key {kid}, which is not trusted")
+        if self.p.routes and kid not in self.p.routes:
+            if not self.p.main:
+                return None
+            return TrustRefused("unrouted-key", f"signed by trusted key {kid}, which no route "
+                                "sends to a queue")
+        if self.p.accept is not None and kid not in self.p.accept:
+            return None
+        return sig
+
+    def _unsigned(self, e: RemoteEntry, journal: Any) -> TrustRefused | None:
+        if not self.p.main:
+            return None
+        now = time.time()
+        waited = now - journal.first_seen(self.remote, e.name, now)
+        if waited >= self.p.signature_wait:
+            return TrustRefused("unsigned", f"no signature ({sig_name(e.name)}) after "
+                                f"{waited:.0f} s")
+        log.info("%s from %s has no signature yet; waiting (%.0f of %.0f s)", e.name,
+                 self.remote, waited, self.p.signature_wait)
+        self.waiting += 1
+        return None
+
+    def admit(self, path: str, e: RemoteEntry, sig: Signature, journal: Any,
+              decoder: str | None) -> Admitted:
+        """Verify a staged job; claim (key, seq, sha256); decrypt it when we can.
+        TrustRefused for any failure (``path`` is then still the staged file, for the
+        quarantine)."""
+        try:
+            v = verify_job(path, sig, self.p.keys, self.p.queue_id)
+        except SignatureError as err:
+            raise TrustRefused(err.reason, str(err)) from None
+        other = journal.claim_signed(v.key_id, v.seq, v.sha256, self.remote, e.name)
+        if other is not None:
+            raise TrustRefused("replay", f"key {v.key_id} already signed seq {v.seq} with "
+                               f"other bytes (sha256 {other}): a replay or a forked sender")
+        journal.forget_wait(self.remote, e.name)
+        if not v.encrypted:
+            return Admitted(path, v, False)
+        if not self.p.identities:
+            if decoder is None:
+                raise TrustRefused("encrypted", "the job is encrypted (age) and this receiver "
+                                   "has no --identity (or --decoder) to read it")
+            return Admitted(path, v, True)
+        plain = self._decrypt(path, e, v)
+        os.unlink(path)
+        return Admitted(plain, v, False)
+
+    def _decrypt(self, path: str, e: RemoteEntry, v: VerifiedJob) -> str:
+        out = os.path.join(os.path.dirname(path), tmp_name(e.name[:64]))
+        src = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            dst = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+            try:
+                agecrypt.decrypt_stream(src, dst, self.p.identities)
+            finally:
+                os.close(dst)
+            check_decrypted(v, out)
+        except agecrypt.AgeError as err:
+            _unlink_quiet(out)
+            raise TrustRefused("decrypt", f"cannot decrypt: {err}") from None
+        except SignatureError as err:
+            _unlink_quiet(out)
+            raise TrustRefused(err.reason, str(err)) from None
+        except BaseException:
+            _unlink_quiet(out)
+            raise
+        finally:
+            os.close(src)
+        return out
+
+    @staticmethod
+    def check_header(adm: Admitted, meta: Meta) -> None:
+        if adm.check_header:
+            try:
+                adm.verified.check_meta(meta)
+            except SignatureError as err:
+                raise TrustRefused(err.reason, str(err)) from None
+
+
+def _unlink_quiet(path: str) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
+
+
+def routed_passes(policy: TrustPolicy, qdir: str) -> list[tuple[str, TrustPolicy]]:
+    """(queue directory, policy) per pull pass: one per route target (its keys), the
+    ``qdir`` pass last (its routed keys, and it quarantines what no route takes)."""
+    main = os.path.abspath(qdir)
+    if not policy.routes:
+        return [(qdir, policy)]
+    targets: dict[str, set[str]] = {}
+    for kid, q in policy.routes.items():
+        targets.setdefault(q, set()).add(kid)
+    passes = [(q, policy.for_pass(frozenset(ids), False))
+              for q, ids in sorted(targets.items()) if q != main]
+    passes.append((qdir, policy.for_pass(frozenset(targets.get(main, set())), True)))
+    return passes
+
+
+# -- sender ----------------------------------------------------------------------------
+@dataclass
+class SignPolicy:
+    """What a sender does to each job: sign it for ``queue_id`` (and encrypt it first to
+    ``recipients``)."""
+
+    key: SecretKey | None
+    queue_id: str | None
+    recipients: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if self.key is not None:
+            if not self.queue_id:
+                raise UsageError("signing needs the receiver's queue id: --queue-id ID "
+                                 "(config: queue_id)")
+            check_queue_id(self.queue_id)
+        self.recipients = [agecrypt.check_recipient(r) for r in self.recipients]
+        if self.recipients:
+            agecrypt.age_binary()
+
+
+def sign_policy_from(settings: Mapping[str, Any], *, sign: str | None = None,
+                     queue_id: str | None = None,
+                     encrypt_to: Sequence[str] = ()) -> SignPolicy | None:
+    """The sending policy from a remote's config and flags; None when neither signing
+    nor encryption is asked for."""
+    key_path = sign or settings.get("sign_key")
+    recipients = _strings(settings.get("encrypt_to"), "encrypt_to") + list(encrypt_to)
+    if not key_path and not recipients:
+        if queue_id:
+            raise UsageError("--queue-id needs a signing key (--sign)")
+        return None
+    key = load_secret_key(os.path.expanduser(key_path)) if key_path else None
+    qid = queue_id or settings.get("queue_id")
+    return SignPolicy(key, qid if isinstance(qid, str) else None, recipients)
+
+
+class Outgoing:
+    """What travels for one outbox job: the job itself or its encrypted copy (in
+    ``<outbox>/.fspl-gw/outgoing/``, made once and reused by a retry), and its signature."""
+
+    def __init__(self, policy: SignPolicy, qdir: str, name: str, path: str, seq: int) -> None:
+        self.p = policy
+        self.name = name
+        self.path = path
+        self.seq = seq
+        self.encrypted = False
+        self.dir = os.path.join(QueueLayout(qdir).gw, "outgoing")
+        if policy.recipients:
+            self.path = self._encrypt(path)
+            self.encrypted = True
+        self.sig = (sign_job(self.path, policy.key, policy.queue_id or "", seq=seq)
+                    if policy.key is not None else None)
+
+    def _encrypt(self, plain: str) -> str:
+        out = os.path.join(self.dir, self.name)
+        if os.path.exists(out):
+            return out  # made by an earlier attempt: the same ciphertext again
+        try:
+            os.makedirs(self.dir, exist_ok=True)
+            w = AtomicWriter(self.dir, self.name)
+        except OSError as e:
+            raise QueueError(f"cannot write into {self.dir}: {e.strerror}") from None
+        try:
+            with open(plain, "rb") as src:
+                agecrypt.encrypt_stream(src.fileno(), w.fileno(), self.p.recipients)
+            w.commit()
+        except BaseException:
+            w.abort()
+            raise
+        return out
+
+    def send_signature(self, t: Transport, call: Callable[[Callable[[], Any], str], Any]) -> None:
+        """Write the signature to the remote (before the job).  One already there with
+        other bytes (a stale one) is replaced."""
+        if self.sig is None:
+            return
+        sig = self.sig
+        name = sig_name(self.name)
+
+        def write() -> None:
+            try:
+                t.write_new(name, io.BytesIO(sig), len(sig))
+            except RemoteExistsError:
+                with t.open(name) as s:
+                    if s.read(MAX_SIG_BYTES + 1) == sig:
+                        return
+                t.delete(name)
+                t.write_new(name, io.BytesIO(sig), len(sig))
+
+        call(write, f"writing {name}")
+
+    def done(self) -> None:
+        """The job is pushed: remove its encrypted copy."""
+        if self.encrypted:
+            _unlink_quiet(self.path)
+
+
+# -- media -----------------------------------------------------------------------------
+MANIFEST_TAG = "fspl-gw-manifest v1"
+
+
+def sign_manifest(path: str, policy: SignPolicy) -> bytes:
+    """The ``.minisig`` of a medium's manifest: the trusted comment binds the queue id
+    and the manifest's sha256, so a medium's set of jobs is authenticated as a whole."""
+    import hashlib
+
+    from fspl_gateway.core.minisign import hash_file, sign_digest
+
+    assert policy.key is not None
+    b2, sha = hashlib.blake2b(), hashlib.sha256()
+    hash_file(path, b2, sha)
+    comment = f"{MANIFEST_TAG} queue={policy.queue_id} sha256={sha.hexdigest()}"
+    return sign_digest(policy.key, b2.digest(), comment,
+                       f"fspl-gw manifest signature, key {policy.key.key_id}").to_bytes()
+
+
+def verify_manifest_signature(path: str, sig_path: str, policy: TrustPolicy) -> str:
+    """Check a medium's manifest against its signature; the signer's key id, or
+    TrustRefused (missing, bad, other queue, other bytes)."""
+    import hashlib
+
+    from fspl_gateway.core.minisign import hash_file, read_signature, verify_digest
+
+    try:
+        sig = read_signature(sig_path)
+    except FsplError as err:
+        raise TrustRefused("unsigned", f"manifest signature {sig_path}: {err}") from None
+    b2, sha = hashlib.blake2b(), hashlib.sha256()
+    hash_file(path, b2, sha)
+    try:
+        key = verify_digest(sig, b2.digest(), policy.keys)
+    except SignatureError as err:
+        raise TrustRefused(err.reason, f"manifest: {err}") from None
+    want = f"{MANIFEST_TAG} queue={policy.queue_id} sha256={sha.hexdigest()}"
+    if sig.trusted_comment != want:
+        raise TrustRefused("binding", f"the manifest signature binds {sig.trusted_comment!r}, "
+                           f"not {want!r}")
+    return key.key_id
+
+
+def write_signature(dirpath: str, job_name: str, sig: bytes) -> None:
+    """Write ``<job>.minisig`` into ``dirpath`` atomically (a medium's jobs/)."""
+    with AtomicWriter(dirpath, sig_name(job_name), clobber=True) as w:
+        w.file.write(sig)

@@ -1,0 +1,185 @@
+"""sync with trust (fspl_gateway.gateway.trust): only jobs a trusted key signed for this
+queue get in, over every transport; every refusal is quarantined with its reason."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from fspl_gateway.core import jobsig
+from fspl_gateway.core import minisign as ms
+from fspl_gateway.core import queue as q
+from fspl_gateway.gateway import journal as jr
+from fspl_gateway.gateway.pull import pull
+from fspl_gateway.transports.base import Transport
+from tests.transports.backends import Backend
+from tests.trust.util import QID, job_name, opts, policy, reasons, signed
+
+SIG = ".minisig"
+
+
+@pytest.fixture(params=["local", "s3", "sftp", "dropbox", "media_dir"])
+def backend(request: pytest.FixtureRequest) -> Backend:
+    b = request.getfixturevalue(f"backend_{request.param}")
+    assert isinstance(b, Backend)
+    return b
+
+
+@pytest.fixture
+def key() -> ms.SecretKey:
+    return ms.generate_keypair()
+
+
+@pytest.fixture
+def qdir(tmp_path: Path) -> Path:
+    q.queue_init(str(tmp_path / "queue"))
+    return tmp_path / "queue"
+
+
+def _put(b: Backend, t: Transport, name: str, job: bytes, sig: bytes | None) -> None:
+    if sig is not None:
+        b.put(t, name + SIG, sig)
+    b.put(t, name, job)
+
+
+def test_signed_jobs_get_in_and_their_signatures_leave_with_them(
+        backend: Backend, key: ms.SecretKey, qdir: Path, tmp_path: Path) -> None:
+    t = backend.make()
+    for i in (1, 2, 3):
+        _put(backend, t, job_name(i), *signed(key, i, tmp_path))
+    res = pull(t, qdir, opts(policy(key)))
+    assert (res.fetched, res.quarantined) == (3, 0), res.summary()
+    assert sorted(os.listdir(qdir / "jobs")) == [job_name(i) for i in (1, 2, 3)]
+    if t.capabilities.can_delete:
+        assert backend.raw_names(t) == []  # the .minisig went with its job
+    assert jr.signers(str(qdir)) == [(key.key_id, 3, 3, pytest.approx(jr.signers(str(qdir))[0][3]))]
+
+
+def test_every_refusal_is_quarantined_with_its_reason_and_never_visible(
+        backend: Backend, key: ms.SecretKey, qdir: Path, tmp_path: Path) -> None:
+    t = backend.make()
+    stranger = ms.generate_keypair()
+    good, good_sig = signed(key, 1, tmp_path)
+    _put(backend, t, job_name(1), good, good_sig)
+    cases = {}
+    # forged: signed by a key the receiver does not trust
+    cases[2] = ("unknown-key", *signed(stranger, 2, tmp_path))
+    # forged with a trusted key id: the signature bytes are not the key's
+    job, sig = signed(stranger, 3, tmp_path)
+    forged = ms.Signature.parse(sig)
+    sig = ms.Signature(forged.algorithm, ms.parse_key_id(key.key_id), forged.signature,
+                       forged.trusted_comment, forged.global_signature,
+                       forged.untrusted_comment).to_bytes()
+    cases[3] = ("bad-signature", job, sig)
+    # altered payload
+    job, sig = signed(key, 4, tmp_path)
+    cases[4] = ("bad-signature", job[:-1] + bytes([job[-1] ^ 1]), sig)
+    # truncated
+    job, sig = signed(key, 5, tmp_path)
+    cases[5] = ("bad-signature", job[:-10], sig)
+    # cross-queue: signed for another queue
+    cases[6] = ("wrong-queue", *signed(key, 6, tmp_path, queue="site-c"))
+    # unsigned
+    cases[7] = ("unsigned", signed(key, 7, tmp_path)[0], None)
+    # garbage signature file
+    cases[8] = ("malformed-signature", signed(key, 8, tmp_path)[0], b"not a signature\n")
+    # a valid signature whose trusted comment names other bytes
+    job = signed(key, 9, tmp_path)[0]
+    (tmp_path / "j9").write_bytes(job)
+    comment = jobsig.Binding(QID, 9, "0" * 64).to_comment()
+    cases[9] = ("sha256-mismatch", job, ms.sign_digest(
+        key, ms.blake2b_file(tmp_path / "j9"), comment, "x").to_bytes())
+    for i, (_, job, sig) in cases.items():
+        _put(backend, t, job_name(i), job, sig)
+    res = pull(t, qdir, opts(policy(key)))
+    assert (res.fetched, res.quarantined) == (1, len(cases)), res.summary()
+    assert os.listdir(qdir / "jobs") == [job_name(1)]
+    why = reasons(qdir)
+    for i, (reason, _, _) in cases.items():
+        assert why[job_name(i)].startswith(reason), (i, why[job_name(i)])
+    assert res.exit_code == 3
+    # a replay: the same (key, seq 1) with other bytes, after the first was fetched
+    replay, replay_sig = signed(key, 1, tmp_path, payload=b"rm -rf /\n")
+    _put(backend, t, job_name(1, tag=9), replay, replay_sig)
+    res = pull(t, qdir, opts(policy(key)))
+    assert res.fetched == 0
+    assert reasons(qdir)[job_name(1, tag=9)].startswith("replay:")
+    assert os.listdir(qdir / "jobs") == [job_name(1)]
+
+
+def test_a_job_waits_for_its_signature_then_gets_in(
+        backend: Backend, key: ms.SecretKey, qdir: Path, tmp_path: Path) -> None:
+    t = backend.make()
+    job, sig = signed(key, 1, tmp_path)
+    backend.put(t, job_name(1), job)  # the signature is not there yet
+    res = pull(t, qdir, opts(policy(key, signature_wait=3600)))
+    assert (res.fetched, res.quarantined, res.waiting, res.exit_code) == (0, 0, 1, 0)
+    assert os.listdir(qdir / "jobs") == []
+    assert job_name(1) in backend.raw_names(t)  # left alone
+    backend.put(t, job_name(1) + SIG, sig)
+    res = pull(t, qdir, opts(policy(key, signature_wait=3600)))
+    assert (res.fetched, res.waiting) == (1, 0), res.summary()
+
+
+def test_without_trust_nothing_changes(backend: Backend, key: ms.SecretKey, qdir: Path,
+                                       tmp_path: Path) -> None:
+    t = backend.make()
+    _put(backend, t, job_name(1), *signed(key, 1, tmp_path))
+    res = pull(t, qdir, opts(None))
+    assert res.fetched == 1
+
+
+def test_our_push_signs_and_encrypts_over_every_transport(
+        backend: Backend, key: ms.SecretKey, qdir: Path, tmp_path: Path) -> None:
+    from fspl_gateway.gateway.push import PushOptions, push
+    from fspl_gateway.gateway.trust import SignPolicy
+    from tests.trust.util import FAST, age_identity
+    from tests.unit.test_sync import make_job
+
+    ident, recipient = age_identity(tmp_path)
+    ob = tmp_path / "outbox"
+    q.queue_init(str(ob))
+    for i in (1, 2):
+        (ob / "jobs" / job_name(i)).write_bytes(make_job(i))
+    t = backend.make()
+    res = push(t, ob, PushOptions(retry=FAST, progress=False,
+                                  sign=SignPolicy(key, QID, [recipient])))
+    assert res.pushed == 2, res.summary()
+    assert sorted(backend.raw_names(t)) == sorted(
+        [job_name(1), job_name(1) + SIG, job_name(2), job_name(2) + SIG])
+    res2 = pull(t, qdir, opts(policy(key, identities=[ident])))
+    assert res2.fetched == 2, res2.summary()
+    assert {n: (qdir / "jobs" / n).read_bytes() for n in os.listdir(qdir / "jobs")} == {
+        job_name(i): make_job(i) for i in (1, 2)}
+
+
+def test_routes_send_each_origin_to_its_queue_in_one_sync(tmp_path: Path) -> None:
+    from fspl_gateway.gateway.trust import routed_passes
+    from fspl_gateway.transports.local import LocalTransport
+
+    a, b, c = (ms.generate_keypair() for _ in range(3))
+    drop = tmp_path / "drop"
+    (drop / "jobs").mkdir(parents=True)
+    for k, tag in ((a, 1), (b, 2), (c, 3)):
+        for i in (1, 2, 3):  # each origin has its own seq 1, 2, 3
+            job, sig = signed(k, i, tmp_path)
+            (drop / "jobs" / job_name(i, tag)).write_bytes(job)
+            (drop / "jobs" / (job_name(i, tag) + SIG)).write_bytes(sig)
+    main, qa, qb = tmp_path / "main", tmp_path / "qa", tmp_path / "qb"
+    for d in (main, qa, qb):
+        q.queue_init(str(d))
+    pol = policy(a, b, c, routes={a.key_id: str(qa), b.key_id: str(qb)})
+    t = LocalTransport(str(drop))
+    results = {qd: pull(t, qd, opts(p)) for qd, p in routed_passes(pol, str(main))}
+    assert [r.fetched for r in results.values()] == [3, 3, 0]
+    assert sorted(os.listdir(qa / "jobs")) == [job_name(i, 1) for i in (1, 2, 3)]
+    assert sorted(os.listdir(qb / "jobs")) == [job_name(i, 2) for i in (1, 2, 3)]
+    assert os.listdir(main / "jobs") == []
+    why = reasons(main)  # c is trusted but routed nowhere
+    assert sorted(why) == [job_name(i, 3) for i in (1, 2, 3)]
+    assert all(r.startswith("unrouted-key") for r in why.values())
+    assert sorted(os.listdir(drop / "jobs")) == sorted(
+        n for i in (1, 2, 3) for n in (job_name(i, 3), job_name(i, 3) + SIG))
+    assert [s[0] for s in jr.signers(str(qa))] == [a.key_id]
