@@ -22,6 +22,12 @@ overrides what its remote does better):
 * :meth:`Transport.set_concurrency` — the caller will use this many threads at once
   (size a connection pool to it).
 
+Other directories beside ``jobs/``: :meth:`Transport.sibling` ``(area)`` gives a transport
+of the same kind, location and options whose five operations address ``<location>/<area>/``
+instead (receipts travel in ``receipts/``); :meth:`Transport.make_area` creates that
+directory where the remote has directories.  A transport supports it by deriving its
+paths from :attr:`Transport.area` (default ``"jobs"``) instead of the literal ``jobs``.
+
 Optional notification (no default built on the five; the caller polls instead):
 
 * :meth:`Transport.wait_for_change` — block until the remote's ``jobs/`` may have
@@ -63,6 +69,7 @@ from fspl_gateway.core.errors import (
     NotSupportedError,
     TransportError,
 )
+from fspl_gateway.core.layout import JOBS
 from fspl_gateway.transports.options import Option, OptionSchema, OptionType, OptionValues
 
 ENTRY_POINT_GROUP = "fspl_gateway.transports"
@@ -116,9 +123,13 @@ class Transport(abc.ABC):
     #: The options this transport takes (None: not declared, options passed as given).
     options_schema: ClassVar[OptionSchema | None] = None
 
+    #: The directory beside ``jobs/`` that this instance addresses (see :meth:`sibling`).
+    area: str = JOBS
+
     def __init__(self, location: str, options: Mapping[str, Any] | None = None) -> None:
         self.location = location
         raw = dict(options or {})
+        self._raw_options = dict(raw)
         schema = type(self).options_schema
         if schema is None:
             #: Every option with its value (given, else environment, else default).
@@ -224,6 +235,22 @@ class Transport(abc.ABC):
         bounds.  Default: None, "not supported" — the caller polls at its interval."""
         return None
 
+    def sibling(self, area: str) -> Transport:
+        """A new transport of this kind, location and options addressing the directory
+        ``area`` beside ``jobs/`` (``receipts``) instead of ``jobs/``.  The caller closes
+        it.  Works for every transport that derives its paths from :attr:`area`."""
+        if not _AREA.fullmatch(area):
+            raise TransportError(f"refusing remote area name {area!r}")
+        cls = type(self)
+        other = cls.__new__(cls)
+        other.area = area  # read by __init__ to derive the paths
+        other.__init__(self.location, self._raw_options)  # type: ignore[misc]
+        return other
+
+    def make_area(self) -> None:  # noqa: B027 - a no-op where there are no directories
+        """Create this instance's directory (:attr:`area`) if the remote has directories
+        and it is missing.  Default: nothing (object stores)."""
+
     def settle_interval(self) -> float:
         """Seconds a listed file's size and mtime must stay unchanged before it may be
         fetched: 0 where files appear whole (:attr:`Capabilities.atomic_appearance`),
@@ -281,6 +308,7 @@ class Transport(abc.ABC):
         self.close()
 
 
+_AREA = re.compile(r"[a-z][a-z0-9_-]{0,31}")
 _UNSAFE_CHARS = re.compile(r"[\x00-\x1f\x7f/\\]")
 
 

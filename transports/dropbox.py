@@ -291,7 +291,7 @@ class DropboxTransport(Transport):
         if any(p in (".", "..") for p in loc.split("/")[1:]) or "//" in loc:
             raise ConfigError(f"dropbox: bad location {location!r}")
         self.root = loc  # "" for the Dropbox root
-        self.jobs_path = f"{loc}/jobs"
+        self.jobs_path = f"{loc}/{self.area}"
         o = self.settings
         self.chunk_size: int = o["chunk_size"]
         self.timeout: float = o["timeout"]

@@ -68,7 +68,6 @@ from fspl_gateway.core.errors import (
     TransportError,
 )
 from fspl_gateway.core.fsutil import TMP_PREFIX, AtomicWriter, copy_stream, fsync_dir
-from fspl_gateway.core.layout import jobs_dir
 from fspl_gateway.core.log import get_logger
 from fspl_gateway.transports.base import (
     SETTLE_OPTION,
@@ -247,7 +246,7 @@ class LocalTransport(Transport):
     def __init__(self, location: str, options: Mapping[str, Any] | None = None) -> None:
         super().__init__(location, options)
         self.root = os.path.abspath(os.path.expanduser(location))
-        self.jobs_dir = jobs_dir(self.root)
+        self.jobs_dir = os.path.join(self.root, self.area)
         self.tmp_max_age_s: float = self.settings["tmp_max_age"]
         self.tmp_grace_s: float = self.settings["tmp_grace"]
         self._same_dev: dict[str, bool] = {}
@@ -262,7 +261,7 @@ class LocalTransport(Transport):
                     f"remote queue directory {self.root} does not exist "
                     "(is the share mounted?)") from None
             raise RemoteNotFoundError(
-                f"remote queue directory {self.root} has no jobs/ directory") from None
+                f"remote queue directory {self.root} has no {self.area}/ directory") from None
         except OSError as e:
             raise _os_error(f"{self.jobs_dir}", e) from None
         if not stat.S_ISDIR(st.st_mode):
@@ -271,6 +270,12 @@ class LocalTransport(Transport):
     def _path(self, name: str) -> str:
         self.check_name(name)
         return os.path.join(self.jobs_dir, name)
+
+    def make_area(self) -> None:
+        try:
+            os.makedirs(self.jobs_dir, exist_ok=True)
+        except OSError as e:
+            raise _os_error(f"creating {self.jobs_dir}", e) from None
 
     # -- interface -----------------------------------------------------------------
     def list(self) -> Iterator[RemoteEntry]:

@@ -98,7 +98,11 @@ class MediaTransport(Transport):
         #: Entries in ``jobs/`` refused by the last ``list`` (name, reason).
         self.refused: list[tuple[str, str]] = []
         local_opts = {k: v for k, v in self.options.items() if k in LOCAL_OPTIONS}
-        self._dir = None if self.is_iso else LocalTransport(self.path, local_opts)
+        self._dir: LocalTransport | None = None
+        if not self.is_iso:
+            self._dir = LocalTransport.__new__(LocalTransport)
+            self._dir.area = self.area  # jobs/, or receipts/ for a sibling
+            self._dir.__init__(self.path, local_opts)  # type: ignore[misc]
         self._iso: IsoImage | None = None
         self._old: list[IsoImage] = []
         self._lock = threading.RLock()  # the sync engine fetches from several threads
@@ -222,6 +226,15 @@ class MediaTransport(Transport):
             raise NotSupportedError(f"cannot delete from an ISO image ({self.path})")
         self.require("can_delete")
         self._require_dir().delete(name)
+
+    def make_area(self) -> None:
+        """Directory media: create this instance's directory (``receipts/``); an image
+        or read-only media cannot carry one (receipts travel on directory media only)."""
+        if self.is_iso:
+            raise NotSupportedError(f"cannot write to an ISO image ({self.path}); receipts "
+                                    "travel on directory media (a USB stick) only")
+        self.require("can_write")
+        self._require_dir().make_area()
 
     def cleanup_temporaries(self) -> int:
         """Directory media that may be written: remove our stale temporaries (rule of

@@ -368,7 +368,7 @@ class S3Transport(Transport):
     def __init__(self, location: str, options: Mapping[str, Any] | None = None) -> None:
         super().__init__(location, options)
         self.bucket, self.prefix = parse_location(location)
-        self.jobs_prefix = f"{self.prefix}/jobs/" if self.prefix else "jobs/"
+        self.jobs_prefix = f"{self.prefix}/{self.area}/" if self.prefix else f"{self.area}/"
         self.opts = self.settings
         endpoint = self.opts['endpoint_url']
         if endpoint:

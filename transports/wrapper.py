@@ -66,6 +66,10 @@ class DelegatingTransport(Transport):
         return self.inner.capabilities
 
     @property
+    def area(self) -> str:  # type: ignore[override]
+        return self.inner.area
+
+    @property
     def location(self) -> str:
         return self.inner.location
 
@@ -151,6 +155,12 @@ class DelegatingTransport(Transport):
 
     def cleanup_temporaries(self) -> int:
         return self.inner.cleanup_temporaries()
+
+    def sibling(self, area: str) -> Transport:
+        return self.inner.sibling(area)
+
+    def make_area(self) -> None:
+        self.inner.make_area()
 
     def close(self) -> None:
         self.inner.close()

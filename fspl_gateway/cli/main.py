@@ -33,6 +33,7 @@ LAZY_COMMANDS = {
     "watch": "fspl_gateway.cli.watch:watch_cmd",
     "status": "fspl_gateway.cli.watch:status_cmd",
     "keygen": "fspl_gateway.cli.keys:keygen_cmd",
+    "receipts": "fspl_gateway.cli.receipts:receipts_group",
     "remote": "fspl_gateway.cli.remote:remote_group",
 }
 

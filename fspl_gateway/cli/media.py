@@ -47,12 +47,15 @@ def export_cmd(queuedir: str, dest: str, keep: bool, overwrite: bool, volume_id:
               help="If the manifest check fails for some jobs, import the good ones anyway "
                    "(exit 3).")
 @click.option("--no-manifest", is_flag=True, help="Import media that carries no manifest.")
+@click.option("--receipts", is_flag=True,
+              help="Turn receipts on for QUEUE first (send them back with `receipts send "
+                   "-t media -r DIR`).")
 @opt.decoder()
 @opt.wait_lock()
 @opt.trust_receive(routes=False)
 def import_cmd(queuedir: str, source: str, good_only: bool, no_manifest: bool,
-               decoder: str | None, wait_lock: float | None, trust: tuple[str, ...],
-               queue_id: str | None, identity: tuple[str, ...],
+               receipts: bool, decoder: str | None, wait_lock: float | None,
+               trust: tuple[str, ...], queue_id: str | None, identity: tuple[str, ...],
                signature_wait: float | None) -> None:
     """Verify the media's MANIFEST.sha256 and import its jobs (never writes the media)."""
     from fspl_gateway.cli.sync import finish
@@ -62,9 +65,15 @@ def import_cmd(queuedir: str, source: str, good_only: bool, no_manifest: bool,
     from fspl_gateway.gateway.pull import SyncOptions
     from fspl_gateway.gateway.trust import policy_from
 
+    if receipts:
+        from fspl_gateway.gateway.receipts import enable
+
+        enable(queuedir)  # before the import: what it delivers is receipted
+
     # a medium is complete when it arrives: a missing signature waits for nothing
     policy = policy_from({}, trust=trust, queue_id=queue_id, identities=identity,
                          signature_wait=0.0 if signature_wait is None else signature_wait)
+
     res = import_media(source, queuedir, good_only=good_only,
                        require_manifest=not no_manifest,
                        opts=SyncOptions(decoder=decoder, wait_lock=wait_lock, trust=policy))

@@ -215,8 +215,8 @@ def trust_receive(*, routes: bool = True) -> Callable[[F], F]:
                      help="Only take jobs signed by this key: a minisign public key file or "
                           "one-line key (RW…); repeatable; adds to the config's trusted_keys."),
         click.option("--queue-id", metavar="ID",
-                     help="The queue id that senders sign for (required with trust; config: "
-                          "queue_id)."),
+                     help="The queue id that senders sign for and receipts name (required with "
+                          "trust; config: queue_id)."),
         click.option("--identity", multiple=True, metavar="FILE", shell_complete=complete_file,
                      help="age identity file: decrypt encrypted jobs after verifying them; "
                           "repeatable."),

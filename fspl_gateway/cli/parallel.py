@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 import click
 
 from fspl_gateway.cli import options as opt
+from fspl_gateway.cli import receipts as rcpt
 from fspl_gateway.cli.options import CONTEXT
 
 if TYPE_CHECKING:
@@ -63,13 +64,17 @@ def disperse_cmd(queuedir: str, to: tuple[str, ...], per_worker: int, order_by: 
               help="Lease length in seconds (renewed every third of it).")
 @click.option("--clock-skew", type=click.FloatRange(0), default=5.0, show_default=True,
               help="Seconds an expired lease must be past its end before a takeover.")
+@click.option("--receipts", is_flag=True,
+              help="With --remote: write a receipt of each job run to the remote's receipts/.")
+@rcpt.send_options
 @opt.process()
 def workers_cmd(queuedir: str, n: int, workdir: str | None, key: str | None, order_by: OrderBy,
                 on_error: OnError, output_to: OutputTo, never_delete: bool, follow: bool,
                 poll: float, grace: float, config_file: str | None, remote: str | None,
                 transport: str | None, options: tuple[str, ...], host_id: str, lease: float,
-                clock_skew: float, allow_job_params: bool, ignore_payload: bool, timeout: int | None,
-                command: str, params: tuple[str, ...]) -> None:
+                clock_skew: float, receipts: bool, queue_id: str | None,
+                receipts_key: str | None, allow_job_params: bool, ignore_payload: bool,
+                timeout: int | None, command: str, params: tuple[str, ...]) -> None:
     """Process the incoming queue (-q) with N workers running COMMAND in parallel.
 
     Many hosts, one queue: with --remote, take jobs straight from that shared remote
@@ -82,7 +87,7 @@ def workers_cmd(queuedir: str, n: int, workdir: str | None, key: str | None, ord
     proc = ProcessOpts(command, list(params), allow_job_params, ignore_payload, timeout)
     if remote is not None or transport is not None:
         _multihost(queuedir, n, remote, transport, options, config_file, host_id, lease,
-                   clock_skew, on_error, follow, poll, proc)
+                   clock_skew, on_error, follow, poll, proc, (receipts, queue_id, receipts_key))
         return
     if not os.path.isdir(jobs_dir(queuedir)):
         raise FsplError(f"{queuedir} is not a queue directory (no jobs/ in it)")
@@ -96,7 +101,7 @@ def workers_cmd(queuedir: str, n: int, workdir: str | None, key: str | None, ord
 def _multihost(workdir: str, n: int, remote: str | None, transport: str | None,
                options: tuple[str, ...], config_file: str | None, host_id: str, lease: float,
                skew: float, on_error: OnError, follow: bool, poll: float,
-               proc: ProcessOpts) -> None:
+               proc: ProcessOpts, receipts: tuple[bool, str | None, str | None]) -> None:
     import signal
 
     from fspl_gateway.core.errors import UsageError
@@ -106,9 +111,12 @@ def _multihost(workdir: str, n: int, remote: str | None, transport: str | None,
 
     if remote is None:
         raise UsageError("--transport needs --remote")
-    t = open_remote(remote, transport, options, config_file=config_file)
+    spec, rs = rcpt.resolve(config_file, remote, transport, options)
+    on, queue_id, receipts_key = receipts
+    so = rcpt.make_send_options(queue_id, receipts_key, rs) if on or rs.receipts else None
+    t = open_remote(spec)
     opts = HostOpts(proc, workdir, host_id, lease, skew, on_error=on_error, follow=follow,
-                    poll=poll)
+                    poll=poll, receipts=so)
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     try:
         done = run_hosts(t, opts, n)

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import click
 
 from fspl_gateway.cli import options as opt
+from fspl_gateway.cli import receipts as rcpt
 from fspl_gateway.cli.options import CONTEXT
 from fspl_gateway.core.errors import PartialFailure
 from fspl_gateway.core.log import log
@@ -73,27 +74,41 @@ def _route(value: str) -> tuple[str, str]:
                    "remotes; S3 and Dropbox need none).")
 @_run_options
 @opt.trust_receive()
+@click.option("--receipts", is_flag=True,
+              help="Send receipts of delivered and run jobs to the remote's receipts/ "
+                   "(naming the queue --queue-id).")
+@rcpt.receipts_key_option
 def sync_cmd(config_file: str | None, remote: str, transport: str | None,
              options: tuple[str, ...], queuedir: str, after_fetch: AfterFetch,
              settle: float | None, decoder: str | None, dry_run: bool,
              max_jobs: int | None, concurrency: int, retries: int,
              wait_lock: float | None, progress: bool | None,
              trust: tuple[str, ...], queue_id: str | None, identity: tuple[str, ...],
-             signature_wait: float | None, route: tuple[str, ...]) -> None:
+             signature_wait: float | None, route: tuple[str, ...], receipts: bool,
+             receipts_key: str | None) -> None:
     """Pull new jobs from a remote queue's jobs/ into a local queue.
 
     With trusted keys (--trust, or trusted_keys in the config) only jobs that a trusted
     key signed for this queue id get in; --route sends each key's jobs to its own queue."""
     from fspl_gateway.gateway import trust as tr
-    from fspl_gateway.gateway.config import resolve_remote
     from fspl_gateway.gateway.pull import SyncOptions, pull
     from fspl_gateway.gateway.remotes import open_remote
     from fspl_gateway.gateway.retry import RetryPolicy
 
-    spec = resolve_remote(remote, transport, options, config_file=config_file)
-    policy = tr.policy_from(spec.trust, trust=trust, queue_id=queue_id, identities=identity,
-                            signature_wait=signature_wait, routes=[_route(r) for r in route])
+    spec, rs = rcpt.resolve(config_file, remote, transport, options)
+    so = rcpt.make_send_options(queue_id, receipts_key, rs) if receipts or rs.receipts \
+        else None
+    # --queue-id names the receipts too: alone (no trusted key) it is no trust setting
+    trusting = bool(trust or route or spec.trust.get("trusted_keys") or spec.trust.get("routes"))
+    policy = tr.policy_from(spec.trust, trust=trust,
+                            queue_id=queue_id if trusting or so is None else None,
+                            identities=identity, signature_wait=signature_wait,
+                            routes=[_route(r) for r in route])
     passes = tr.routed_passes(policy, queuedir) if policy is not None else [(queuedir, None)]
+    if so is not None and not dry_run:
+        from fspl_gateway.gateway.receipts import enable
+
+        enable(queuedir)  # before the pull: what it delivers is receipted
     t = open_remote(spec)
     results: list[SyncResult] = []
     try:
@@ -103,6 +118,11 @@ def sync_cmd(config_file: str | None, remote: str, transport: str | None,
                                retry=RetryPolicy(attempts=retries), wait_lock=wait_lock,
                                progress=progress, settle=settle, trust=pol)
             results.append(pull(t, qdir, opts))
+        # the -q queue's pass is the last one (routed_passes)
+        if so is not None and not dry_run and not results[-1].locked_out:
+            from fspl_gateway.gateway.receipts import send
+
+            send(t, queuedir, so)
     finally:
         t.close()
     failed: list[PartialFailure] = []
@@ -122,31 +142,45 @@ def sync_cmd(config_file: str | None, remote: str, transport: str | None,
               show_default=True, help="What to do with the local job once pushed.")
 @_run_options
 @opt.trust_send()
+@click.option("--receipts", is_flag=True,
+              help="Then fetch the remote's receipts (implied by keep-until-*).")
+@rcpt.fetch_options
 def push_cmd(config_file: str | None, remote: str, transport: str | None,
              options: tuple[str, ...], queuedir: str, after_push: AfterPush,
              decoder: str | None, dry_run: bool, max_jobs: int | None, concurrency: int,
              retries: int, wait_lock: float | None, progress: bool | None,
-             sign: str | None, queue_id: str | None, encrypt_to: tuple[str, ...]) -> None:
+             sign: str | None, queue_id: str | None, encrypt_to: tuple[str, ...],
+             receipts: bool, trust_keys: tuple[str, ...], expect_queue: str | None,
+             on_failure: str | None, stuck_after: float | None) -> None:
     """Push the jobs of a local outbox queue to a remote queue's jobs/.
 
     --sign writes each job's minisign signature (bound to --queue-id) before the job;
     --encrypt-to encrypts the job with age first (and the ciphertext is signed)."""
-    from fspl_gateway.gateway.config import resolve_remote
     from fspl_gateway.gateway.push import PushOptions, push
     from fspl_gateway.gateway.remotes import open_remote
     from fspl_gateway.gateway.retry import RetryPolicy
     from fspl_gateway.gateway.trust import sign_policy_from
 
-    spec = resolve_remote(remote, transport, options, config_file=config_file)
+    spec, rs = rcpt.resolve(config_file, remote, transport, options)
     opts = PushOptions(after_push=after_push, decoder=decoder, dry_run=dry_run,
                        max_jobs=max_jobs, concurrency=concurrency,
                        retry=RetryPolicy(attempts=retries), wait_lock=wait_lock,
                        progress=progress,
                        sign=sign_policy_from(spec.trust, sign=sign, queue_id=queue_id,
                                              encrypt_to=encrypt_to))
+    until = str(after_push).removeprefix("keep-until-") if str(after_push).startswith(
+        "keep-until-") else None
+    fo = None
+    if receipts or rs.receipts or until is not None:
+        from fspl_gateway.gateway.receipts import KeepUntil
+
+        fo = rcpt.make_fetch_options(trust_keys, expect_queue, on_failure, stuck_after,
+                                     KeepUntil(until) if until else None, rs)
     t = open_remote(spec)
     try:
         res = push(t, queuedir, opts)
+        if fo is not None and not dry_run and not res.locked_out:
+            rcpt.run_fetch(t, queuedir, fo)
     finally:
         t.close()
     finish(res, "push")

@@ -16,6 +16,9 @@
         running                 the job file a worker is running (workers)
         rerun.log               jobs that were running when their worker stopped
         media-seen.json         media already imported into this queue (watch)
+        receipts.on             receipts are on for this queue (gateway; read by process)
+        outcomes.jsonl          outcomes of jobs run here, not yet in a receipt (process)
+        receipts.sqlite         receipts to send (receiver) or received (sender)
         capabilities.json       what each remote's store really does (gateway/probe)
 
 Everything that reads or writes one of these names asks :class:`QueueLayout` (or, for
@@ -108,6 +111,18 @@ class QueueLayout:
     @property
     def media_seen(self) -> str:
         return os.path.join(self.gw, "media-seen.json")
+
+    @property
+    def receipts_marker(self) -> str:
+        return os.path.join(self.gw, "receipts.on")
+
+    @property
+    def outcomes(self) -> str:
+        return os.path.join(self.gw, "outcomes.jsonl")
+
+    @property
+    def receipts_db(self) -> str:
+        return os.path.join(self.gw, "receipts.sqlite")
 
     @property
     def capabilities(self) -> str:

@@ -11,11 +11,13 @@ import functools
 import os
 import signal
 import subprocess
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
+from fspl_gateway.core import outcomes
 from fspl_gateway.core import queue as q
 from fspl_gateway.core.errors import FsplError, JobFailedError, PacketError
 from fspl_gateway.core.libc import libc_function
@@ -69,12 +71,17 @@ class QueueProcessOpts:
     maxjobs: int | None = None
     output_to: OutputTo = OutputTo.PASSBOTH
     wait_lock: float = 0.0
+    #: Append each job's outcome to this log (:mod:`~fspl_gateway.core.outcomes`);
+    #: None: the queue's own log if its receipts are on.
+    outcome_log: str | None = None
 
 
 @dataclass
 class JobResult:
     success: bool
     status: str  # human-readable: "NOP", "Fail packet", "exit status 3", "killed by signal 9", …
+    #: The command's exit status (None: nothing ran, a signal, a timeout).
+    exit_code: int | None = None
 
 
 class BadJobEnv(FsplError):
@@ -202,8 +209,8 @@ def run_job(opts: ProcessOpts, meta: Meta, payload_fd: int | None, *,
         raise
     if rc != 0:
         log.error("job %d: command exited abnormally (%s)", meta.seq, _describe(rc))
-        return JobResult(False, _describe(rc))
-    return JobResult(True, "exit status 0")
+        return JobResult(False, _describe(rc), rc if rc > 0 else None)
+    return JobResult(True, "exit status 0", 0)
 
 
 def stdin_process(opts: ProcessOpts, fd: int = 0) -> None:
@@ -236,6 +243,7 @@ def queue_process(opts: QueueProcessOpts) -> int:
     by_seq = opts.order_by == OrderBy.SEQUENCE
     done = 0
     limit = opts.maxjobs
+    outcome_log = opts.outcome_log or outcomes.log_path_if_enabled(opts.queuedir)
     with SeqFile(q.seqfile_path(opts.queuedir), create_lock=False,
                  wait=opts.wait_lock) as seqf:
         selected = _select(opts)
@@ -253,7 +261,13 @@ def queue_process(opts: QueueProcessOpts) -> int:
                 log.debug("stopping: --maxjobs %d reached", limit)
                 break
             done += 1
+            start = time.time()
             res = _run_queued(opts, job)
+            if outcome_log is not None:
+                outcomes.append(outcome_log, {
+                    "name": job.filename, "seq": job.meta.seq, "start": round(start, 3),
+                    "end": round(time.time(), 3), "ok": res.success, "exit": res.exit_code,
+                    "status": res.status})
             if res.success or opts.on_error in (OnError.DELETE, OnError.LEAVE):
                 if by_seq:
                     seqf.increment()

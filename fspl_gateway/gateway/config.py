@@ -8,6 +8,8 @@ Where: ``--config FILE``, else ``$FSPL_GW_CONFIG``, else ``~/.config/fspl-gw/con
     location = "my-bucket/queue"    # required
     endpoint_url = "https://…"      # any other key is a transport option
     secret_access_key = "…"
+    receipts = true                 # receipt settings: not passed to the transport
+    queue_id = "site-b"             # a trust setting, also the queue id receipts name
 
 Trust settings (:mod:`fspl_gateway.gateway.trust`) live in the same table and are not
 transport options: ``trusted_keys`` (list), ``queue_id``, ``identity`` (list),
@@ -35,6 +37,7 @@ from typing import Any
 
 from fspl_gateway.core.errors import ConfigError
 from fspl_gateway.core.log import log
+from fspl_gateway.gateway.receipt_settings import KEYS as SETTING_KEYS
 from fspl_gateway.transports.options import OptionSchema
 
 ENV_VAR = "FSPL_GW_CONFIG"
@@ -97,6 +100,9 @@ class RemoteSpec:
     options: dict[str, Any] = field(default_factory=dict)
     #: The configured name, or None for a literal location.
     name: str | None = None
+    #: Gateway settings of this remote, not for the transport (unparsed; see
+    #: :mod:`fspl_gateway.gateway.receipt_settings`).
+    settings: dict[str, Any] = field(default_factory=dict)
     #: The trust settings of the remote's table (see the module doc).
     trust: dict[str, Any] = field(default_factory=dict)
 
@@ -171,7 +177,8 @@ def load(explicit: str | None = None) -> Config:
         for k, v in table.items():
             if k in TRUST_KEYS:
                 continue
-            if isinstance(v, dict | list):
+            if isinstance(v, dict) or (isinstance(v, list) and (
+                    k not in SETTING_KEYS or not all(isinstance(x, str) for x in v))):
                 raise ConfigError(f"config file {path}: remotes.{name}.{k} must be a "
                                   "string, number or boolean")
             has_secret = has_secret or is_secret_key(k)
@@ -215,11 +222,19 @@ def resolve_remote(remote: str | None, transport: str | None = None,
         options = {k: v for k, v in table.items()
                    if k not in ("transport", "location") and k not in TRUST_KEYS}
         options.update(opts)
+        options, settings = _split(options)
         trust = {k: v for k, v in table.items() if k in TRUST_KEYS}
-        return RemoteSpec(t, str(loc), options, remote, trust)
+        return RemoteSpec(t, str(loc), options, remote, settings, trust)
     if not transport:
         known = ", ".join(sorted(cfg.remotes)) or "none"
         where = cfg.path or default_path()
         raise ConfigError(f"unknown remote {remote!r} (configured in {where}: {known}); "
                           "for a literal location give --transport")
-    return RemoteSpec(transport, remote, dict(opts), None)
+    options, settings = _split(opts)
+    return RemoteSpec(transport, remote, options, None, settings)
+
+
+def _split(options: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(transport options, gateway settings) of a remote's keys."""
+    return ({k: v for k, v in options.items() if k not in SETTING_KEYS},
+            {k: v for k, v in options.items() if k in SETTING_KEYS})

@@ -341,6 +341,18 @@ def last_runs(qdir: str) -> list[RunRecord]:
         j.close()
 
 
+def known_files(qdir: str, direction: str, remote: str) -> dict[str, FileRecord]:
+    """Every file of ``qdir``'s journal for one (direction, remote), by name (empty if
+    there is no journal; nothing is created)."""
+    j = open_existing(qdir)
+    if j is None:
+        return {}
+    try:
+        return j.known(direction, remote)
+    finally:
+        j.close()
+
+
 def signers(qdir: str) -> list[tuple[str, int, int, float]]:
     """:meth:`Journal.signers` of ``qdir`` (empty without a journal); never creates one."""
     j = open_existing(qdir)

@@ -48,6 +48,7 @@ from fspl_gateway.core.fsutil import TMP_PREFIX, AtomicWriter, fsync_dir
 from fspl_gateway.core.hashing import HashingWriter, copy_hashing, sha256_file
 from fspl_gateway.core.log import get_logger
 from fspl_gateway.core.packet import read_header_path
+from fspl_gateway.gateway.journal import Journal, JournalState
 from fspl_gateway.mediafmt.iso import ImageJob, write_image
 from fspl_gateway.mediafmt.manifest import (
     JOBS_DIR,
@@ -110,6 +111,7 @@ class _Job:
     path: str
     size: int
     ident: tuple[int, int, int, int]  # dev, ino, size, mtime_ns
+    seq: int | None = None
 
 
 def _ident(st: os.stat_result) -> tuple[int, int, int, int]:
@@ -132,12 +134,12 @@ def _outbox_jobs(outbox: str) -> tuple[list[_Job], int]:
                 log.warning("outbox: %s is not a regular file; not exported", de.path)
                 continue
             try:
-                read_header_path(de.path)
+                meta = read_header_path(de.path)
             except PacketError as e:
                 log.warning("outbox: %s has a bad header (%s); not exported", de.path, e)
                 bad += 1
                 continue
-            jobs.append(_Job(de.name, de.path, st.st_size, _ident(st)))
+            jobs.append(_Job(de.name, de.path, st.st_size, _ident(st), meta.seq))
     jobs.sort(key=lambda j: j.name)
     return jobs, bad
 
@@ -281,6 +283,12 @@ def export_dir(outbox_queue_dir: str, dest_dir: str, *, keep: bool = False,
         except OSError as e:
             raise _media_error(f"signing {mpath}", e) from None
     res.names = [j.name for j in jobs]
+    # 4. The push journal (before the outbox loses them): receipts that come back on a
+    # stick mounted here (``receipts fetch -t media -r DEST``) are matched against it.
+    with Journal(outbox_queue_dir) as jn:
+        jn.record_many("push", MediaTransport(dest).describe(),
+                       [(j.name, JournalState.PUSHED, j.size, None, digests[j.name], j.seq,
+                         None) for j in jobs])
     if not keep:
         res.removed = _remove_from_outbox(jobs)
     return res

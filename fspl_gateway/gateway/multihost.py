@@ -57,10 +57,12 @@ from fspl_gateway.core.errors import (
     RemoteNotFoundError,
     TransportError,
 )
+from fspl_gateway.core.hashing import hash_fd
 from fspl_gateway.core.layout import QueueLayout
 from fspl_gateway.core.log import log
 from fspl_gateway.core.packet import Meta, read_header_fd
 from fspl_gateway.core.process import JobResult, ProcessOpts, run_job
+from fspl_gateway.gateway import receipts as rcpt
 from fspl_gateway.gateway.probe import verify_capabilities
 from fspl_gateway.gateway.retry import RetryPolicy
 from fspl_gateway.transports.base import Transport, is_job_name
@@ -93,6 +95,9 @@ class HostOpts:
     poll: float = 2.0
     max_jobs: int | None = None
     retry: RetryPolicy = field(default_factory=RetryPolicy)
+    #: Write a *ran* receipt for each job into the remote's receipts/ (before the job
+    #: is deleted there); the queue id defaults to the host and the work directory.
+    receipts: rcpt.SendOptions | None = None
 
     def __post_init__(self) -> None:
         if not self.host_id:
@@ -272,8 +277,10 @@ class Host:
             f.flush()
             f.seek(0)
             meta, _ = read_header_fd(f.fileno())
+            sha = hash_fd(f.fileno())[1][0] if self.o.receipts is not None else ""
             th = threading.Thread(target=renew, daemon=True)
             th.start()
+            start = time.time()
             try:
                 res = self._execute(meta, f.fileno(), job, proc_box)
             finally:
@@ -282,6 +289,8 @@ class Host:
         g = int(state["gen"])
         if state["lost"]:
             return
+        if self.o.receipts is not None:
+            self._receipt(job, meta, sha, start, res)
         if res.success or self.o.on_error == "delete":
             self._delete(job)
             self._delete_claims(job, g)
@@ -291,6 +300,21 @@ class Host:
             self._delete_claims(job, g)
             raise FsplError(f"job {meta.seq} ({job}) failed: {res.status}; released for a "
                             "retry (--on-error retry)")
+
+    def _receipt(self, job: str, meta: Meta, sha: str, start: float,
+                 res: JobResult) -> None:
+        """Write the job's *ran* receipt (retried); a failure is logged, never fatal."""
+        so = self.o.receipts
+        assert so is not None
+        end = time.time()
+        r = rcpt.Receipt(rcpt.Kind.RAN, job, meta.seq, sha, round(end, 3), round(start, 3),
+                         round(end, 3), res.success, res.exit_code, res.status[:200])
+        qid = so.queue_id or rcpt.default_queue_id(self.o.workdir)
+        try:
+            self._retry(lambda: rcpt.write_batch(self.t, [r], qid, so.sign_key),
+                        f"writing the receipt of {job}")
+        except FsplError as e:
+            log.error("job %s: could not write its receipt: %s", job, e)
 
     def _execute(self, meta: Meta, fd: int, job: str,
                  box: list[subprocess.Popen[bytes]]) -> JobResult:

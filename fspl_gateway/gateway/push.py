@@ -75,6 +75,10 @@ class AfterPush(StrEnum):
 
     DELETE = "delete"  # removed from the outbox (the default)
     KEEP = "keep"  # left; the journal stops it being pushed again
+    #: Kept until a receipt says it was delivered / ran (then ``fspl-gw receipts`` prunes
+    #: it); pushed like ``keep``.
+    KEEP_UNTIL_DELIVERED = "keep-until-delivered"
+    KEEP_UNTIL_RAN = "keep-until-ran"
 
 
 @dataclass

@@ -28,6 +28,7 @@ from fspl_gateway.core.fsutil import atomic_write
 from fspl_gateway.core.redact import redact
 from fspl_gateway.gateway.journal import last_runs, signers
 from fspl_gateway.gateway.quarantine import quarantined
+from fspl_gateway.gateway.receipts import RemoteReceipts, remote_receipts
 
 
 @dataclass
@@ -68,6 +69,8 @@ class QueueStatus:
     quarantined_files: int = 0
     quarantined: list[str] = field(default_factory=list)
     remotes: list[RemoteStatus] = field(default_factory=list)
+    #: What the receipts of each remote say (an outbox that fetches receipts).
+    receipts: list[RemoteReceipts] = field(default_factory=list)
     signers: list[SignerStatus] = field(default_factory=list)
     order_by: str = "sequence"
     #: Set when the queue could not be read at all.
@@ -157,6 +160,7 @@ def queue_status(qdir: str, *, decoder: str | None = None, order_by: str = "sequ
     st.quarantined_files = len(st.quarantined)
     st.remotes = [RemoteStatus(r.remote, r.direction, r.started, r.finished, r.ok, r.summary)
                   for r in last_runs(qdir)]
+    st.receipts = remote_receipts(qdir, now)
     st.signers = [SignerStatus(*row) for row in signers(qdir)]
     return st
 
@@ -230,6 +234,7 @@ def render_text(statuses: list[QueueStatus], now: float | None = None) -> str:
         for sg in st.signers:
             lines.append(f"  signed by {sg.key_id}: {sg.jobs} job(s), last seq {sg.last_seq} "
                          f"at {_when(sg.last_time, now)}")
+        lines.extend(_receipt_lines(st.receipts))
     return redact("\n".join(lines) + ("\n" if lines else ""))
 
 
@@ -242,6 +247,21 @@ def _short_summary(summary: str, word: str, remote: str) -> str:
     for prep in ("from", "to"):
         text = text.replace(f" {prep} {remote}", "")
     return text
+
+
+def _receipt_lines(receipts: list[RemoteReceipts]) -> list[str]:
+    out: list[str] = []
+    for r in receipts:
+        out.append(f"  receipts {r.remote}: {r.pushed} pushed, {r.delivered} delivered, "
+                   f"{r.ran} ran, {len(r.failed)} failed")
+        for f in r.failed[:5]:
+            out.append(f"    failed: {f.name} (seq {f.seq}, {f.status or 'failed'})")
+        if r.oldest_unconfirmed:
+            out.append(f"    unconfirmed: {r.unconfirmed} (oldest {r.oldest_unconfirmed}, "
+                       f"{fmt_age(r.oldest_unconfirmed_age_seconds)})")
+        if r.stuck:
+            out.append(f"    STUCK behind {r.stuck_behind} for {fmt_age(r.stuck_seconds)}")
+    return out
 
 
 def render_rich(statuses: list[QueueStatus], now: float | None = None) -> None:
@@ -294,6 +314,16 @@ _METRICS = [
     ("fspl_gw_remote_last_sync_timestamp_seconds",
      "When the last sync/push of a remote into/from this queue finished (Unix time)."),
     ("fspl_gw_remote_last_sync_success", "1 when the last sync/push of a remote succeeded."),
+    ("fspl_gw_receipts_pushed_jobs", "Jobs pushed to a remote (push journal)."),
+    ("fspl_gw_receipts_delivered_jobs", "Pushed jobs a receipt says were delivered."),
+    ("fspl_gw_receipts_ran_jobs", "Pushed jobs a receipt says ran successfully."),
+    ("fspl_gw_receipts_failed_jobs", "Pushed jobs whose last run failed."),
+    ("fspl_gw_receipts_failed_job_exit_code",
+     "Exit status of a failed job (-1: no exit status: a signal, a timeout, a Fail packet)."),
+    ("fspl_gw_receipts_unconfirmed_jobs", "Pushed jobs with no receipt that they ran."),
+    ("fspl_gw_receipts_oldest_unconfirmed_age_seconds",
+     "Seconds since the oldest unconfirmed job was pushed (0 when none)."),
+    ("fspl_gw_receipts_stuck", "1 when the receiver's queue waits behind a failed job."),
 ]
 
 
@@ -322,6 +352,21 @@ def render_metrics(statuses: list[QueueStatus]) -> str:
                 f"fspl_gw_remote_last_sync_timestamp_seconds{lr} {r.finished:.3f}")
             samples["fspl_gw_remote_last_sync_success"].append(
                 f"fspl_gw_remote_last_sync_success{lr} {int(r.ok)}")
+        for rc in st.receipts:
+            lr = _labels(queue=st.queue, remote=rc.remote)
+            for metric, value in (("pushed_jobs", rc.pushed), ("delivered_jobs", rc.delivered),
+                                  ("ran_jobs", rc.ran), ("failed_jobs", len(rc.failed)),
+                                  ("unconfirmed_jobs", rc.unconfirmed),
+                                  ("oldest_unconfirmed_age_seconds",
+                                   rc.oldest_unconfirmed_age_seconds or 0),
+                                  ("stuck", int(rc.stuck))):
+                samples[f"fspl_gw_receipts_{metric}"].append(
+                    f"fspl_gw_receipts_{metric}{lr} {value}")
+            for f in rc.failed:
+                lj = _labels(queue=st.queue, remote=rc.remote, job=f.name, seq=str(f.seq))
+                samples["fspl_gw_receipts_failed_job_exit_code"].append(
+                    f"fspl_gw_receipts_failed_job_exit_code{lj} "
+                    f"{-1 if f.exit is None else f.exit}")
     out: list[str] = []
     for name, help_ in _METRICS:
         out.append(f"# HELP {name} {help_}")

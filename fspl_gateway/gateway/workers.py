@@ -26,6 +26,7 @@ from fspl_gateway.core import queue as q
 from fspl_gateway.core.errors import JobFailedError, LockBusyError
 from fspl_gateway.core.layout import QueueLayout
 from fspl_gateway.core.log import log
+from fspl_gateway.core.outcomes import log_path_if_enabled
 from fspl_gateway.core.process import (
     OnError,
     OrderBy,
@@ -109,7 +110,9 @@ def _run_one(opts: WorkersOpts, worker: str) -> bool:
         f.write(jobs[0].filename.encode("utf-8", "surrogateescape"))
     try:
         queue_process(QueueProcessOpts(worker, opts.proc, None, opts.on_error, OrderBy.SEQ_SORTED,
-                                       opts.never_delete, 1, opts.output_to, wait_lock=5.0))
+                                       opts.never_delete, 1, opts.output_to, wait_lock=5.0,
+                                       # receipts: outcomes go to the incoming queue's log
+                                       outcome_log=log_path_if_enabled(opts.incoming)))
     finally:
         try:
             os.unlink(marker)

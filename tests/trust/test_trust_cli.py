@@ -210,3 +210,32 @@ def test_big_encrypted_job_syncs_in_flat_memory(tmp_path: Path) -> None:
     assert (q / "jobs" / name).stat().st_size > size
     print(f"peak RSS of sync: {peak_kib} KiB for a {size >> 20} MiB encrypted job")
     assert peak_kib * 1024 < 96 * MiB, peak_kib  # the job is 256 MiB
+
+
+def test_one_queue_id_for_trust_and_receipts(tmp_path: Path,
+                                              keys: tuple[Path, str, str]) -> None:
+    """The config's queue_id is both what senders sign for and what receipts name:
+    signed jobs get in, and the receipts they earn satisfy --expect-queue."""
+    key, _kid, pub = keys
+    ob = _outbox(tmp_path, 2)
+    remote = tmp_path / "remote"
+    (remote / "jobs").mkdir(parents=True)
+    cfg = tmp_path / "config.toml"
+    cfg.write_text(f'[remotes.drop]\ntransport = "local"\nlocation = "{remote}"\n'
+                   f'trusted_keys = ["{pub}"]\nqueue_id = "site-b"\nreceipts = true\n')
+    cfg.chmod(0o600)
+    push = ("push", "-r", str(remote), "-t", "local", "-q", str(ob), "--sign", str(key),
+            "--queue-id", "site-b", "--after-push", "keep-until-ran", "--expect-queue",
+            "site-b")
+    _ok(run_gw(*push))
+    assert len(os.listdir(ob / "jobs")) == 2  # kept until they ran
+    q = _queue(tmp_path, "inbox")
+    _ok(run_gw("sync", "--config", str(cfg), "-r", "drop", "-q", str(q)))
+    _process(q, tmp_path / "out")
+    assert (tmp_path / "out").read_text() == "job 1\njob 2\n"
+    _ok(run_gw("sync", "--config", str(cfg), "-r", "drop", "-q", str(q)))  # run receipts
+    receipts = [n for n in os.listdir(remote / "receipts") if n.endswith(".json")]
+    assert receipts and all("site-b" in (remote / "receipts" / n).read_text()
+                            for n in receipts)
+    _ok(run_gw(*push))
+    assert os.listdir(ob / "jobs") == []  # the receipts were accepted: the jobs ran

@@ -154,3 +154,37 @@ api_token = "{SECRET}"
                 env={"FSPL_GW_CONFIG": str(p)})
     assert r.returncode == 2 and "unknown remote 'nothere'" in r.stderr
     assert os.path.exists(p)
+
+
+def test_receipt_settings_are_not_transport_options(tmp_path: Path) -> None:
+    from fspl_gateway.gateway import receipt_settings
+
+    p = write_cfg(tmp_path / "c.toml", '[remotes.b]\ntransport = "local"\nlocation = "/q"\n'
+                  'receipts = true\nqueue_id = "site-b"\ntrust_keys = ["~/a.pub", "b.pub"]\n'
+                  'stuck_after = "10m"\ntmp_grace = 5\n')
+    spec = config.resolve_remote("b", None, ["expect_queue=x"], config_file=str(p))
+    assert spec.options == {"tmp_grace": 5}
+    rs = receipt_settings.of_remote(spec)
+    assert (rs.receipts, rs.queue_id, rs.expect_queue, rs.stuck_after) == \
+        (True, "site-b", "x", 600.0)
+    # queue_id is one key with one meaning: the trust setting, also what receipts name
+    assert spec.trust == {"queue_id": "site-b"} and "queue_id" not in spec.settings
+    assert rs.trust_keys == (os.path.expanduser("~/a.pub"), "b.pub")
+    lit = config.resolve_remote("/q", "local", ["receipts=yes"], config_file=str(p))
+    assert lit.options == {} and receipt_settings.parse(lit.settings).receipts
+    assert receipt_settings.parse({}) == receipt_settings.ReceiptSettings()
+    with pytest.raises(ConfigError, match="remote b option receipts: expected true or false"):
+        receipt_settings.parse({"receipts": "maybe"}, "b")
+    write_cfg(p, '[remotes.b]\ntransport = "local"\nlocation = "/q"\nendpoints = ["a"]\n')
+    with pytest.raises(ConfigError, match="must be a string"):
+        config.load(str(p))
+    # lists and tables are fine for trust keys and receipt settings, not transport options
+    write_cfg(p, '[remotes.b]\ntransport = "local"\nlocation = "/q"\ntrust_keys = ["k"]\n'
+              'trusted_keys = ["t"]\n[remotes.b.routes]\nk = "/q2"\n')
+    spec = config.resolve_remote("b", None, [], config_file=str(p))
+    assert spec.options == {} and spec.settings == {"trust_keys": ["k"]}
+    assert spec.trust == {"trusted_keys": ["t"], "routes": {"k": "/q2"}}
+    write_cfg(p, '[remotes.b]\ntransport = "local"\nlocation = "/q"\n[remotes.b.opts]\n'
+              'a = "b"\n')
+    with pytest.raises(ConfigError, match="must be a string"):
+        config.load(str(p))

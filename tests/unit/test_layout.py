@@ -24,12 +24,15 @@ def test_every_path_is_the_on_disk_contract() -> None:
     assert (q.seqfile_path, q.jobs_dir) == (seqfile_path, jobs_dir)
     assert {k: getattr(lay, k) for k in ("gw", "run_lock", "journal", "staging", "quarantine",
                                           "handoff", "worker_lock", "running", "rerun_log",
-                                          "media_seen")} == {
+                                          "media_seen", "receipts_marker", "outcomes",
+                                          "receipts_db")} == {
         "gw": "/q/.fspl-gw", "run_lock": "/q/.fspl-gw/lock",
         "journal": "/q/.fspl-gw/journal.sqlite", "staging": "/q/.fspl-gw/staging",
         "quarantine": "/q/.fspl-gw/quarantine", "handoff": "/q/.fspl-gw/handoff",
         "worker_lock": "/q/.fspl-gw/worker.lock", "running": "/q/.fspl-gw/running",
-        "rerun_log": "/q/.fspl-gw/rerun.log", "media_seen": "/q/.fspl-gw/media-seen.json"}
+        "rerun_log": "/q/.fspl-gw/rerun.log", "media_seen": "/q/.fspl-gw/media-seen.json",
+        "receipts_marker": "/q/.fspl-gw/receipts.on", "outcomes": "/q/.fspl-gw/outcomes.jsonl",
+        "receipts_db": "/q/.fspl-gw/receipts.sqlite"}
 
 
 def test_queue_init_makes_what_the_layout_names(tmp_path: Path) -> None:

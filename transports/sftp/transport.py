@@ -160,7 +160,7 @@ class SFTPTransport(Transport):
         except ValueError:
             raise ConfigError(f"ssh config: bad Port for {loc.host!r}") from None
         self.path = loc.path
-        self.jobs = posixpath.join(self.path, "jobs") if self.path != "." else "jobs"
+        self.jobs = posixpath.join(self.path, self.area) if self.path != "." else self.area
         self.timeout: float = o["timeout"]
         self.tmp_max_age: float = o["tmp_max_age"]
         self.use_fsync: bool = o["fsync"]
@@ -202,6 +202,16 @@ class SFTPTransport(Transport):
 
     def _path(self, name: str) -> str:
         return posixpath.join(self.jobs, name)
+
+    def make_area(self) -> None:
+        with self.pool.use() as ch:
+            if not self.proto.exists(ch, self.jobs):
+                try:
+                    with self.proto.remote(ch, self.jobs, "mkdir"):
+                        ch.sftp.mkdir(self.jobs)
+                except TransportError:
+                    if not self.proto.exists(ch, self.jobs):  # else: made meanwhile
+                        raise
 
     # -- interface -----------------------------------------------------------------
     def list(self) -> Iterator[RemoteEntry]:

@@ -10,6 +10,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from fspl_gateway.core.errors import FsplError
 from fspl_gateway.core.log import log
@@ -19,6 +20,9 @@ from fspl_gateway.gateway.watch import pipelines as pl
 from fspl_gateway.gateway.watch.backoff import backoff
 from fspl_gateway.gateway.watch.stopaware import StopAwareTransport
 from fspl_gateway.transports.base import Transport
+
+if TYPE_CHECKING:
+    from fspl_gateway.gateway.receipts import SendOptions
 
 #: After a change notification, the next wait starts at least this much later.
 LONGPOLL_GAP = 0.1
@@ -115,10 +119,19 @@ class RemotePoller:
             policy = routed_passes(policy, p.queue)[-1][1]
         opts = SyncOptions(after_fetch=AfterFetch(p.after), decoder=p.decoder, concurrency=p.concurrency,
                            retry=RetryPolicy(attempts=p.retries), progress=False, trust=policy)
+        so = _receipts(self.spec)
+        if so is not None:
+            from fspl_gateway.gateway.receipts import enable
+
+            enable(p.queue)  # before the pull: what it delivers is receipted
         res = pull(t, p.queue, opts)
         if res.locked_out:
             log.debug("pipeline %s: another sync/push holds %s; next time", p.name, p.queue)
             return False
+        if so is not None:
+            from fspl_gateway.gateway.receipts import send
+
+            send(t, p.queue, so)
         level = logging.WARNING if res.exit_code else logging.INFO if res.fetched else logging.DEBUG
         log.log(level, "pipeline %s: %s", p.name, res.summary())
         return res.fetched > 0
@@ -142,6 +155,27 @@ class RemotePoller:
             if res.pushed < batch or res.exit_code or p.after == "keep":
                 return False
         return False
+
+
+def _receipts(spec: RemoteSpec) -> SendOptions | None:
+    """The remote's receipt settings (``receipts = true`` in its config table), for a
+    pull pipeline to send receipts after each sync; a key's passphrase comes from
+    ``$FSPL_GW_KEY_PASSPHRASE`` only (a service has no terminal)."""
+    import os
+
+    from fspl_gateway.core.errors import UsageError
+    from fspl_gateway.gateway import receipt_settings as rset
+
+    rs = rset.of_remote(spec)
+    if not rs.receipts:
+        return None
+
+    def passphrase() -> str:
+        pw = os.environ.get("FSPL_GW_KEY_PASSPHRASE")
+        if not pw:
+            raise UsageError("the receipts key is encrypted: set $FSPL_GW_KEY_PASSPHRASE")
+        return pw
+    return rset.send_options(rs, passphrase)
 
 
 class LongPoller:
