@@ -55,7 +55,7 @@ from __future__ import annotations
 import hashlib
 import os
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
@@ -89,9 +89,9 @@ from fspl_gateway.gateway.concurrency import ParallelMap
 from fspl_gateway.gateway.journal import FileRow, Journal, JournalState, open_existing
 from fspl_gateway.gateway.progress import Progress
 from fspl_gateway.gateway.quarantine import quarantine
-from fspl_gateway.gateway.retry import RetryPolicy
 from fspl_gateway.gateway.runframe import (
     BATCH,
+    RunOptions,
     RunResult,
     check_options,
     clean_remote_temporaries,
@@ -124,20 +124,8 @@ class AfterFetch(StrEnum):
 
 
 @dataclass
-class SyncOptions:
+class SyncOptions(RunOptions):
     after_fetch: AfterFetch = AfterFetch.DELETE
-    #: Shell command that decodes a job file (stdin) to a packet (stdout).
-    decoder: str | None = None
-    dry_run: bool = False
-    #: Fetch at most this many new jobs in this run.
-    max_jobs: int | None = None
-    #: Parallel transfers (threads).
-    concurrency: int = 4
-    retry: RetryPolicy = field(default_factory=RetryPolicy)
-    #: None: a busy lock returns at once (locked_out); else wait that many seconds.
-    wait_lock: float | None = None
-    #: None: a progress bar when stderr is a terminal.
-    progress: bool | None = None
     peek_min: int = PEEK_MIN
     #: Only jobs a trusted key signed get in (:mod:`~fspl_gateway.gateway.trust`).
     trust: TrustPolicy | None = None

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import os
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
@@ -57,9 +57,9 @@ from fspl_gateway.gateway.probe import verify_capabilities
 from fspl_gateway.gateway.progress import Progress
 from fspl_gateway.gateway.pull import sha256_path
 from fspl_gateway.gateway.quarantine import quarantine
-from fspl_gateway.gateway.retry import RetryPolicy
 from fspl_gateway.gateway.runframe import (
     BATCH,
+    RunOptions,
     RunResult,
     check_options,
     clean_remote_temporaries,
@@ -82,15 +82,8 @@ class AfterPush(StrEnum):
 
 
 @dataclass
-class PushOptions:
+class PushOptions(RunOptions):
     after_push: AfterPush = AfterPush.DELETE
-    decoder: str | None = None
-    dry_run: bool = False
-    max_jobs: int | None = None
-    concurrency: int = 4
-    retry: RetryPolicy = field(default_factory=RetryPolicy)
-    wait_lock: float | None = None
-    progress: bool | None = None
     #: Sign (and encrypt) each job (:mod:`~fspl_gateway.gateway.trust`).
     sign: SignPolicy | None = None
 

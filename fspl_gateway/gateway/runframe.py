@@ -44,6 +44,25 @@ def fmt_seconds(s: float) -> str:
 
 
 @dataclass
+class RunOptions:
+    """What every sync and push run takes (:class:`~fspl_gateway.gateway.pull.SyncOptions`
+    and :class:`~fspl_gateway.gateway.push.PushOptions` add their own)."""
+
+    #: Shell command that decodes a job file (stdin) to a packet (stdout).
+    decoder: str | None = None
+    dry_run: bool = False
+    #: Move at most this many new jobs in this run.
+    max_jobs: int | None = None
+    #: Parallel transfers (threads).
+    concurrency: int = 4
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    #: None: a busy lock returns at once (locked_out); else wait that many seconds.
+    wait_lock: float | None = None
+    #: None: a progress bar when stderr is a terminal.
+    progress: bool | None = None
+
+
+@dataclass
 class RunResult:
     """What one pull or push run did (the counters both engines share)."""
 
@@ -67,13 +86,6 @@ class RunResult:
 
     def summary(self) -> str:
         raise NotImplementedError
-
-
-class RunOptions(Protocol):
-    """What the frame reads of an engine's options."""
-
-    dry_run: bool
-    wait_lock: float | None
 
 
 class Engine(Protocol):
