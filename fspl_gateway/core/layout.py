@@ -20,6 +20,7 @@
         outcomes.jsonl          outcomes of jobs run here, not yet in a receipt (process)
         receipts.sqlite         receipts to send (receiver) or received (sender)
         capabilities.json       what each remote's store really does (gateway/probe)
+        outgoing/               encrypted copies of outbox jobs being pushed (trust)
 
 Everything that reads or writes one of these names asks :class:`QueueLayout` (or, for
 the two Filespooler names used everywhere, :func:`jobs_dir` and :func:`seqfile_path`).
@@ -127,6 +128,10 @@ class QueueLayout:
     @property
     def capabilities(self) -> str:
         return os.path.join(self.gw, "capabilities.json")
+
+    @property
+    def outgoing(self) -> str:
+        return os.path.join(self.gw, "outgoing")
 
 
 __all__ = ["GW_DIR", "JOBS", "NEXTSEQ", "QueueLayout", "jobs_dir", "seqfile_path"]

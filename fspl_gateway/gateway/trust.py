@@ -463,7 +463,7 @@ class Outgoing:
         self.path = path
         self.seq = seq
         self.encrypted = False
-        self.dir = os.path.join(QueueLayout(qdir).gw, "outgoing")
+        self.dir = QueueLayout(qdir).outgoing
         if policy.recipients:
             self.path = self._encrypt(path)
             self.encrypted = True
