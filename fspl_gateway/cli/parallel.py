@@ -73,8 +73,9 @@ def workers_cmd(queuedir: str, n: int, workdir: str | None, key: str | None, ord
                 poll: float, grace: float, config_file: str | None, remote: str | None,
                 transport: str | None, options: tuple[str, ...], host_id: str, lease: float,
                 clock_skew: float, receipts: bool, queue_id: str | None,
-                receipts_key: str | None, allow_job_params: bool, ignore_payload: bool,
-                timeout: int | None, command: str, params: tuple[str, ...]) -> None:
+                receipts_key: str | None, receipt_output: str | None, allow_job_params: bool,
+                ignore_payload: bool, timeout: int | None, command: str,
+                params: tuple[str, ...]) -> None:
     """Process the incoming queue (-q) with N workers running COMMAND in parallel.
 
     Many hosts, one queue: with --remote, take jobs straight from that shared remote
@@ -87,7 +88,8 @@ def workers_cmd(queuedir: str, n: int, workdir: str | None, key: str | None, ord
     proc = ProcessOpts(command, list(params), allow_job_params, ignore_payload, timeout)
     if remote is not None or transport is not None:
         _multihost(queuedir, n, remote, transport, options, config_file, host_id, lease,
-                   clock_skew, on_error, follow, poll, proc, (receipts, queue_id, receipts_key))
+                   clock_skew, on_error, follow, poll, proc,
+                   (receipts, queue_id, receipts_key, receipt_output))
         return
     if not os.path.isdir(jobs_dir(queuedir)):
         raise FsplError(f"{queuedir} is not a queue directory (no jobs/ in it)")
@@ -101,7 +103,8 @@ def workers_cmd(queuedir: str, n: int, workdir: str | None, key: str | None, ord
 def _multihost(workdir: str, n: int, remote: str | None, transport: str | None,
                options: tuple[str, ...], config_file: str | None, host_id: str, lease: float,
                skew: float, on_error: OnError, follow: bool, poll: float,
-               proc: ProcessOpts, receipts: tuple[bool, str | None, str | None]) -> None:
+               proc: ProcessOpts,
+               receipts: tuple[bool, str | None, str | None, str | None]) -> None:
     import signal
 
     from fspl_gateway.core.errors import UsageError
@@ -112,8 +115,9 @@ def _multihost(workdir: str, n: int, remote: str | None, transport: str | None,
     if remote is None:
         raise UsageError("--transport needs --remote")
     spec, rs = rcpt.resolve(config_file, remote, transport, options)
-    on, queue_id, receipts_key = receipts
-    so = rcpt.make_send_options(queue_id, receipts_key, rs) if on or rs.receipts else None
+    on, queue_id, receipts_key, output = receipts
+    so = rcpt.make_send_options(queue_id, receipts_key, rs, output) if on or rs.receipts \
+        else None
     t = open_remote(spec)
     opts = HostOpts(proc, workdir, host_id, lease, skew, on_error=on_error, follow=follow,
                     poll=poll, receipts=so)

@@ -12,6 +12,7 @@ from fspl_gateway.cli import options as opt
 from fspl_gateway.cli.options import CONTEXT
 from fspl_gateway.core.errors import PartialFailure
 from fspl_gateway.core.log import log
+from fspl_gateway.gateway.receipt_settings import OUTPUT_MODES
 
 if TYPE_CHECKING:
     from fspl_gateway.gateway.config import RemoteSpec
@@ -23,7 +24,14 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 def receipts_key_option(f: F) -> F:
-    """Receiver side's signing key (sync, where --queue-id is the trust option's)."""
+    """Receiver side's signing key and output mode (sync, where --queue-id is the trust
+    option's)."""
+    f = click.option("--receipt-output", type=click.Choice(OUTPUT_MODES), default=None,
+                     help="What of each job's output its ran receipt carries: sha256 and "
+                          "size (digest), the first KiB (head), both, or none (default: "
+                          "the remote's receipt_output, else as the queue has it, else "
+                          "none). Output: jobs/<file>.out with --output-to saveboth, else "
+                          "the job's stdout, teed.")(f)
     return click.option("--receipts-key", metavar="FILE", default=None,
                         help="Sign receipts with this minisign secret key (passphrase from "
                              "$FSPL_GW_KEY_PASSPHRASE).")(f)
@@ -70,7 +78,8 @@ def resolve(config_file: str | None, remote: str, transport: str | None,
 
 
 def make_send_options(queue_id: str | None, receipts_key: str | None,
-                      rs: ReceiptSettings | None = None) -> SendOptions:
+                      rs: ReceiptSettings | None = None,
+                      receipt_output: str | None = None) -> SendOptions:
     """The receipt flags over the remote's settings (a flag wins)."""
     import dataclasses
 
@@ -79,7 +88,8 @@ def make_send_options(queue_id: str | None, receipts_key: str | None,
 
     rs = rs or ReceiptSettings()
     rs = dataclasses.replace(rs, queue_id=queue_id or rs.queue_id,
-                             receipts_key=receipts_key or rs.receipts_key)
+                             receipts_key=receipts_key or rs.receipts_key,
+                             receipt_output=receipt_output or rs.receipt_output)
     return send_options(rs, lambda: read_passphrase(confirm=False))
 
 
@@ -87,18 +97,16 @@ def make_fetch_options(trust_keys: tuple[str, ...], expect_queue: str | None,
                        on_failure: str | None, stuck_after: float | None,
                        keep_until: KeepUntil | None,
                        rs: ReceiptSettings | None = None) -> FetchOptions:
-    from fspl_gateway.gateway.receipt_settings import ReceiptSettings
-    from fspl_gateway.gateway.receipts import FetchOptions, load_trust_keys
+    import dataclasses
+
+    from fspl_gateway.gateway.receipt_settings import ReceiptSettings, fetch_options
 
     rs = rs or ReceiptSettings()
-    trust_keys = trust_keys or rs.trust_keys
-    expect_queue = expect_queue or rs.expect_queue
-    on_failure = on_failure or rs.on_failure
-    stuck_after = rs.stuck_after if stuck_after is None else stuck_after
-
-    return FetchOptions(trust_keys=load_trust_keys(trust_keys), expect_queue=expect_queue,
-                        keep_until=keep_until, on_failure=on_failure,
-                        stuck_after=stuck_after)
+    rs = dataclasses.replace(
+        rs, trust_keys=trust_keys or rs.trust_keys, expect_queue=expect_queue or rs.expect_queue,
+        on_failure=on_failure or rs.on_failure,
+        stuck_after=rs.stuck_after if stuck_after is None else stuck_after)
+    return fetch_options(rs, keep_until)
 
 
 def run_fetch(t: Transport, outbox: str, fo: FetchOptions) -> None:
@@ -121,14 +129,14 @@ def receipts_group() -> None:
 @send_options
 def send_cmd(config_file: str | None, remote: str, transport: str | None,
              options: tuple[str, ...], queuedir: str, queue_id: str | None,
-             receipts_key: str | None) -> None:
+             receipts_key: str | None, receipt_output: str | None) -> None:
     """Write pending receipts of QUEUE to the remote's receipts/ (sync --receipts does
     this after every sync)."""
     from fspl_gateway.gateway.receipts import send
     from fspl_gateway.gateway.remotes import open_remote
 
     spec, rs = resolve(config_file, remote, transport, options)
-    so = make_send_options(queue_id, receipts_key, rs)
+    so = make_send_options(queue_id, receipts_key, rs, receipt_output)
     t = open_remote(spec)
     try:
         send(t, queuedir, so)

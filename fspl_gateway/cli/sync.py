@@ -85,7 +85,7 @@ def sync_cmd(config_file: str | None, remote: str, transport: str | None,
              wait_lock: float | None, progress: bool | None,
              trust: tuple[str, ...], queue_id: str | None, identity: tuple[str, ...],
              signature_wait: float | None, route: tuple[str, ...], receipts: bool,
-             receipts_key: str | None) -> None:
+             receipts_key: str | None, receipt_output: str | None) -> None:
     """Pull new jobs from a remote queue's jobs/ into a local queue.
 
     With trusted keys (--trust, or trusted_keys in the config) only jobs that a trusted
@@ -96,8 +96,8 @@ def sync_cmd(config_file: str | None, remote: str, transport: str | None,
     from fspl_gateway.gateway.retry import RetryPolicy
 
     spec, rs = rcpt.resolve(config_file, remote, transport, options)
-    so = rcpt.make_send_options(queue_id, receipts_key, rs) if receipts or rs.receipts \
-        else None
+    so = rcpt.make_send_options(queue_id, receipts_key, rs, receipt_output) \
+        if receipts or rs.receipts else None
     # --queue-id names the receipts too: alone (no trusted key) it is no trust setting
     trusting = bool(trust or route or spec.trust.get("trusted_keys") or spec.trust.get("routes"))
     policy = tr.policy_from(spec.trust, trust=trust,
@@ -108,7 +108,8 @@ def sync_cmd(config_file: str | None, remote: str, transport: str | None,
     if so is not None and not dry_run:
         from fspl_gateway.gateway.receipts import enable
 
-        enable(queuedir)  # before the pull: what it delivers is receipted
+        for qdir, _ in passes:  # before the pull: what it delivers is receipted
+            enable(qdir, so.output)
     t = open_remote(spec)
     results: list[SyncResult] = []
     try:
@@ -118,11 +119,12 @@ def sync_cmd(config_file: str | None, remote: str, transport: str | None,
                                retry=RetryPolicy(attempts=retries), wait_lock=wait_lock,
                                progress=progress, settle=settle, trust=pol)
             results.append(pull(t, qdir, opts))
-        # the -q queue's pass is the last one (routed_passes)
-        if so is not None and not dry_run and not results[-1].locked_out:
+        if so is not None and not dry_run:  # each queue (routes: each origin's) sends its own
             from fspl_gateway.gateway.receipts import send
 
-            send(t, queuedir, so)
+            for (qdir, _), res in zip(passes, results, strict=True):
+                if not res.locked_out:
+                    send(t, qdir, so)
     finally:
         t.close()
     failed: list[PartialFailure] = []
@@ -168,14 +170,13 @@ def push_cmd(config_file: str | None, remote: str, transport: str | None,
                        progress=progress,
                        sign=sign_policy_from(spec.trust, sign=sign, queue_id=queue_id,
                                              encrypt_to=encrypt_to))
-    until = str(after_push).removeprefix("keep-until-") if str(after_push).startswith(
-        "keep-until-") else None
+    from fspl_gateway.gateway.receipts import KeepUntil
+
+    until = KeepUntil.of_after_push(after_push)
     fo = None
     if receipts or rs.receipts or until is not None:
-        from fspl_gateway.gateway.receipts import KeepUntil
-
         fo = rcpt.make_fetch_options(trust_keys, expect_queue, on_failure, stuck_after,
-                                     KeepUntil(until) if until else None, rs)
+                                     until, rs)
     t = open_remote(spec)
     try:
         res = push(t, queuedir, opts)

@@ -18,6 +18,7 @@
         media-seen.json         media already imported into this queue (watch)
         receipts.on             receipts are on for this queue (gateway; read by process)
         outcomes.jsonl          outcomes of jobs run here, not yet in a receipt (process)
+        receipts.output         what of a job's output a ran receipt carries (process)
         receipts.sqlite         receipts to send (receiver) or received (sender)
         capabilities.json       what each remote's store really does (gateway/probe)
         outgoing/               encrypted copies of outbox jobs being pushed (trust)
@@ -120,6 +121,10 @@ class QueueLayout:
     @property
     def outcomes(self) -> str:
         return os.path.join(self.gw, "outcomes.jsonl")
+
+    @property
+    def receipt_output(self) -> str:
+        return os.path.join(self.gw, "receipts.output")
 
     @property
     def receipts_db(self) -> str:

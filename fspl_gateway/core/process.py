@@ -152,7 +152,8 @@ def run_job(opts: ProcessOpts, meta: Meta, payload_fd: int | None, *,
             filename: str | None = None, queuedir: str | None = None,
             output_fd: int | None = None, extra_env: Mapping[bytes, bytes] | None = None,
             kill_on_parent_death: bool = False,
-            on_start: Callable[[subprocess.Popen[bytes]], None] | None = None) -> JobResult:
+            on_start: Callable[[subprocess.Popen[bytes]], None] | None = None,
+            output: outcomes.OutputCapture | None = None) -> JobResult:
     """Run one job whose header is ``meta``; ``payload_fd`` is positioned at the payload.
 
     NOP succeeds and Fail fails without running anything.  A command that cannot be
@@ -160,7 +161,9 @@ def run_job(opts: ProcessOpts, meta: Meta, payload_fd: int | None, *,
     ``extra_env``: more variables for the command (ours, not the job's);
     ``kill_on_parent_death``: the command is killed (SIGKILL) if this process dies
     (:func:`die_with_parent`); ``on_start`` is called with the started process (e.g.
-    to kill it from another thread).
+    to kill it from another thread); ``output``: digest/head of the job's output for
+    its receipt (:class:`~fspl_gateway.core.outcomes.OutputCapture`: stdout teed when it
+    is not ``output_fd``).
     """
     if meta.cmd == "NOP":
         return JobResult(True, "NOP")
@@ -187,10 +190,14 @@ def run_job(opts: ProcessOpts, meta: Meta, payload_fd: int | None, *,
 
     log.debug("running job %d: %r", meta.seq, args)
     try:
-        proc = subprocess.Popen(args, env=env, stdin=stdin, stdout=output_fd,
+        proc = subprocess.Popen(args, env=env, stdin=stdin, stdout=output_fd if output is None
+                                else output.stdout(output_fd),
                                 stderr=output_fd, close_fds=True, preexec_fn=preexec)
     except OSError as e:
         raise FsplError(f"cannot run {opts.command!r}: {e.strerror}") from None
+    finally:
+        if output is not None:
+            output.started()
     try:
         if on_start is not None:
             on_start(proc)
@@ -262,12 +269,15 @@ def queue_process(opts: QueueProcessOpts) -> int:
                 break
             done += 1
             start = time.time()
-            res = _run_queued(opts, job)
+            cap = outcomes.capture(outcome_log, os.path.join(
+                q.jobs_dir(opts.queuedir), job.filename + ".out")
+                if opts.output_to == OutputTo.SAVEBOTH else None)
+            res = _run_queued(opts, job, cap)
             if outcome_log is not None:
                 outcomes.append(outcome_log, {
                     "name": job.filename, "seq": job.meta.seq, "start": round(start, 3),
                     "end": round(time.time(), 3), "ok": res.success, "exit": res.exit_code,
-                    "status": res.status})
+                    "status": res.status, **(cap.fields() if cap is not None else {})})
             if res.success or opts.on_error in (OnError.DELETE, OnError.LEAVE):
                 if by_seq:
                     seqf.increment()
@@ -284,7 +294,8 @@ def queue_process(opts: QueueProcessOpts) -> int:
     return done
 
 
-def _run_queued(opts: QueueProcessOpts, job: q.Job) -> JobResult:
+def _run_queued(opts: QueueProcessOpts, job: q.Job,
+                cap: outcomes.OutputCapture | None = None) -> JobResult:
     out_fd = None
     if opts.output_to == OutputTo.SAVEBOTH:
         out_path = os.path.join(q.jobs_dir(opts.queuedir), job.filename + ".out")
@@ -296,7 +307,7 @@ def _run_queued(opts: QueueProcessOpts, job: q.Job) -> JobResult:
             return run_job(opts.proc, job.meta, None)
         with q.open_job(opts.queuedir, job.filename, opts.decoder) as oj:
             return run_job(opts.proc, oj.meta, oj.fd, filename=job.filename,
-                           queuedir=opts.queuedir, output_fd=out_fd)
+                           queuedir=opts.queuedir, output_fd=out_fd, output=cap)
     finally:
         if out_fd is not None:
             os.close(out_fd)

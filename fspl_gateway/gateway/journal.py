@@ -364,6 +364,21 @@ def signers(qdir: str) -> list[tuple[str, int, int, float]]:
         j.close()
 
 
+def signed_by(qdir: str) -> dict[str, str]:
+    """Job name → the key id that signed it (trust; empty without a journal or signers);
+    never creates a journal.  For receipts: whose job it was."""
+    j = open_existing(qdir)
+    if j is None:
+        return {}
+    try:
+        rows = j._exec("SELECT name, key_id FROM signers")
+    except QueueError:
+        return {}  # no signers table: written before trust existed
+    finally:
+        j.close()
+    return {_unkey(n): str(k) for n, k in rows}  # type: ignore[arg-type]
+
+
 def file_count(qdir: str, direction: str | None = None) -> int:
     """How many files the journal of ``qdir`` remembers (optionally one direction)."""
     j = open_existing(qdir)

@@ -60,6 +60,7 @@ from fspl_gateway.core.errors import (
 from fspl_gateway.core.hashing import hash_fd
 from fspl_gateway.core.layout import QueueLayout
 from fspl_gateway.core.log import log
+from fspl_gateway.core.outcomes import OutputCapture, OutputMode
 from fspl_gateway.core.packet import Meta, read_header_fd
 from fspl_gateway.core.process import JobResult, ProcessOpts, run_job
 from fspl_gateway.gateway import receipts as rcpt
@@ -281,8 +282,11 @@ class Host:
             th = threading.Thread(target=renew, daemon=True)
             th.start()
             start = time.time()
+            so = self.o.receipts
+            cap = None if so is None or so.output in (None, OutputMode.NONE) \
+                else OutputCapture(so.output)
             try:
-                res = self._execute(meta, f.fileno(), job, proc_box)
+                res = self._execute(meta, f.fileno(), job, proc_box, cap)
             finally:
                 renew_stop.set()
                 th.join()
@@ -290,7 +294,7 @@ class Host:
         if state["lost"]:
             return
         if self.o.receipts is not None:
-            self._receipt(job, meta, sha, start, res)
+            self._receipt(job, meta, sha, start, res, cap)
         if res.success or self.o.on_error == "delete":
             self._delete(job)
             self._delete_claims(job, g)
@@ -302,13 +306,15 @@ class Host:
                             "retry (--on-error retry)")
 
     def _receipt(self, job: str, meta: Meta, sha: str, start: float,
-                 res: JobResult) -> None:
+                 res: JobResult, cap: OutputCapture | None = None) -> None:
         """Write the job's *ran* receipt (retried); a failure is logged, never fatal."""
         so = self.o.receipts
         assert so is not None
         end = time.time()
+        out = cap.fields().get("output") if cap is not None else None
         r = rcpt.Receipt(rcpt.Kind.RAN, job, meta.seq, sha, round(end, 3), round(start, 3),
-                         round(end, 3), res.success, res.exit_code, res.status[:200])
+                         round(end, 3), res.success, res.exit_code, res.status[:200],
+                         None if out is None else rcpt.Output.parse(out))
         qid = so.queue_id or rcpt.default_queue_id(self.o.workdir)
         try:
             self._retry(lambda: rcpt.write_batch(self.t, [r], qid, so.sign_key),
@@ -316,15 +322,15 @@ class Host:
         except FsplError as e:
             log.error("job %s: could not write its receipt: %s", job, e)
 
-    def _execute(self, meta: Meta, fd: int, job: str,
-                 box: list[subprocess.Popen[bytes]]) -> JobResult:
+    def _execute(self, meta: Meta, fd: int, job: str, box: list[subprocess.Popen[bytes]],
+                 cap: OutputCapture | None = None) -> JobResult:
         """Run the job with the one executor (:func:`~fspl_gateway.core.process.run_job`):
         its environment checks, ``FSPL_GW_HOST_ID`` added, the command killed if this
         process dies; ``box`` receives the process (the lease renewal kills it when the
         lease is lost)."""
         return run_job(self.o.proc, meta, fd, filename=job,
                        extra_env={b"FSPL_GW_HOST_ID": os.fsencode(self.o.host_id)},
-                       kill_on_parent_death=True, on_start=box.append)
+                       kill_on_parent_death=True, on_start=box.append, output=cap)
 
 
 def run_hosts(transport: Transport, opts: HostOpts, n: int) -> int:

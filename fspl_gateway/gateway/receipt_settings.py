@@ -9,6 +9,7 @@ They mirror the receipt flags (a flag given on the command line wins)::
     receipts = true                 # sync sends receipts, push fetches them (--receipts)
     queue_id = "site-b"             # --queue-id (receiver)
     receipts_key = "~/.config/fspl-gw/receipts.key"   # --receipts-key (receiver)
+    receipt_output = "digest"       # --receipt-output none|digest|head|both (receiver)
     trust_keys = ["~/keys/site-b.pub"]                # --trust-key (sender)
     expect_queue = "site-b"         # --expect-queue (sender)
     on_failure = "mail -s failed ops@example.org"     # --on-failure (sender)
@@ -27,11 +28,15 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from fspl_gateway.core.errors import ConfigError
+from fspl_gateway.core.outcomes import OutputMode
 from fspl_gateway.transports.options import Option, OptionSchema, OptionType
 
 if TYPE_CHECKING:
     from fspl_gateway.gateway.config import RemoteSpec
-    from fspl_gateway.gateway.receipts import SendOptions
+    from fspl_gateway.gateway.receipts import FetchOptions, KeepUntil, SendOptions
+
+#: The values of ``receipt_output`` (:class:`fspl_gateway.core.outcomes.OutputMode`).
+OUTPUT_MODES = ("none", "digest", "head", "both")
 
 SCHEMA = OptionSchema(
     Option("receipts", OptionType.BOOL, "Receipts on for this remote: sync sends them, push "
@@ -39,6 +44,9 @@ SCHEMA = OptionSchema(
     Option("queue_id", OptionType.STR, "The queue id receipts name (as --queue-id)."),
     Option("receipts_key", OptionType.PATH, "Sign receipts with this minisign secret key "
            "(as --receipts-key)."),
+    Option("receipt_output", OptionType.CHOICE, "What of each job's output its ran receipt "
+           "carries: its sha256 (digest), its first KiB (head), both, or none (as "
+           "--receipt-output).", choices=OUTPUT_MODES),
     Option("trust_keys", OptionType.PATH, "Accept only receipts signed by these minisign "
            "public keys (as --trust-key; a list or comma-separated).", multiple=True),
     Option("expect_queue", OptionType.STR, "Accept only receipts from this queue id (as "
@@ -60,6 +68,7 @@ class ReceiptSettings:
     expect_queue: str | None = None
     on_failure: str | None = None
     stuck_after: float = 3600.0
+    receipt_output: str | None = None
 
 
 def parse(raw: Mapping[str, Any], remote: str = "remote") -> ReceiptSettings:
@@ -67,7 +76,7 @@ def parse(raw: Mapping[str, Any], remote: str = "remote") -> ReceiptSettings:
     v = SCHEMA.parse(raw, f"remote {remote}", environ={})
     return ReceiptSettings(bool(v["receipts"]), v["queue_id"], v["receipts_key"],
                            tuple(v["trust_keys"] or ()), v["expect_queue"], v["on_failure"],
-                           float(v["stuck_after"]))
+                           float(v["stuck_after"]), v["receipt_output"])
 
 
 def of_remote(spec: RemoteSpec) -> ReceiptSettings:
@@ -95,4 +104,16 @@ def send_options(rs: ReceiptSettings, passphrase: Callable[[], str]) -> SendOpti
         except OSError as e:
             raise ConfigError(f"receipts key {rs.receipts_key}: {e.strerror}") from None
         key = read_secret_key(rs.receipts_key, passphrase() if encrypted else None)
-    return SendOptions(queue_id=rs.queue_id, sign_key=key)
+    return SendOptions(queue_id=rs.queue_id, sign_key=key,
+                       output=None if rs.receipt_output is None
+                       else OutputMode(rs.receipt_output))
+
+
+def fetch_options(rs: ReceiptSettings, keep_until: KeepUntil | None) -> FetchOptions:
+    """The sender's :class:`~fspl_gateway.gateway.receipts.FetchOptions` of ``rs`` (its
+    trust keys read)."""
+    from fspl_gateway.gateway.receipts import FetchOptions, load_trust_keys
+
+    return FetchOptions(trust_keys=load_trust_keys(rs.trust_keys),
+                        expect_queue=rs.expect_queue, keep_until=keep_until,
+                        on_failure=rs.on_failure, stuck_after=rs.stuck_after)

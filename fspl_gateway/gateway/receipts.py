@@ -33,9 +33,17 @@ keep-until-delivered|keep-until-ran``, which fetches them after pushing).
      "receipts": [
        {"kind": "delivered", "name": "fspl-….fspl", "seq": 7, "sha256": "…", "at": …},
        {"kind": "ran", "name": "fspl-….fspl", "seq": 7, "sha256": "…", "start": …,
-        "end": …, "ok": false, "exit": 3, "status": "exit status 3"}]}
+        "end": …, "ok": false, "exit": 3, "status": "exit status 3",
+        "output": {"bytes": 12, "sha256": "…", "head": "first KiB…"}}],
+     "sender": "<key id>"}
 
-Times are Unix seconds.  A reader refuses another ``format``, a higher ``version`` and
+Times are Unix seconds.  ``output`` (a ran receipt; only with ``--receipt-output
+digest|head|both`` on the receiver, see :mod:`fspl_gateway.core.outcomes`) has ``bytes``
+and ``sha256`` and/or ``head`` (the first KiB, made safe and redacted).  ``sender``
+(with trust) is the id of the key that signed every job of the batch: the receiver
+batches each sender's receipts apart (also when routes put several senders' jobs into
+one queue, or into several queues that each send), and a sender's fetch leaves a batch
+that names none of its jobs on the remote for its owner.  A reader refuses another ``format``, a higher ``version`` and
 any malformed field.  **Signed** (``--receipts-key`` on the receiver), a detached
 minisign signature ``rcpt-<id>.json.minisig`` is written first; its trusted comment is
 exactly ``fspl-gw-receipts v1 queue=<queue id> sha256=<sha256 of the batch file>``.
@@ -79,12 +87,14 @@ from fspl_gateway.core.minisign import (
     sign_digest,
     verify_digest,
 )
+from fspl_gateway.core.outcomes import OutputMode
 from fspl_gateway.gateway.journal import (
     Direction,
     FileRecord,
     JournalState,
     known_files,
     open_existing,
+    signed_by,
 )
 from fspl_gateway.gateway.runframe import take_run_lock
 from fspl_gateway.transports.base import Transport
@@ -101,6 +111,7 @@ BATCH_MAX = 2000
 _NAME = re.compile(r"rcpt-([0-9a-f]{32})\.json")
 _SHA = re.compile(r"[0-9a-f]{64}")
 _QUEUE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@+/-]{0,127}")
+_KEY_ID = re.compile(r"[0-9A-F]{16}")
 COMMENT_PREFIX = "fspl-gw-receipts v1"
 
 
@@ -119,6 +130,45 @@ class KeepUntil(StrEnum):
     DELIVERED = "delivered"
     RAN = "ran"  # ran successfully; a failed job stays in the outbox
 
+    @classmethod
+    def of_after_push(cls, after: str) -> KeepUntil | None:
+        """``keep-until-delivered|keep-until-ran`` (``--after-push``) → its KeepUntil;
+        any other value → None."""
+        s = str(after)
+        return cls(s.removeprefix("keep-until-")) if s.startswith("keep-until-") else None
+
+
+@dataclass(frozen=True)
+class Output:
+    """What a ran receipt says of the job's output."""
+
+    bytes: int
+    sha256: str | None = None
+    head: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"bytes": self.bytes}
+        if self.sha256 is not None:
+            d["sha256"] = self.sha256
+        if self.head is not None:
+            d["head"] = self.head
+        return d
+
+    @classmethod
+    def parse(cls, d: object) -> Output:
+        """ReceiptError unless ``d`` is a well-formed output object."""
+        if not isinstance(d, dict):
+            raise ReceiptError("receipt field output is not an object")
+        n, sha, head = d.get("bytes"), d.get("sha256"), d.get("head")
+        if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+            raise ReceiptError("bad output size in a receipt")
+        if sha is not None and (not isinstance(sha, str) or not _SHA.fullmatch(sha)):
+            raise ReceiptError("bad output sha256 in a receipt")
+        if head is not None and (not isinstance(head, str)
+                                 or len(head) > 4 * outcomes.HEAD_BYTES):
+            raise ReceiptError("bad output head in a receipt")
+        return cls(n, sha, head)
+
 
 @dataclass(frozen=True)
 class Receipt:
@@ -133,6 +183,7 @@ class Receipt:
     ok: bool | None = None
     exit: int | None = None
     status: str | None = None
+    output: Output | None = None
 
     def to_json(self) -> dict[str, Any]:
         d: dict[str, Any] = {"kind": self.kind, "name": self.name, "seq": self.seq,
@@ -142,6 +193,8 @@ class Receipt:
         else:
             d.update(start=self.start, end=self.end, ok=self.ok, exit=self.exit,
                      status=self.status)
+            if self.output is not None:
+                d["output"] = self.output.to_json()
         return d
 
 
@@ -152,6 +205,8 @@ class Batch:
     host: str
     created: float
     receipts: tuple[Receipt, ...]
+    #: The key id that signed the jobs of this batch (trust), else None.
+    sender: str | None = None
 
     @property
     def file_name(self) -> str:
@@ -168,10 +223,12 @@ def is_batch_name(name: str) -> bool:
 
 # -- the format ---------------------------------------------------------------------------
 def encode_batch(b: Batch) -> bytes:
-    return (json.dumps({"format": FORMAT, "version": VERSION, "batch": b.batch,
-                        "queue": b.queue, "host": b.host, "created": b.created,
-                        "receipts": [r.to_json() for r in b.receipts]},
-                       separators=(",", ":"), ensure_ascii=True) + "\n").encode()
+    d: dict[str, Any] = {"format": FORMAT, "version": VERSION, "batch": b.batch,
+                         "queue": b.queue, "host": b.host, "created": b.created,
+                         "receipts": [r.to_json() for r in b.receipts]}
+    if b.sender is not None:
+        d["sender"] = b.sender
+    return (json.dumps(d, separators=(",", ":"), ensure_ascii=True) + "\n").encode()
 
 
 def _num(v: object, what: str) -> float:
@@ -202,8 +259,10 @@ def _decode_receipt(d: object) -> Receipt:
     if status is not None and not isinstance(status, str):
         raise ReceiptError("receipt field status is not a string")
     start, end = _num(d.get("start"), "start"), _num(d.get("end"), "end")
+    out = d.get("output")
     return Receipt(Kind.RAN, name, seq, sha, end, start, end, ok, ex,
-                   None if status is None else status[:200])
+                   None if status is None else status[:200],
+                   None if out is None else Output.parse(out))
 
 
 def decode_batch(data: bytes) -> Batch:
@@ -223,8 +282,11 @@ def decode_batch(data: bytes) -> Batch:
         raise ReceiptError("bad queue id")
     if not isinstance(host, str) or not isinstance(rs, list):
         raise ReceiptError("bad host or receipts")
+    sender = d.get("sender")
+    if sender is not None and (not isinstance(sender, str) or not _KEY_ID.fullmatch(sender)):
+        raise ReceiptError("bad sender key id")
     return Batch(bid, queue, host[:255], _num(d.get("created"), "created"),
-                 tuple(_decode_receipt(r) for r in rs))
+                 tuple(_decode_receipt(r) for r in rs), sender)
 
 
 def trusted_comment(queue: str, sha: str) -> str:
@@ -259,7 +321,7 @@ _SCHEMA = """
 CREATE TABLE IF NOT EXISTS out_items (
     remote TEXT NOT NULL, kind TEXT NOT NULL, name TEXT NOT NULL, sha256 TEXT NOT NULL,
     seq INTEGER NOT NULL, at REAL NOT NULL, start REAL NOT NULL DEFAULT 0, end_ REAL,
-    ok INTEGER, exit INTEGER, status TEXT, batch TEXT,
+    ok INTEGER, exit INTEGER, status TEXT, batch TEXT, output TEXT, sender TEXT,
     PRIMARY KEY (remote, kind, name, sha256, start));
 CREATE TABLE IF NOT EXISTS out_batches (
     id TEXT PRIMARY KEY, remote TEXT NOT NULL, body BLOB NOT NULL, sig BLOB,
@@ -268,7 +330,7 @@ CREATE TABLE IF NOT EXISTS in_receipts (
     remote TEXT NOT NULL, kind TEXT NOT NULL, name TEXT NOT NULL, sha256 TEXT NOT NULL,
     seq INTEGER NOT NULL, at REAL NOT NULL, start REAL NOT NULL DEFAULT 0, end_ REAL,
     ok INTEGER, exit INTEGER, status TEXT, batch TEXT NOT NULL, queue TEXT,
-    received REAL NOT NULL,
+    received REAL NOT NULL, output TEXT,
     PRIMARY KEY (remote, kind, name, sha256, start));
 CREATE TABLE IF NOT EXISTS in_batches (
     remote TEXT NOT NULL, id TEXT NOT NULL, received REAL NOT NULL,
@@ -277,6 +339,9 @@ CREATE TABLE IF NOT EXISTS alerts (
     remote TEXT NOT NULL, key TEXT NOT NULL, time REAL NOT NULL,
     PRIMARY KEY (remote, key));
 """
+#: Columns added since the first version of the schema (added to an older database).
+_ADDED = (("out_items", "output TEXT"), ("out_items", "sender TEXT"),
+          ("in_receipts", "output TEXT"))
 
 
 class ReceiptsDB:
@@ -295,6 +360,11 @@ class ReceiptsDB:
             if create:
                 self.db.execute("PRAGMA journal_mode=WAL")
                 self.db.executescript(_SCHEMA)
+                for table, col in _ADDED:
+                    try:
+                        self.db.execute(f"ALTER TABLE {table} ADD COLUMN {col}")
+                    except sqlite3.OperationalError:
+                        pass  # there already
             self.db.execute("PRAGMA synchronous=NORMAL")
         except (OSError, sqlite3.Error) as e:
             raise QueueError(f"cannot open {self.path}: {e}") from None
@@ -327,16 +397,26 @@ class ReceiptsDB:
 
 def _item_row(remote: str, r: Receipt) -> tuple[object, ...]:
     return (remote, r.kind, r.name, r.sha256, r.seq, r.at, r.start or 0.0, r.end,
-            None if r.ok is None else int(r.ok), r.exit, r.status)
+            None if r.ok is None else int(r.ok), r.exit, r.status,
+            None if r.output is None else json.dumps(r.output.to_json()))
 
 
 def _row_receipt(row: Sequence[Any]) -> Receipt:
-    kind, name, sha, seq, at, start, end, ok, ex, status = row
+    kind, name, sha, seq, at, start, end, ok, ex, status, out = row
+    output = None
+    if out:
+        try:
+            output = Output.parse(json.loads(out))
+        except (ValueError, ReceiptError):
+            pass
     return Receipt(kind, name, seq, sha, at, start if kind == Kind.RAN else None, end,
-                   None if ok is None else bool(ok), ex, status)
+                   None if ok is None else bool(ok), ex, status, output)
 
 
-_ITEM_COLS = "kind, name, sha256, seq, at, start, end_, ok, exit, status"
+_ITEM_COLS = "kind, name, sha256, seq, at, start, end_, ok, exit, status, output"
+#: INSERT of an out item: :func:`_item_row` and the sender.
+_INSERT_OUT = ("INSERT OR IGNORE INTO out_items (remote, kind, name, sha256, seq, at, start,"
+               " end_, ok, exit, status, output, sender) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)")
 
 
 @contextmanager
@@ -364,6 +444,9 @@ class SendOptions:
     #: Sign with this minisign secret key.
     sign_key: SecretKey | None = None
     wait_lock: float = 60.0
+    #: What of each job's output its ran receipt carries (None: leave the queue's
+    #: setting as it is; see :mod:`fspl_gateway.core.outcomes`).
+    output: OutputMode | None = None
 
 
 @dataclass
@@ -372,12 +455,16 @@ class SendResult:
     batches: int = 0
 
 
-def enable(qdir: str) -> float:
+def enable(qdir: str, output: OutputMode | None = None) -> float:
     """Turn receipts on for the queue ``qdir`` (idempotent); return since when they are
-    on (jobs delivered before are not receipted)."""
+    on (jobs delivered before are not receipted).  ``output``: set what of each job's
+    output its ran receipt carries (``receipts.output``, read by the queue processor;
+    None leaves it as it is)."""
     lay = QueueLayout(qdir)
     if not os.path.isdir(lay.jobs):
         raise QueueError(f"{qdir} is not a queue directory (no jobs/ in it)")
+    if output is not None:
+        _set_output_mode(lay, output)
     try:
         with open(lay.receipts_marker, "rb") as f:
             return float(f.read().decode().strip() or 0)
@@ -390,6 +477,22 @@ def enable(qdir: str) -> float:
     with atomic_write(lay.gw, os.path.basename(lay.receipts_marker), clobber=True) as f:
         f.write(f"{now:.3f}\n".encode())
     return now
+
+
+def _set_output_mode(lay: QueueLayout, mode: OutputMode) -> None:
+    path = lay.receipt_output
+    if outcomes.output_mode(lay.outcomes) == mode and (mode == OutputMode.NONE
+                                                       or os.path.exists(path)):
+        return
+    os.makedirs(lay.gw, exist_ok=True)
+    if mode == OutputMode.NONE:
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+        return
+    with atomic_write(lay.gw, os.path.basename(path), clobber=True) as f:
+        f.write(f"{mode}\n".encode())
 
 
 def default_queue_id(qdir: str) -> str:
@@ -417,13 +520,15 @@ def send(transport: Transport, qdir: str, opts: SendOptions | None = None) -> Se
     qid = opts.queue_id or default_queue_id(qdir)
     if not _QUEUE_ID.fullmatch(qid):
         raise ReceiptError(f"bad queue id {qid!r} (letters, digits and ._:@+/- only)")
-    since = enable(qdir)
+    since = enable(qdir, opts.output)
     remote = transport.describe()
     res = SendResult()
     with locked_db(qdir, opts.wait_lock) as db:
         pulled = _pull_rows(qdir)
-        _collect_delivered(db, pulled.get(remote, {}), remote, since)
-        outcomes.take(QueueLayout(qdir).outcomes, lambda recs: _collect_ran(db, pulled, recs))
+        senders = signed_by(qdir)
+        _collect_delivered(db, pulled.get(remote, {}), remote, since, senders)
+        outcomes.take(QueueLayout(qdir).outcomes,
+                      lambda recs: _collect_ran(db, pulled, recs, senders))
         _make_batches(db, remote, qid, opts.sign_key)
         rows = db.q("SELECT id, body, sig FROM out_batches WHERE remote=? AND sent IS NULL"
                     " ORDER BY created", (remote,))
@@ -445,19 +550,26 @@ def send(transport: Transport, qdir: str, opts: SendOptions | None = None) -> Se
 
 
 def _collect_delivered(db: ReceiptsDB, rows: dict[str, FileRecord], remote: str,
-                       since: float) -> None:
-    items = [_item_row(remote, Receipt(Kind.DELIVERED, rec.name, rec.seq, rec.sha256,
-                                       round(rec.time, 3)))
+                       since: float, senders: dict[str, str]) -> None:
+    items = [(*_item_row(remote, Receipt(Kind.DELIVERED, rec.name, rec.seq, rec.sha256,
+                                         round(rec.time, 3))), senders.get(rec.name))
              for rec in rows.values()
              if rec.state == JournalState.FETCHED and rec.sha256 and rec.seq is not None
              and rec.time >= since]
     with db.tx() as c:
-        c.executemany("INSERT OR IGNORE INTO out_items (remote, kind, name, sha256, seq, at,"
-                      " start, end_, ok, exit, status) VALUES (?,?,?,?,?,?,?,?,?,?,?)", items)
+        c.executemany(_INSERT_OUT, items)
+
+
+def _outcome_output(o: dict[str, Any]) -> Output | None:
+    try:
+        return None if o.get("output") is None else Output.parse(o["output"])
+    except ReceiptError as e:
+        log.warning("outcome of %s: %s; its receipt goes without it", o.get("name"), e)
+        return None
 
 
 def _collect_ran(db: ReceiptsDB, pulled: dict[str, dict[str, FileRecord]],
-                 recs: list[dict[str, Any]]) -> None:
+                 recs: list[dict[str, Any]], senders: dict[str, str]) -> None:
     """Outcome lines → ran receipts of the remote each job came from (idempotent)."""
     items: list[tuple[object, ...]] = []
     for o in recs:
@@ -470,26 +582,30 @@ def _collect_ran(db: ReceiptsDB, pulled: dict[str, dict[str, FileRecord]],
                 r = Receipt(Kind.RAN, rec.name, rec.seq, rec.sha256, float(o["end"]),
                             float(o["start"]), float(o["end"]), bool(o["ok"]),
                             o.get("exit") if isinstance(o.get("exit"), int) else None,
-                            str(o.get("status") or "")[:200])
+                            str(o.get("status") or "")[:200], _outcome_output(o))
             except (KeyError, TypeError, ValueError):
                 continue
-            items.append(_item_row(remote, r))
+            items.append((*_item_row(remote, r), senders.get(rec.name)))
             break
         else:
             log.debug("outcome of %s: not a job from a remote; no receipt", name)
     with db.tx() as c:
-        c.executemany("INSERT OR IGNORE INTO out_items (remote, kind, name, sha256, seq, at,"
-                      " start, end_, ok, exit, status) VALUES (?,?,?,?,?,?,?,?,?,?,?)", items)
+        c.executemany(_INSERT_OUT, items)
 
 
 def _make_batches(db: ReceiptsDB, remote: str, qid: str, key: SecretKey | None) -> None:
-    """Pending items → batches (recorded, with their bytes, before any is written)."""
+    """Pending items → batches, one sender's apart (recorded, with their bytes, before
+    any is written)."""
     while True:
-        rows = db.q(f"SELECT rowid, {_ITEM_COLS} FROM out_items WHERE remote=? AND batch IS"
-                    " NULL ORDER BY at LIMIT ?", (remote, BATCH_MAX))
-        if not rows:
+        first = db.q("SELECT sender FROM out_items WHERE remote=? AND batch IS NULL"
+                     " ORDER BY at LIMIT 1", (remote,))
+        if not first:
             return
-        b, body, sig = _build(tuple(_row_receipt(r[1:]) for r in rows), qid, key)
+        sender = first[0][0]
+        rows = db.q(f"SELECT rowid, {_ITEM_COLS} FROM out_items WHERE remote=? AND batch IS"
+                    " NULL AND sender IS ? ORDER BY at LIMIT ?", (remote, sender, BATCH_MAX))
+        b, body, sig = _build(tuple(_row_receipt(r[1:]) for r in rows), qid, key,
+                              sender if isinstance(sender, str) else None)
         with db.tx() as c:
             c.execute("INSERT INTO out_batches (id, remote, body, sig, created) VALUES"
                       " (?,?,?,?,?)", (b.batch, remote, body, sig, b.created))
@@ -497,11 +613,11 @@ def _make_batches(db: ReceiptsDB, remote: str, qid: str, key: SecretKey | None) 
                           [(b.batch, r[0]) for r in rows])
 
 
-def _build(receipts: tuple[Receipt, ...], qid: str,
-           key: SecretKey | None) -> tuple[Batch, bytes, bytes | None]:
+def _build(receipts: tuple[Receipt, ...], qid: str, key: SecretKey | None,
+           sender: str | None = None) -> tuple[Batch, bytes, bytes | None]:
     """A new batch of ``receipts``: (batch, its file's bytes, its signature or None)."""
     b = Batch(uuid.uuid4().hex, qid, socket.gethostname()[:255], round(time.time(), 3),
-              receipts)
+              receipts, sender)
     body = encode_batch(b)
     return b, body, (sign_batch(key, body, qid) if key is not None else None)
 
@@ -558,6 +674,8 @@ class FetchResult:
     refused: int = 0
     pruned: int = 0
     alerts: int = 0
+    #: Batches left on the remote for another sender (they name none of our jobs).
+    others: int = 0
 
     def summary(self, remote: str) -> str:
         s = (f"receipts: {self.receipts} received in {self.batches} batch(es) from {remote}"
@@ -625,6 +743,12 @@ def _fetch_one(rt: Transport, name: str, names: set[str], remote: str,
                   remote, e)
         res.refused += 1
         return
+    if b.receipts and not any(r.name in pushed for r in b.receipts):
+        # another sender's (e.g. routed to another queue of the receiver): left for it
+        log.debug("receipt batch %s from %s names no job this outbox pushed; left for its"
+                  " sender%s", name, remote, f" (key {b.sender})" if b.sender else "")
+        res.others += 1
+        return
     if db.q("SELECT 1 FROM in_batches WHERE remote=? AND id=?", (remote, b.batch)):
         log.warning("receipt batch %s from %s was received before (a replay or a resend);"
                     " not counted again", name, remote)
@@ -641,8 +765,8 @@ def _fetch_one(rt: Transport, name: str, names: set[str], remote: str,
         now = time.time()
         with db.tx() as c:
             c.executemany("INSERT OR IGNORE INTO in_receipts (remote, kind, name, sha256, seq,"
-                          " at, start, end_, ok, exit, status, batch, queue, received)"
-                          " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                          " at, start, end_, ok, exit, status, output, batch, queue,"
+                          " received) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                           [(*_item_row(remote, r), b.batch, b.queue, now) for r in ok])
             c.execute("INSERT INTO in_batches (remote, id, received) VALUES (?,?,?)",
                       (remote, b.batch, now))

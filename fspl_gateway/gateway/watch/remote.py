@@ -22,7 +22,7 @@ from fspl_gateway.gateway.watch.stopaware import StopAwareTransport
 from fspl_gateway.transports.base import Transport
 
 if TYPE_CHECKING:
-    from fspl_gateway.gateway.receipts import SendOptions
+    from fspl_gateway.gateway.receipts import FetchOptions, SendOptions
 
 #: After a change notification, the next wait starts at least this much later.
 LONGPOLL_GAP = 0.1
@@ -123,7 +123,7 @@ class RemotePoller:
         if so is not None:
             from fspl_gateway.gateway.receipts import enable
 
-            enable(p.queue)  # before the pull: what it delivers is receipted
+            enable(p.queue, so.output)  # before the pull: what it delivers is receipted
         res = pull(t, p.queue, opts)
         if res.locked_out:
             log.debug("pipeline %s: another sync/push holds %s; next time", p.name, p.queue)
@@ -153,7 +153,15 @@ class RemotePoller:
                      else logging.DEBUG)
             log.log(level, "pipeline %s: %s", p.name, res.summary())
             if res.pushed < batch or res.exit_code or p.after == "keep":
-                return False
+                break
+        fo = _fetch_options(self.spec, AfterPush(p.after))
+        if fo is not None and not self.stop.is_set():
+            from fspl_gateway.gateway.receipts import fetch
+
+            got = fetch(t, p.queue, fo)
+            level = (logging.WARNING if got.refused else logging.INFO
+                     if got.receipts or got.pruned else logging.DEBUG)
+            log.log(level, "pipeline %s: %s", p.name, got.summary(t.describe()))
         return False
 
 
@@ -176,6 +184,21 @@ def _receipts(spec: RemoteSpec) -> SendOptions | None:
             raise UsageError("the receipts key is encrypted: set $FSPL_GW_KEY_PASSPHRASE")
         return pw
     return rset.send_options(rs, passphrase)
+
+
+def _fetch_options(spec: RemoteSpec, after: object) -> FetchOptions | None:
+    """For a push pipeline: fetch receipts after each round when the remote has
+    ``receipts = true`` or the pipeline keeps jobs until their receipt (``after =
+    "keep-until-delivered"|"keep-until-ran"``, which then prunes them), as ``push``
+    does; None: no receipts."""
+    from fspl_gateway.gateway import receipt_settings as rset
+    from fspl_gateway.gateway.receipts import KeepUntil
+
+    rs = rset.of_remote(spec)
+    until = KeepUntil.of_after_push(str(after))
+    if not rs.receipts and until is None:
+        return None
+    return rset.fetch_options(rs, until)
 
 
 class LongPoller:
