@@ -56,7 +56,8 @@ def fetch_options(f: F) -> F:
         click.option("--on-failure", metavar="CMD", default=None,
                      help="Shell command run once per failed job and once per queue stuck "
                           "behind one ($FSPL_GW_ALERT, $FSPL_GW_JOB, $FSPL_GW_SEQ, "
-                          "$FSPL_GW_EXIT, $FSPL_GW_REMOTE)."),
+                          "$FSPL_GW_EXIT, $FSPL_GW_REMOTE; with --receipt-output on the "
+                          "receiver $FSPL_GW_OUTPUT_SHA256, $FSPL_GW_OUTPUT_HEAD)."),
         click.option("--stuck-after", type=click.FloatRange(min=0), default=None,
                      metavar="SECONDS",
                      help="Alert when the queue is stuck behind a failed job this long "

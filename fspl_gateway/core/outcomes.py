@@ -140,13 +140,14 @@ def output_mode(log_path: str) -> OutputMode:
         return OutputMode.NONE
 
 
-_UNSAFE = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
+#: The characters a head never carries raw (control characters but newline and tab).
+UNSAFE = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
 
 
 def safe_text(data: bytes) -> str:
     """``data`` as text that is safe to show and to carry (see the module doc)."""
     text = data.decode("utf-8", "backslashreplace")
-    return redact(_UNSAFE.sub(lambda m: f"\\x{ord(m[0]):02x}", text))
+    return redact(UNSAFE.sub(lambda m: f"\\x{ord(m[0]):02x}", text))
 
 
 class OutputCapture:

@@ -165,7 +165,8 @@ class Output:
         if sha is not None and (not isinstance(sha, str) or not _SHA.fullmatch(sha)):
             raise ReceiptError("bad output sha256 in a receipt")
         if head is not None and (not isinstance(head, str)
-                                 or len(head) > 4 * outcomes.HEAD_BYTES):
+                                 or len(head) > 8 * outcomes.HEAD_BYTES
+                                 or outcomes.UNSAFE.search(head)):
             raise ReceiptError("bad output head in a receipt")
         return cls(n, sha, head)
 
@@ -824,6 +825,8 @@ class FailedJob:
     status: str | None
     #: When it first failed.
     since: float
+    #: What its receipt says of its output (bytes, sha256, head), if anything.
+    output: dict[str, Any] | None = None
 
 
 @dataclass
@@ -883,7 +886,8 @@ def _remote_status(db: ReceiptsDB, remote: str, pushed: dict[str, FileRecord],
     st.delivered = len(delivered)
     st.ran = sum(1 for r in latest.values() if r.ok)
     failed = sorted((r for r in latest.values() if not r.ok), key=lambda r: r.seq)
-    st.failed = [FailedJob(r.name, r.seq, r.exit, r.status, first_fail[(r.name, r.sha256)])
+    st.failed = [FailedJob(r.name, r.seq, r.exit, r.status, first_fail[(r.name, r.sha256)],
+                           None if r.output is None else r.output.to_json())
                  for r in failed]
     waiting = [rec for k, rec in jobs.items() if k not in latest]
     st.unconfirmed = len(waiting)
@@ -911,7 +915,9 @@ def _alert(db: ReceiptsDB, outbox: str, remote: str, opts: FetchOptions) -> int:
         events.append((f"failed:{f.name}:{f.since}", {
             "FSPL_GW_ALERT": "failed", "FSPL_GW_JOB": f.name, "FSPL_GW_SEQ": str(f.seq),
             "FSPL_GW_EXIT": "" if f.exit is None else str(f.exit),
-            "FSPL_GW_STATUS": f.status or ""}))
+            "FSPL_GW_STATUS": f.status or "",
+            "FSPL_GW_OUTPUT_SHA256": str((f.output or {}).get("sha256") or ""),
+            "FSPL_GW_OUTPUT_HEAD": str((f.output or {}).get("head") or "")}))
     if st.stuck and st.stuck_seconds is not None and st.stuck_seconds >= opts.stuck_after:
         f = next(x for x in st.failed if x.name == st.stuck_behind)
         events.append((f"stuck:{f.name}:{f.since}", {
