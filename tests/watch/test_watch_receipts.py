@@ -1,5 +1,6 @@
 """The watch service: a pull pipeline whose remote has ``receipts = true`` sends
-receipts after each sync."""
+receipts after each sync; a push pipeline fetches them each round (and prunes the jobs
+kept until their receipt)."""
 
 from __future__ import annotations
 
@@ -38,3 +39,47 @@ interval = 0.3
         assert [(r["kind"], r["name"]) for r in body["receipts"]] == [("delivered", name)]
     finally:
         assert w.stop() == 0, w.log()
+
+
+def test_push_pipeline_fetches_receipts_and_prunes(tmp_path: Path) -> None:
+    """A push pipeline with ``after = "keep-until-ran"`` fetches the remote's receipts
+    each round, as ``push`` does: the outbox keeps the job until its ran receipt comes,
+    then prunes it; the sender's status shows it ran."""
+    from fspl_gateway.core import queue as fq
+    from tests.unit.test_sync import run_cli
+
+    remote, outbox, inbox = tmp_path / "remote", tmp_path / "outbox", tmp_path / "inbox"
+    (remote / "jobs").mkdir(parents=True)
+    fq.queue_init(str(outbox), append_only=True)
+    fq.queue_init(str(inbox))
+    cfg = write_config(tmp_path / "config.toml", f"""
+[remotes.there]
+transport = "local"
+location = {toml_str(remote)}
+expect_queue = "site-b"
+
+[pipelines.out]
+remote = "there"
+queue = {toml_str(outbox)}
+direction = "push"
+after = "keep-until-ran"
+interval = 0.3
+""")
+    w = Watch(cfg, tmp_path)
+    try:
+        name = put_job(outbox / "jobs", 1, b"x")
+        wait_for(lambda: name in job_names(remote), 10, "the job to be pushed")
+        assert job_names(outbox) == [name]  # kept until its receipt
+        rx = ["-t", "local", "-r", str(remote), "-q", str(inbox), "--receipts",
+              "--queue-id", "site-b"]
+        assert run_cli("sync", *rx).returncode == 0
+        assert run_cli("queue-process", "-q", str(inbox), "--", "true").returncode == 0
+        assert run_cli("sync", *rx).returncode == 0
+        wait_for(lambda: job_names(outbox) == [], 10, "the outbox job to be pruned")
+        wait_for(lambda: os.listdir(remote / "receipts") == [], 10, "receipts to be fetched")
+        w.wait_log(" 1 pruned")
+    finally:
+        assert w.stop() == 0, w.log()
+    r = run_cli("status", "-q", str(outbox), "--json")
+    rs = json.loads(r.stdout)["queues"][0]["receipts"][0]
+    assert (rs["pushed"], rs["delivered"], rs["ran"], rs["unconfirmed"]) == (1, 1, 1, 0)
