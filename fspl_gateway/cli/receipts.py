@@ -12,7 +12,6 @@ from fspl_gateway.cli import options as opt
 from fspl_gateway.cli.options import CONTEXT
 from fspl_gateway.core.errors import PartialFailure
 from fspl_gateway.core.log import log
-from fspl_gateway.gateway.receipt_settings import OUTPUT_MODES
 
 if TYPE_CHECKING:
     from fspl_gateway.gateway.config import RemoteSpec
@@ -26,7 +25,8 @@ F = TypeVar("F", bound=Callable[..., Any])
 def receipts_key_option(f: F) -> F:
     """Receiver side's signing key and output mode (sync, where --queue-id is the trust
     option's)."""
-    f = click.option("--receipt-output", type=click.Choice(OUTPUT_MODES), default=None,
+    f = click.option("--receipt-output",
+                     type=opt.EnumChoice("fspl_gateway.core.outcomes:OutputMode"), default=None,
                      help="What of each job's output its ran receipt carries: sha256 and "
                           "size (digest), the first KiB (head), both, or none (default: "
                           "the remote's receipt_output, else as the queue has it, else "

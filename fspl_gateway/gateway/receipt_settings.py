@@ -35,8 +35,6 @@ if TYPE_CHECKING:
     from fspl_gateway.gateway.config import RemoteSpec
     from fspl_gateway.gateway.receipts import FetchOptions, KeepUntil, SendOptions
 
-#: The values of ``receipt_output`` (:class:`fspl_gateway.core.outcomes.OutputMode`).
-OUTPUT_MODES = ("none", "digest", "head", "both")
 
 SCHEMA = OptionSchema(
     Option("receipts", OptionType.BOOL, "Receipts on for this remote: sync sends them, push "
@@ -46,7 +44,7 @@ SCHEMA = OptionSchema(
            "(as --receipts-key)."),
     Option("receipt_output", OptionType.CHOICE, "What of each job's output its ran receipt "
            "carries: its sha256 (digest), its first KiB (head), both, or none (as "
-           "--receipt-output).", choices=OUTPUT_MODES),
+           "--receipt-output).", choices=tuple(OutputMode)),
     Option("trust_keys", OptionType.PATH, "Accept only receipts signed by these minisign "
            "public keys (as --trust-key; a list or comma-separated).", multiple=True),
     Option("expect_queue", OptionType.STR, "Accept only receipts from this queue id (as "

@@ -165,7 +165,8 @@ def test_receipts_from_the_config_file(tmp_path: Path) -> None:
 @pytest.mark.parametrize("remote", ["local", "s3"], indirect=True)
 def test_multihost_workers_write_ran_receipts(remote: Remote, tmp_path: Path) -> None:
     """``workers --remote --receipts`` runs jobs straight from the remote and writes a
-    ran receipt per job there; the sender's push prunes exactly the ones that ran."""
+    ran receipt per job there (with the job's output: ``--receipt-output``); the sender's
+    push prunes exactly the ones that ran."""
     outbox = tmp_path / "outbox"
     q.queue_init(str(outbox), append_only=True)
     names = {seq: f"fspl-{seq:08d}-0000-4000-8000-000000000000.fspl" for seq in (1, 2)}
@@ -174,9 +175,14 @@ def test_multihost_workers_write_ran_receipts(remote: Remote, tmp_path: Path) ->
     gw("push", *remote.args, "-q", str(outbox), "--after-push", "keep-until-ran")
     r = run_cli("workers", *remote.args, "-q", str(tmp_path / "work"), "-n", "1",
                 "--on-error", "delete", "--receipts", "--queue-id", "site-b",
-                CMD[0], "--", *CMD[1:])
+                "--receipt-output", "both", "sh", "--", "-c",
+                'read x; echo "got $x"; [ "$x" != fail ] || exit 7')
     assert r.returncode == 0, r.stderr
+    assert r.stdout == "got ok\ngot fail\n"  # teed: still on our stdout
     assert len(remote.receipts_dir()) == 2  # one batch per job run
+    outs = sorted(json.loads(_read(remote, tmp_path, n))["receipts"][0]["output"]["head"]
+                  for n in remote.receipts_dir())
+    assert outs == ["got fail\n", "got ok\n"]
     gw("push", *remote.args, "-q", str(outbox), "--after-push", "keep-until-ran",
        "--expect-queue", "site-b")
     assert os.listdir(outbox / "jobs") == [names[2]] and remote.receipts_dir() == []

@@ -251,7 +251,7 @@ def test_every_choice_is_an_engine_enum() -> None:
                 assert values and set(values) <= {m.value for m in enum}
                 assert p.type.convert(values[0].upper(), p, None) is enum(values[0])
                 seen.add(enum.__name__)
-    assert seen == {"OnError", "OrderBy", "OutputTo", "AfterFetch", "AfterPush"}
+    assert seen == {"OnError", "OrderBy", "OutputTo", "AfterFetch", "AfterPush", "OutputMode"}
 
 
 def test_internal_ordering_is_not_a_cli_value(queue: Path) -> None:
