@@ -683,6 +683,8 @@ class FetchResult:
              f", {self.pruned} pruned")
         if self.refused:
             s += f", {self.refused} refused"
+        if self.others:
+            s += f", {self.others} batch(es) of other senders left"
         if self.alerts:
             s += f", {self.alerts} alert(s)"
         return s

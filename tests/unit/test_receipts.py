@@ -232,3 +232,28 @@ def test_workers_record_outcomes_in_the_incoming_queue(tmp_path: Path) -> None:
     outcomes.take(QueueLayout(str(incoming)).outcomes, got.extend)
     assert [(o["name"], o["seq"], o["ok"]) for o in got] == [(name, 4, True)]
     assert not os.path.exists(QueueLayout(str(worker)).outcomes)
+
+
+def test_one_queue_two_senders_one_batch_each(tmp_path: Path) -> None:
+    """Two trusted senders' jobs in one queue (trust without routes, or two keys routed
+    to one queue): their receipts go in separate batches, each naming its sender."""
+    from tests.trust.util import job_name, opts, policy, signed
+
+    remote, inbox = tmp_path / "remote", tmp_path / "inbox"
+    (remote / "jobs").mkdir(parents=True)
+    q.queue_init(str(inbox))
+    senders = {}
+    for i, key in ((1, KEY), (2, OTHER)):
+        job, sig = signed(key, i, tmp_path)
+        (remote / "jobs" / (job_name(i) + ".minisig")).write_bytes(sig)
+        (remote / "jobs" / job_name(i)).write_bytes(job)
+        senders[job_name(i)] = key.key_id
+    rc.enable(str(inbox))
+    t = LocalTransport(str(remote))
+    assert pull(t, inbox, opts(policy(KEY, OTHER))).fetched == 2
+    assert rc.send(t, str(inbox), rc.SendOptions(queue_id="site-b")).batches == 2
+    got = {}
+    for n in batches(remote):
+        b = rc.decode_batch((remote / "receipts" / n).read_bytes())
+        got.update({r.name: b.sender for r in b.receipts})
+    assert got == senders
