@@ -361,11 +361,11 @@ class ReceiptsDB:
             if create:
                 self.db.execute("PRAGMA journal_mode=WAL")
                 self.db.executescript(_SCHEMA)
-                for table, col in _ADDED:
-                    try:
-                        self.db.execute(f"ALTER TABLE {table} ADD COLUMN {col}")
-                    except sqlite3.OperationalError:
-                        pass  # there already
+            for table, col in _ADDED:  # also for status reading an older database
+                try:
+                    self.db.execute(f"ALTER TABLE {table} ADD COLUMN {col}")
+                except sqlite3.OperationalError:
+                    pass  # there already (or no such table)
             self.db.execute("PRAGMA synchronous=NORMAL")
         except (OSError, sqlite3.Error) as e:
             raise QueueError(f"cannot open {self.path}: {e}") from None

@@ -257,3 +257,31 @@ def test_one_queue_two_senders_one_batch_each(tmp_path: Path) -> None:
         b = rc.decode_batch((remote / "receipts" / n).read_bytes())
         got.update({r.name: b.sender for r in b.receipts})
     assert got == senders
+
+
+def test_a_database_of_the_first_schema_is_read_and_upgraded(
+        loop: tuple[Path, Path, Path]) -> None:
+    """A sender's receipts.sqlite written before receipts carried output and sender:
+    status reads it, the next fetch adds the columns and goes on."""
+    import sqlite3
+
+    outbox, remote, inbox = loop
+    t = LocalTransport(str(remote))
+    rc.send(t, str(inbox), rc.SendOptions(queue_id="site-b"))
+    db = QueueLayout(str(outbox)).receipts_db
+    os.makedirs(os.path.dirname(db), exist_ok=True)
+    old = sqlite3.connect(db)
+    old.executescript("""
+CREATE TABLE in_receipts (remote TEXT NOT NULL, kind TEXT NOT NULL, name TEXT NOT NULL,
+    sha256 TEXT NOT NULL, seq INTEGER NOT NULL, at REAL NOT NULL,
+    start REAL NOT NULL DEFAULT 0, end_ REAL, ok INTEGER, exit INTEGER, status TEXT,
+    batch TEXT NOT NULL, queue TEXT, received REAL NOT NULL,
+    PRIMARY KEY (remote, kind, name, sha256, start));
+CREATE TABLE in_batches (remote TEXT NOT NULL, id TEXT NOT NULL, received REAL NOT NULL,
+    PRIMARY KEY (remote, id));
+INSERT INTO in_batches VALUES ('x', 'y', 1.0);
+""")
+    old.close()
+    assert [r.remote for r in rc.remote_receipts(str(outbox))] == ["x"]
+    res = rc.fetch(t, str(outbox), rc.FetchOptions(keep_until=rc.KeepUntil.RAN))
+    assert (res.receipts, res.pruned) == (5, 1)
