@@ -4,6 +4,7 @@ not push, and kill -9 during the receipt upload and the receipt fetch."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import signal
@@ -17,6 +18,7 @@ from fspl_gateway.core import outcomes
 from fspl_gateway.core import queue as q
 from fspl_gateway.core.layout import QueueLayout
 from fspl_gateway.core.minisign import generate_keypair
+from fspl_gateway.core.packet import Command, Meta, encode_header
 from fspl_gateway.gateway import receipts as rc
 from fspl_gateway.gateway.pull import SyncOptions, pull
 from fspl_gateway.gateway.push import AfterPush, PushOptions, push
@@ -223,14 +225,16 @@ def test_workers_record_outcomes_in_the_incoming_queue(tmp_path: Path) -> None:
     q.queue_init(str(incoming))
     worker.parent.mkdir()
     q.queue_init(str(worker))
-    rc.enable(str(incoming))
-    (name, data), = job_set(1, start=4).items()
-    (worker / "jobs" / name).write_bytes(data)
+    rc.enable(str(incoming), outcomes.OutputMode.DIGEST)  # the incoming queue's setting
+    name = "fspl-00000004-0000-4000-8000-000000000000.fspl"
+    (worker / "jobs" / name).write_bytes(
+        encode_header(Meta(4, (1700000004, 0), Command())) + b"payload\n")
     assert _run_one(WorkersOpts(str(incoming), 1, str(tmp_path / "w"), ProcessOpts("true")),
                     str(worker))
     got: list[dict[str, object]] = []
     outcomes.take(QueueLayout(str(incoming)).outcomes, got.extend)
     assert [(o["name"], o["seq"], o["ok"]) for o in got] == [(name, 4, True)]
+    assert got[0]["output"] == {"bytes": 0, "sha256": hashlib.sha256(b"").hexdigest()}
     assert not os.path.exists(QueueLayout(str(worker)).outcomes)
 
 

@@ -18,7 +18,9 @@ by that module); this module reads two more tables::
     queue = "/var/spool/site-b"        # the local queue (an outbox for direction = "push")
     direction = "pull"                 # "pull" (default) or "push"
     interval = 60                      # seconds between polls of the remote (default 60)
-    after = "delete"                   # pull: after_fetch; push: after_push (default delete)
+    after = "delete"                   # pull: after_fetch; push: after_push (default delete;
+                                       # keep-until-ran|-delivered: receipts fetched each
+                                       # round, confirmed jobs pruned)
     decoder = "gpg -q -d"              # optional, as --decoder
     concurrency = 4
     retries = 5
