@@ -25,7 +25,8 @@ job's output its line carries, under ``"output"``: ``digest`` its sha256 and siz
   never held whole); stderr is left alone (inherited, as without receipts).  If our
   stdout is gone (EPIPE), the read end is closed, so the command gets the EPIPE/SIGPIPE
   it would have got writing there itself.  What a background process of the job writes
-  after the job exited is passed on but counted only for :data:`LINGER` seconds.
+  after the job exited is passed on but counted only for :data:`LINGER` seconds (then
+  ``"partial": true``).
 
 The head is made safe to travel: decoded as UTF-8 (undecodable bytes and control
 characters but newline and tab written as ``\\xNN``), then passed through the one
@@ -228,14 +229,18 @@ class OutputCapture:
     def fields(self) -> dict[str, Any]:
         """``{"output": {...}}`` for the outcome line ({} when nothing ran)."""
         self.started()
+        partial = False
         if self._thread is not None:
             self._thread.join(LINGER)
+            partial = self._thread.is_alive()  # a background process holds its stdout
         elif self.saved is not None:
             self._read_saved(self.saved)
         else:
             return {}
         with self._lock:
             out: dict[str, Any] = {"bytes": self._n}
+            if partial:
+                out["partial"] = True
             if self.mode in (OutputMode.DIGEST, OutputMode.BOTH):
                 out["sha256"] = self._h.copy().hexdigest()
             if self.mode in (OutputMode.HEAD, OutputMode.BOTH):

@@ -39,7 +39,8 @@ keep-until-delivered|keep-until-ran``, which fetches them after pushing).
 
 Times are Unix seconds.  ``output`` (a ran receipt; only with ``--receipt-output
 digest|head|both`` on the receiver, see :mod:`fspl_gateway.core.outcomes`) has ``bytes``
-and ``sha256`` and/or ``head`` (the first KiB, made safe and redacted).  ``sender``
+and ``sha256`` and/or ``head`` (the first KiB, made safe and redacted), and ``"partial":
+true`` when a background process of the job still held its stdout.  ``sender``
 (with trust) is the id of the key that signed every job of the batch: the receiver
 batches each sender's receipts apart (also when routes put several senders' jobs into
 one queue, or into several queues that each send), and a sender's fetch leaves a batch
@@ -145,9 +146,13 @@ class Output:
     bytes: int
     sha256: str | None = None
     head: str | None = None
+    #: The job's stdout was still open (a background process) when it was summed up.
+    partial: bool = False
 
     def to_json(self) -> dict[str, Any]:
         d: dict[str, Any] = {"bytes": self.bytes}
+        if self.partial:
+            d["partial"] = True
         if self.sha256 is not None:
             d["sha256"] = self.sha256
         if self.head is not None:
@@ -160,6 +165,9 @@ class Output:
         if not isinstance(d, dict):
             raise ReceiptError("receipt field output is not an object")
         n, sha, head = d.get("bytes"), d.get("sha256"), d.get("head")
+        partial = d.get("partial", False)
+        if not isinstance(partial, bool):
+            raise ReceiptError("receipt field output.partial is not true/false")
         if isinstance(n, bool) or not isinstance(n, int) or n < 0:
             raise ReceiptError("bad output size in a receipt")
         if sha is not None and (not isinstance(sha, str) or not _SHA.fullmatch(sha)):
@@ -168,7 +176,7 @@ class Output:
                                  or len(head) > 8 * outcomes.HEAD_BYTES
                                  or outcomes.UNSAFE.search(head)):
             raise ReceiptError("bad output head in a receipt")
-        return cls(n, sha, head)
+        return cls(n, sha, head, partial)
 
 
 @dataclass(frozen=True)

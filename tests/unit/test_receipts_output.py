@@ -108,7 +108,7 @@ def test_a_background_process_holding_stdout_is_not_waited_for(tmp_path: Path) -
     assert elapsed < 15, elapsed
     (o,) = _outcomes(qd)
     assert o["output"] == {"bytes": 3, "sha256": hashlib.sha256(b"hi\n").hexdigest(),
-                           "head": "hi\n"}
+                           "head": "hi\n", "partial": True}
 
 
 def test_kill_9_mid_job_then_one_outcome_of_the_rerun(tmp_path: Path) -> None:
@@ -146,7 +146,7 @@ def test_output_field_refusals() -> None:
     assert good.sender == "0123456789ABCDEF"
     assert good.receipts[0].output == rc.Output(3, "b" * 64, "hi\n")
     assert rc.decode_batch(rc.encode_batch(good)) == good
-    for bad in ({"bytes": -1}, {"bytes": 1, "sha256": "x"}, {"bytes": 1, "head": "a\x00b"},
+    for bad in ({"bytes": -1}, {"bytes": 1, "partial": "yes"}, {"bytes": 1, "sha256": "x"}, {"bytes": 1, "head": "a\x00b"},
                 {"bytes": 1, "head": "\x1b[2J"}, {"bytes": 1, "head": "x" * 9000}, "str"):
         with pytest.raises(rc.ReceiptError):
             rc.decode_batch(json.dumps({**b, "receipts": [{**ok, "output": bad}]}).encode())
