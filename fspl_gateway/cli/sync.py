@@ -91,9 +91,10 @@ def sync_cmd(config_file: str | None, remote: str, transport: str | None,
     With trusted keys (--trust, or trusted_keys in the config) only jobs that a trusted
     key signed for this queue id get in; --route sends each key's jobs to its own queue."""
     from fspl_gateway.gateway import trust as tr
-    from fspl_gateway.gateway.pull import SyncOptions, pull
+    from fspl_gateway.gateway.pull import SyncOptions
     from fspl_gateway.gateway.remotes import open_remote
     from fspl_gateway.gateway.retry import RetryPolicy
+    from fspl_gateway.gateway.syncrun import sync_passes
 
     spec, rs = rcpt.resolve(config_file, remote, transport, options)
     so = rcpt.make_send_options(queue_id, receipts_key, rs, receipt_output) \
@@ -104,33 +105,19 @@ def sync_cmd(config_file: str | None, remote: str, transport: str | None,
                             queue_id=queue_id if trusting or so is None else None,
                             identities=identity, signature_wait=signature_wait,
                             routes=[_route(r) for r in route])
-    passes = tr.routed_passes(policy, queuedir) if policy is not None else [(queuedir, None)]
-    if so is not None and not dry_run:
-        from fspl_gateway.gateway.receipts import enable
-
-        for qdir, _ in passes:  # before the pull: what it delivers is receipted
-            enable(qdir, so.output)
+    opts = SyncOptions(after_fetch=after_fetch, decoder=decoder, dry_run=dry_run,
+                       max_jobs=max_jobs, concurrency=concurrency,
+                       retry=RetryPolicy(attempts=retries), wait_lock=wait_lock,
+                       progress=progress, settle=settle)
     t = open_remote(spec)
-    results: list[SyncResult] = []
     try:
-        for qdir, pol in passes:
-            opts = SyncOptions(after_fetch=after_fetch, decoder=decoder, dry_run=dry_run,
-                               max_jobs=max_jobs, concurrency=concurrency,
-                               retry=RetryPolicy(attempts=retries), wait_lock=wait_lock,
-                               progress=progress, settle=settle, trust=pol)
-            results.append(pull(t, qdir, opts))
-        if so is not None and not dry_run:  # each queue (routes: each origin's) sends its own
-            from fspl_gateway.gateway.receipts import send
-
-            for (qdir, _), res in zip(passes, results, strict=True):
-                if not res.locked_out:
-                    send(t, qdir, so)
+        results = sync_passes(t, queuedir, opts, policy, so)
     finally:
         t.close()
     failed: list[PartialFailure] = []
-    for (qdir, _), res in zip(passes, results, strict=True):
+    for qdir, res in results:
         try:
-            finish(res, "sync" if len(passes) == 1 else f"sync → {qdir}")
+            finish(res, "sync" if len(results) == 1 else f"sync → {qdir}")
         except PartialFailure as e:
             failed.append(e)
     if failed:

@@ -83,3 +83,52 @@ interval = 0.3
     r = run_cli("status", "-q", str(outbox), "--json")
     rs = json.loads(r.stdout)["queues"][0]["receipts"][0]
     assert (rs["pushed"], rs["delivered"], rs["ran"], rs["unconfirmed"]) == (1, 1, 1, 0)
+
+
+def test_pull_pipeline_routes_each_sender_and_receipts_each_queue(tmp_path: Path) -> None:
+    """A pull pipeline whose remote has routes runs every route's pass, as ``sync``
+    does: each signed sender's job lands in its own queue (not only the pipeline's
+    queue), and each routed queue sends its own delivered receipt."""
+    from fspl_gateway.core import queue as fq
+    from fspl_gateway.core.minisign import generate_keypair, save_keypair
+    from tests.unit.test_sync import run_cli
+
+    remote, inbox, qa = tmp_path / "remote", tmp_path / "inbox", tmp_path / "qa"
+    (remote / "jobs").mkdir(parents=True)
+    for d in (inbox, qa):
+        fq.queue_init(str(d))
+    sk, pk = str(tmp_path / "a.key"), str(tmp_path / "a.pub")
+    save_keypair(generate_keypair(), sk, pk, None)
+    outbox = tmp_path / "outbox"
+    fq.queue_init(str(outbox), append_only=True)
+    name = put_job(outbox / "jobs", 1, b"x")
+    r = run_cli("push", "-t", "local", "-r", str(remote), "-q", str(outbox), "--sign", sk,
+                "--queue-id", "site-b")
+    assert r.returncode == 0, r.stderr
+    cfg = write_config(tmp_path / "config.toml", f"""
+[remotes.drop]
+transport = "local"
+location = {toml_str(remote)}
+queue_id = "site-b"
+receipts = true
+signature_wait = 0
+
+[remotes.drop.routes]
+{toml_str(pk)} = {toml_str(qa)}
+
+[pipelines.in]
+remote = "drop"
+queue = {toml_str(inbox)}
+interval = 0.3
+""")
+    w = Watch(cfg, tmp_path)
+    try:
+        wait_for(lambda: name in job_names(qa), 10, "the routed job in its own queue")
+        assert job_names(inbox) == []
+        rdir = remote / "receipts"
+        wait_for(lambda: rdir.exists() and os.listdir(rdir), 5, "a receipt batch")
+        (batch,) = os.listdir(rdir)
+        body = json.loads((rdir / batch).read_bytes())
+        assert [(r["kind"], r["name"]) for r in body["receipts"]] == [("delivered", name)]
+    finally:
+        assert w.stop() == 0, w.log()

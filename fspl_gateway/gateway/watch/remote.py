@@ -109,32 +109,26 @@ class RemotePoller:
             pass
 
     def _pull(self, t: Transport) -> bool:
-        from fspl_gateway.gateway.pull import AfterFetch, SyncOptions, pull
+        from fspl_gateway.gateway.pull import AfterFetch, SyncOptions
         from fspl_gateway.gateway.retry import RetryPolicy
-        from fspl_gateway.gateway.trust import policy_from, routed_passes
+        from fspl_gateway.gateway.syncrun import sync_passes
+        from fspl_gateway.gateway.trust import policy_from
 
         p = self.pipe
         policy = policy_from(self.spec.trust)  # trust configured: no unsigned job gets in
-        if policy is not None:  # with routes: this queue's pass (others are left to sync)
-            policy = routed_passes(policy, p.queue)[-1][1]
         opts = SyncOptions(after_fetch=AfterFetch(p.after), decoder=p.decoder, concurrency=p.concurrency,
-                           retry=RetryPolicy(attempts=p.retries), progress=False, trust=policy)
-        so = _receipts(self.spec)
-        if so is not None:
-            from fspl_gateway.gateway.receipts import enable
-
-            enable(p.queue, so.output)  # before the pull: what it delivers is receipted
-        res = pull(t, p.queue, opts)
-        if res.locked_out:
-            log.debug("pipeline %s: another sync/push holds %s; next time", p.name, p.queue)
-            return False
-        if so is not None:
-            from fspl_gateway.gateway.receipts import send
-
-            send(t, p.queue, so)
-        level = logging.WARNING if res.exit_code else logging.INFO if res.fetched else logging.DEBUG
-        log.log(level, "pipeline %s: %s", p.name, res.summary())
-        return res.fetched > 0
+                           retry=RetryPolicy(attempts=p.retries), progress=False)
+        fetched = 0
+        for qdir, res in sync_passes(t, p.queue, opts, policy, _receipts(self.spec)):
+            if res.locked_out:
+                log.debug("pipeline %s: another sync/push holds %s; next time", p.name, qdir)
+                continue
+            fetched += res.fetched
+            level = (logging.WARNING if res.exit_code else logging.INFO if res.fetched
+                     else logging.DEBUG)
+            where = "" if qdir == p.queue else f" → {qdir}"
+            log.log(level, "pipeline %s%s: %s", p.name, where, res.summary())
+        return fetched > 0
 
     def _push(self, t: Transport) -> bool:
         from fspl_gateway.gateway.push import AfterPush, PushOptions, push
