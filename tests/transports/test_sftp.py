@@ -42,6 +42,17 @@ SFTPTransport = sftp.SFTPTransport
 MiB = 1 << 20
 
 
+@pytest.fixture(params=["openssh", "paramiko"])
+def sftp_queue(sftp_queue: SFTPQueue, request: pytest.FixtureRequest) -> SFTPQueue:
+    """Every test here runs on both data paths: the system ssh and paramiko."""
+    sftp_queue.options["ssh"] = request.param
+    return sftp_queue
+
+
+def _openssh(q: SFTPQueue) -> bool:
+    return bool(q.options["ssh"] == "openssh")
+
+
 def _t(q: SFTPQueue, **opts: Any) -> Any:
     return SFTPTransport(q.location, {**q.options, **opts})
 
@@ -232,6 +243,8 @@ def test_missing_identity_file(sftp_queue: SFTPQueue, tmp_path: Path) -> None:
 def test_encrypted_key_passphrase_from_env(sftp_queue: SFTPQueue, tmp_path: Path,
                                            monkeypatch: pytest.MonkeyPatch,
                                            caplog: pytest.LogCaptureFixture) -> None:
+    if _openssh(sftp_queue):
+        pytest.skip("paramiko only: ssh in BatchMode takes passphrases from the agent")
     secret = "correct horse battery staple"
     key = _keygen(tmp_path / "enc", passphrase=secret)
     s = sftp_queue.sshd
@@ -561,7 +574,8 @@ def test_concurrent_fetches_and_writes(sftp_queue: SFTPQueue) -> None:
             for lst in lists:
                 assert set(blobs) <= set(lst.result())
         assert t.pool.nchan <= 3
-        assert t.stats["connects"] == 1
+        # one connection; on the OpenSSH path one ssh per channel
+        assert t.stats["connects"] == 1 or _openssh(sftp_queue) and t.stats["connects"] <= 3
     for i, name in enumerate(written):
         assert (j / name).read_bytes() == _pattern(300_000, seed=100 + i)
     assert not [n for n in os.listdir(j) if n.startswith(TMP_PREFIX)]
@@ -579,3 +593,166 @@ def test_open_stream_while_using_transport(sftp_queue: SFTPQueue) -> None:
         t.fetch("fspl-s.fspl", sink)  # type: ignore[arg-type]
         assert head + f.read() == data
         assert sink.h.hexdigest() == _sha(data)
+
+
+# -- the OpenSSH data path ------------------------------------------------------------
+def _ssh_children() -> list[int]:
+    """PIDs of the ``ssh`` processes this test process started (the transport's)."""
+    from tests.fixtures.sshd import _children_of
+
+    out = []
+    for pid in _children_of(os.getpid()):
+        try:
+            with open(f"/proc/{pid}/comm") as f:
+                if f.read().strip() == "ssh":
+                    out.append(pid)
+        except OSError:
+            pass
+    return out
+
+
+def _kill_ssh() -> int:
+    n = 0
+    for pid in _ssh_children():
+        try:
+            os.kill(pid, 9)
+            n += 1
+        except ProcessLookupError:
+            pass
+    return n
+
+
+def test_openssh_command_line(sftp_queue: SFTPQueue, tmp_path: Path) -> None:
+    """Our options become ssh options; host-key checking is never left to the user's
+    config (BatchMode, StrictHostKeyChecking on the command line)."""
+    if not _openssh(sftp_queue):
+        pytest.skip("the OpenSSH data path only")
+    s = sftp_queue.sshd
+    t = _t(sftp_queue, ssh="openssh", allow_agent=False)
+    argv = t._openssh().argv
+    joined = " ".join(argv)
+    assert argv[-3:] == ["-s", s.host, "sftp"]
+    for want in ("BatchMode=yes", "StrictHostKeyChecking=yes", f"-i {s.identity_file}",
+                 f"-p {s.port}", f"-l {s.user}", "IdentityAgent=none",
+                 f"-F {sftp_queue.options['ssh_config']}"):
+        assert want in joined, (want, argv)
+    kh = next(a for a in argv if a.startswith("UserKnownHostsFile="))
+    # the option's file first: ssh records new keys in the first one
+    assert kh.split("=", 1)[1].split()[0] == s.known_hosts
+    assert "HostKeyAlias" not in joined
+    argv = _t(sftp_queue, ssh="openssh", accept_new_host_key=True,
+              ssh_config="none")._openssh().argv
+    assert "StrictHostKeyChecking=accept-new" in argv and argv[argv.index("-F") + 1] == "none"
+    with pytest.raises(ConfigError, match="bad SSH host"):
+        SFTPTransport(f"-oProxyCommand=touch%20x{sftp_queue.path}",
+                      {**sftp_queue.options, "ssh": "openssh"})._openssh()
+
+
+def test_openssh_custom_command(sftp_queue: SFTPQueue, tmp_path: Path) -> None:
+    if not _openssh(sftp_queue):
+        pytest.skip("the OpenSSH data path only")
+    log = tmp_path / "argv.log"
+    wrapper = tmp_path / "my ssh"
+    wrapper.write_text(f'#!/bin/sh\necho "$@" >> "{log}"\nexec ssh "$@"\n')
+    wrapper.chmod(0o755)
+    (sftp_queue.jobs / "fspl-c.fspl").write_bytes(b"c")
+    cmd = f"'{wrapper}' -o Compression=no"
+    with _t(sftp_queue, ssh="openssh", ssh_command=cmd) as t:
+        assert [e.name for e in t.list()] == ["fspl-c.fspl"]
+    line = log.read_text()
+    assert line.startswith("-o Compression=no ") and line.rstrip().endswith("sftp")
+
+
+def test_ssh_choice(sftp_queue: SFTPQueue, tmp_path: Path,
+                    monkeypatch: pytest.MonkeyPatch) -> None:
+    if not _openssh(sftp_queue):
+        pytest.skip("the OpenSSH data path only")
+    assert _t(sftp_queue, ssh="auto").ssh == "openssh"
+    monkeypatch.setenv("FSPL_GW_SSH_PASSPHRASE", "x")  # only paramiko reads it
+    assert _t(sftp_queue, ssh="auto").ssh == "paramiko"
+    monkeypatch.delenv("FSPL_GW_SSH_PASSPHRASE")
+    monkeypatch.setenv("PATH", str(tmp_path))  # no ssh on PATH
+    assert _t(sftp_queue, ssh="auto").ssh == "paramiko"
+    with pytest.raises(ConfigError, match="no ssh command found"):
+        _t(sftp_queue, ssh="openssh")
+    with pytest.raises(ConfigError, match="ssh"):
+        _t(sftp_queue, ssh="putty")
+    t = _t(sftp_queue, ssh="openssh", ssh_command=str(tmp_path / "nope"))
+    with pytest.raises(ConfigError, match="cannot run the ssh command") as ei:
+        list(t.list())
+    assert "\n" not in str(ei.value)
+
+
+def test_ssh_dies_mid_fetch(sftp_queue: SFTPQueue) -> None:
+    """Killing the ssh client mid-transfer: a retryable error, then a clean retry."""
+    if not _openssh(sftp_queue):
+        pytest.skip("the OpenSSH data path only")
+    size = 32 * MiB
+    data = _pattern(size, seed=4)
+    (sftp_queue.jobs / "fspl-big.fspl").write_bytes(data)
+    killed: list[int] = []
+
+    def kill_once(n: int) -> None:
+        if n >= 4 * MiB and not killed:
+            killed.append(_kill_ssh())
+
+    with _t(sftp_queue, ssh="openssh") as t:
+        entry = next(iter(t.list()))
+        sink = HashSink(kill_once)
+        with pytest.raises(TransientError, match="connection lost"):
+            t.fetch("fspl-big.fspl", sink, entry)  # type: ignore[arg-type]
+        assert killed == [1] and sink.n < size
+        out = HashSink()
+        assert POLICY.call(lambda: t.fetch("fspl-big.fspl", out, entry),  # type: ignore[arg-type]
+                           "fetch") == size
+        assert out.h.hexdigest() == _sha(data)
+    assert _ssh_children() == [], "ssh processes left behind"
+
+
+def test_ssh_dies_mid_upload(sftp_queue: SFTPQueue) -> None:
+    if not _openssh(sftp_queue):
+        pytest.skip("the OpenSSH data path only")
+    size = 32 * MiB
+    j = sftp_queue.jobs
+
+    class KillingReader(PatternReader):
+        def read(self, n: int = -1) -> bytes:
+            if self.pos >= 4 * MiB and self.pos - n < 4 * MiB:
+                _kill_ssh()
+            return super().read(n)
+
+    with _t(sftp_queue, ssh="openssh") as t:
+        with pytest.raises(TransientError):
+            t.write_new("fspl-up.fspl", KillingReader(size, seed=6), size)
+        assert "fspl-up.fspl" not in os.listdir(j), "a partial file under the final name"
+        leftovers = [n for n in os.listdir(j) if n.startswith(TMP_PREFIX)]
+        assert POLICY.call(t.cleanup_temporaries, "cleanup") == len(leftovers)
+        t.write_new("fspl-up.fspl", PatternReader(size, seed=6), size)
+        assert os.listdir(j) == ["fspl-up.fspl"]
+        assert _sha((j / "fspl-up.fspl").read_bytes()) == _sha(_pattern(size, seed=6))
+
+
+def test_link_cut_mid_fetch(sftp_queue: SFTPQueue) -> None:
+    """The network (a TCP proxy) cuts the connection mid-transfer: retryable on both data
+    paths, and the next call reconnects."""
+    from tests.fixtures.tcpproxy import TcpProxy
+
+    s = sftp_queue.sshd
+    size = 16 * MiB
+    data = _pattern(size, seed=8)
+    (sftp_queue.jobs / "fspl-c.fspl").write_bytes(data)
+    with TcpProxy(s.port) as proxy:
+        t = SFTPTransport(f"{s.user}@127.0.0.1:{proxy.port}{sftp_queue.path}",
+                          sftp_queue.options)
+        t.hostkeys.entry = f"[{s.host}]:{s.port}"  # the proxy's port is not in known_hosts
+        with t:
+            entry = next(iter(t.list()))
+            proxy.cut_after(2 * MiB)
+            sink = HashSink()
+            with pytest.raises(TransientError):
+                t.fetch("fspl-c.fspl", sink, entry)  # type: ignore[arg-type]
+            assert sink.n < size
+            out = HashSink()
+            assert POLICY.call(lambda: t.fetch("fspl-c.fspl", out, entry),  # type: ignore[arg-type]
+                               "fetch") == size
+            assert out.h.hexdigest() == _sha(data)

@@ -1,5 +1,7 @@
 """Connections and channels: one SSH connection per transport, carrying a pool of SFTP
-channels (one per concurrent call), reconnected when it drops.
+channels (one per concurrent call), reconnected when it drops.  On the OpenSSH data path
+(:mod:`.openssh`) the "connection" only spawns ``ssh`` processes, one per channel: a
+channel whose process died is dropped and the next call starts a fresh one.
 
 :func:`open_connection` makes one connection: TCP, the SSH handshake (asking first for
 the host key types known for the host), the host key check, public-key authentication.
@@ -29,7 +31,7 @@ from fspl_gateway.core.errors import (
 from fspl_gateway.core.log import get_logger
 from fspl_gateway.transports.sftp.auth import Authenticator
 from fspl_gateway.transports.sftp.hostkeys import HostKeyPolicy
-from fspl_gateway.transports.sftp.protocol import Channel, Connection
+from fspl_gateway.transports.sftp.protocol import Channel, Connection, Link
 
 log = get_logger(__name__)
 
@@ -82,7 +84,7 @@ def open_connection(host: str, port: int, timeout: float, hostkeys: HostKeyPolic
 class ChannelPool:
     """Up to ``max_channels`` SFTP channels on one connection made by ``connect``."""
 
-    def __init__(self, connect: Callable[[], Connection], where: str, what: str,
+    def __init__(self, connect: Callable[[], Link], where: str, what: str,
                  max_channels: int) -> None:
         self._connect = connect
         self.where = where  # the host entry, for messages
@@ -90,7 +92,7 @@ class ChannelPool:
         self.max_channels = max_channels
         self._lock = threading.Condition()
         self._connect_lock = threading.Lock()
-        self._conn: Connection | None = None
+        self._conn: Link | None = None
         self._idle: list[Channel] = []
         self.nchan = 0
         self._closed = False
@@ -100,11 +102,11 @@ class ChannelPool:
         with self._lock:
             self.max_channels = max(self.max_channels, n)
 
-    def connection(self) -> Connection:
+    def connection(self) -> Link:
         """The live SSH connection, connecting (once) if there is none."""
         with self._connect_lock:
             c = self._conn
-            if c is not None and c.transport.is_active():
+            if c is not None and c.is_active():
                 return c
             if c is not None:
                 log.debug("sftp: the connection to %s was lost; reconnecting", self.where)
@@ -183,7 +185,7 @@ class ChannelPool:
 
     def drop_if_dead(self, ch: Channel) -> None:
         """Forget the connection of ``ch`` if it is gone (the next call reconnects)."""
-        if not ch.conn.transport.is_active():
+        if not ch.conn.is_active():
             with self._connect_lock:
                 if self._conn is ch.conn:
                     self._conn = None

@@ -23,6 +23,7 @@ import contextlib
 import errno
 import io
 import posixpath
+import typing
 from collections import deque
 from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass
@@ -77,14 +78,38 @@ def _int64(n: int) -> Any:
 
 @dataclass
 class Connection:
-    """One SSH connection (it carries the channels)."""
+    """One SSH connection made by paramiko: it carries the channels.  (The OpenSSH data
+    path has its own, :class:`~fspl_gateway.transports.sftp.openssh.OpenSSHConnection`,
+    with the same three methods.)"""
 
     transport: paramiko.Transport
     timeout: float
 
+    def is_active(self) -> bool:
+        return bool(self.transport.is_active())
+
+    def open_sftp(self) -> Client:
+        """A new SFTP session (a channel with the ``sftp`` subsystem)."""
+        chan = self.transport.open_session(timeout=self.timeout)
+        chan.settimeout(self.timeout)
+        chan.invoke_subsystem("sftp")
+        return Client(chan)
+
     def close(self) -> None:
         with contextlib.suppress(Exception):
             self.transport.close()
+
+
+class Link(typing.Protocol):
+    """What a channel needs of its connection (paramiko's or OpenSSH's)."""
+
+    timeout: float
+
+    def is_active(self) -> bool: ...
+
+    def open_sftp(self) -> Client: ...
+
+    def close(self) -> None: ...
 
 
 class Client(SFTPClient):
@@ -112,16 +137,30 @@ class Client(SFTPClient):
                 break
         return int(version)
 
+    def _read_all(self, n: int) -> bytes:
+        """Exactly ``n`` bytes; over OpenSSH's pipe with ``recv_into`` into one buffer
+        (paramiko's own loop re-copies what it has for every piece received)."""
+        recv_into = getattr(self.sock, "recv_into", None)
+        if recv_into is None:
+            return bytes(super()._read_all(n))
+        buf = bytearray(n)
+        view = memoryview(buf)
+        got = 0
+        while got < n:
+            k = recv_into(view[got:])
+            if not k:
+                raise EOFError()
+            got += k
+        return bytes(buf)
+
 
 class Channel:
-    """One SFTP channel on a connection, with the server's limits."""
+    """One SFTP session on a connection (a paramiko channel, or an ``ssh`` process),
+    with the server's limits."""
 
-    def __init__(self, conn: Connection) -> None:
+    def __init__(self, conn: Link) -> None:
         self.conn = conn
-        chan = conn.transport.open_session(timeout=conn.timeout)
-        chan.settimeout(conn.timeout)
-        chan.invoke_subsystem("sftp")
-        self.sftp = Client(chan)
+        self.sftp = conn.open_sftp()
         ext = self.sftp.extensions
         self.has_fsync = "fsync@openssh.com" in ext
         self.read_chunk = self.write_chunk = DEFAULT_CHUNK
@@ -137,7 +176,7 @@ class Channel:
                 pass
 
     def alive(self) -> bool:
-        return (self.conn.transport.is_active() and not self.sftp.sock.closed
+        return (self.conn.is_active() and not self.sftp.sock.closed
                 and not self.sftp.sock.eof_received)
 
     def close(self) -> None:

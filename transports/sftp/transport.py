@@ -67,8 +67,9 @@ from fspl_gateway.transports.sftp.location import (
     parse_location,
     ssh_config,
 )
+from fspl_gateway.transports.sftp.openssh import OpenSSHConnection, find_ssh, ssh_argv
 from fspl_gateway.transports.sftp.pool import ChannelPool, open_connection
-from fspl_gateway.transports.sftp.protocol import Channel, Connection, Protocol, Reader
+from fspl_gateway.transports.sftp.protocol import Channel, Link, Protocol, Reader
 
 log = get_logger(__name__)
 
@@ -112,6 +113,16 @@ def _tmp_name(final: str) -> str:
 
 
 OPTIONS = OptionSchema(
+    Option("ssh", OptionType.CHOICE, default="auto", choices=("auto", "openssh", "paramiko"),
+           help="The SSH client: `openssh` runs the system `ssh` (`ssh -s HOST sftp`, so "
+                "its config, agent, ControlMaster and known_hosts apply and its C crypto "
+                "is used); `paramiko` is the built-in client; `auto` is `openssh` when "
+                "an `ssh` command is found and the passphrase variable (`passphrase_env`) "
+                "is not set, else `paramiko`."),
+    Option("ssh_command", OptionType.STR,
+           default_doc="`ssh` on PATH",
+           help="The command run on the OpenSSH path (shell words, e.g. `ssh -F "
+                "~/.ssh/other`); the transport appends its own options, then `-s HOST sftp`."),
     Option("ssh_config", OptionType.PATH, default_doc="`~/.ssh/config`",
            help="The SSH config file to read, or `none`."),
     Option("identity_file", OptionType.PATH, multiple=True,
@@ -179,13 +190,49 @@ class SFTPTransport(Transport):
             list(o["known_hosts"] or ()), o["accept_new_host_key"])
         #: Counters (for tests and metrics): connects, fsyncs, dir_fsyncs.
         self.stats: dict[str, int] = {"connects": 0, "fsyncs": 0, "dir_fsyncs": 0}
+        self._loc = loc
+        self._known_hosts_given = bool(o["known_hosts"])
+        #: The data path: "openssh" (the system ssh) or "paramiko".
+        self.ssh: str = o["ssh"]
+        self._ssh_cmd = find_ssh(o["ssh_command"]) if self.ssh != "paramiko" else None
+        if self.ssh == "auto":
+            self.ssh = ("openssh" if self._ssh_cmd and not os.environ.get(o["passphrase_env"])
+                        else "paramiko")
+        elif self.ssh == "openssh" and not self._ssh_cmd:
+            raise ConfigError("sftp option ssh=openssh: no ssh command found on PATH "
+                              "(install openssh-client, set ssh_command, or use ssh=paramiko)")
         self.pool = ChannelPool(self._connect, entry, self.describe(), o["connections"] or 1)
         self.proto = Protocol(entry, self.pool.drop_if_dead, self.stats)
 
-    def _connect(self) -> Connection:
+    def _connect(self) -> Link:
+        if self.ssh == "openssh":
+            return self._openssh()
         conn = open_connection(self.host, self.port, self.timeout, self.hostkeys, self.auth)
         self.stats["connects"] += 1
         return conn
+
+    def _openssh(self) -> OpenSSHConnection:
+        """The OpenSSH "connection": it runs one ``ssh`` per channel (counted in
+        ``stats["connects"]``)."""
+        assert self._ssh_cmd is not None
+        self.auth.check_files()
+        if self.hostkeys.accept_new:
+            self.hostkeys.make_record_dir()  # ssh does not create it
+        natural = host_entry(self.host, self.port)
+        loc = self._loc
+        argv = ssh_argv(
+            self._ssh_cmd, host=loc.host, user=loc.user, port=loc.port,
+            config=self.settings["ssh_config"], identity_files=self.auth.identity_files,
+            allow_agent=self.auth.allow_agent, hostkeys=self.hostkeys,
+            known_hosts_given=self._known_hosts_given,
+            host_key_alias=self.hostkeys.entry if self.hostkeys.entry != natural else None,
+            timeout=self.timeout)
+        tried = ", ".join(self.auth.identity_files) or "ssh's default keys"
+        if self.auth.allow_agent:
+            tried += " and the ssh-agent"
+        return OpenSSHConnection(argv, self.timeout, entry=self.hostkeys.entry,
+                                 user=self.user, hostkeys=self.hostkeys, tried=tried,
+                                 stats=self.stats)
 
     @property
     def max_channels(self) -> int:
