@@ -67,7 +67,7 @@ DEFAULT_CHUNK = 32768
 MAX_CHUNK = 256 * 1024
 #: Requests kept in flight per transfer (pipelining).
 PIPELINE_DEPTH = 16
-#: REMOVE requests kept in flight by :meth:`Protocol.remove_many`.
+#: REMOVE requests sent together (one write) by :meth:`Protocol.remove_many`.
 DELETE_PIPELINE = 64
 _SFTP_VERSION = 3
 
@@ -137,12 +137,24 @@ class Client(SFTPClient):
                 break
         return int(version)
 
-    def _read_all(self, n: int) -> bytes:
-        """Exactly ``n`` bytes; over OpenSSH's pipe with ``recv_into`` into one buffer
-        (paramiko's own loop re-copies what it has for every piece received)."""
+    def _read_packet(self) -> tuple[int, bytes]:
+        """One packet; over OpenSSH's pipe read with ``recv_into`` into one buffer and
+        copied once (paramiko's own loop re-copies what it has for every piece
+        received, then once more to strip the type byte)."""
         recv_into = getattr(self.sock, "recv_into", None)
         if recv_into is None:
-            return bytes(super()._read_all(n))
+            t, data = super()._read_packet()
+            return int(t), bytes(data)
+        size = int.from_bytes(self._recv_exactly(recv_into, 4), "big")
+        if size >> 24:
+            raise SFTPError("Garbage packet received")
+        if not size:
+            return 0, b""
+        buf = self._recv_exactly(recv_into, size)
+        return buf[0], bytes(memoryview(buf)[1:])
+
+    @staticmethod
+    def _recv_exactly(recv_into: Callable[[Any], int], n: int) -> bytearray:
         buf = bytearray(n)
         view = memoryview(buf)
         got = 0
@@ -151,7 +163,7 @@ class Client(SFTPClient):
             if not k:
                 raise EOFError()
             got += k
-        return bytes(buf)
+        return buf
 
 
 class Channel:
@@ -182,6 +194,23 @@ class Channel:
     def close(self) -> None:
         with contextlib.suppress(Exception):
             self.sftp.close()
+
+
+@contextlib.contextmanager
+def corked(ch: Channel) -> Iterator[None]:
+    """The requests sent inside go out in one write where the stream can hold them (the
+    OpenSSH path: one SSH packet instead of several small ones, see
+    :meth:`~fspl_gateway.transports.sftp.openssh.PipeStream.cork`)."""
+    sock = ch.sftp.sock
+    cork = getattr(sock, "cork", None)
+    if cork is None:
+        yield
+        return
+    cork()
+    try:
+        yield
+    finally:
+        sock.uncork()
 
 
 def is_conn_error(e: BaseException) -> bool:
@@ -270,19 +299,19 @@ class Protocol:
         probe_sent = False
         try:
             while True:
-                while len(outstanding) < PIPELINE_DEPTH:
-                    if size_hint is not None and next_off >= size_hint:
-                        if probe_sent:
-                            break
-                        probe_sent = True
-                    n = chunk
-                    if size_hint is not None and next_off < size_hint:
-                        n = min(chunk, size_hint - next_off)
-                    with self.remote(ch, path, "read"):
+                with self.remote(ch, path, "read"), corked(ch):
+                    while len(outstanding) < PIPELINE_DEPTH:
+                        if size_hint is not None and next_off >= size_hint:
+                            if probe_sent:
+                                break
+                            probe_sent = True
+                        n = chunk
+                        if size_hint is not None and next_off < size_hint:
+                            n = min(chunk, size_hint - next_off)
                         num = sftp._async_request(type(None), CMD_READ, handle,
                                                   _int64(next_off), n)
-                    outstanding.append((num, next_off, n))
-                    next_off += n
+                        outstanding.append((num, next_off, n))
+                        next_off += n
                 if not outstanding:
                     return
                 num, off, n = outstanding.popleft()
@@ -311,6 +340,39 @@ class Protocol:
                 # the consumer stopped early or failed: leave the channel in sync
                 with contextlib.suppress(Exception):
                     self.drain(ch, outstanding)
+
+    def read_small(self, ch: Channel, path: str, handle: bytes, size: int) -> list[bytes]:
+        """Read a whole file of ``size`` bytes (at most one request) and close its handle
+        in one round trip: a READ of ``size`` bytes, a 1-byte READ at ``size`` (end of
+        file, unless the file grew) and the CLOSE are sent together, then answered in
+        order.  Returns what the reads returned (the caller checks the sizes)."""
+        sftp = ch.sftp
+        out: list[bytes] = []
+        outstanding: deque[int] = deque()
+        try:
+            with self.remote(ch, path, "read"):
+                with corked(ch):
+                    if size:
+                            outstanding.append(sftp._async_request(type(None), CMD_READ, handle,
+                                                               _int64(0), size))
+                    outstanding.append(sftp._async_request(type(None), CMD_READ, handle,
+                                                           _int64(size), 1))
+                    outstanding.append(sftp._async_request(type(None), CMD_CLOSE, handle))
+                while len(outstanding) > 1:
+                    try:
+                        t, msg = sftp._read_response(outstanding.popleft())
+                    except EOFError:  # the SFTP EOF status
+                        continue
+                    if t != CMD_DATA:
+                        raise SFTPError("expected data")
+                    out.append(msg.get_string())
+            with self.remote(ch, path, "close"):
+                sftp._read_response(outstanding.popleft())
+        finally:
+            if outstanding:
+                with contextlib.suppress(Exception), self.remote(ch, path, "read"):
+                    self.drain(ch, outstanding)
+        return out
 
     def listdir(self, ch: Channel, path: str) -> list[tuple[str, SFTPAttributes]]:
         """(name, lstat attributes) of every entry of directory ``path`` (names decoded
@@ -455,14 +517,14 @@ class Protocol:
                     raise  # the link is gone: the caller retries what is left
                 errors[name] = e
 
-        for name, path in todo:
-            with self.remote(ch, path, "delete"):
-                num = sftp._async_request(type(None), CMD_REMOVE, path)
-            outstanding.append((num, name, path))
-            while len(outstanding) >= DELETE_PIPELINE:
+        for i in range(0, len(todo), DELETE_PIPELINE):
+            group = todo[i:i + DELETE_PIPELINE]
+            with self.remote(ch, group[0][1], "delete"), corked(ch):
+                for name, path in group:
+                    num = sftp._async_request(type(None), CMD_REMOVE, path)
+                    outstanding.append((num, name, path))
+            while outstanding:
                 collect()
-        while outstanding:
-            collect()
 
 
 class Reader(io.RawIOBase):
