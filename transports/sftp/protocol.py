@@ -43,6 +43,7 @@ from paramiko.sftp import (
     CMD_READDIR,
     CMD_REMOVE,
     CMD_RENAME,
+    CMD_STATUS,
     CMD_WRITE,
     SFTP_FLAG_CREATE,
     SFTP_FLAG_EXCL,
@@ -152,6 +153,41 @@ class Client(SFTPClient):
             return 0, b""
         buf = self._recv_exactly(recv_into, size)
         return buf[0], bytes(memoryview(buf)[1:])
+
+    def read_data(self, num: int) -> memoryview | None:
+        """The answer to READ request ``num`` (the next one: OpenSSH answers in order):
+        its bytes, or None at end of file.  Over OpenSSH's pipe the bytes are a view of
+        the received packet (no copy); other errors are raised as paramiko raises
+        them."""
+        recv_into = getattr(self.sock, "recv_into", None)
+        if recv_into is None:
+            try:
+                t, msg = self._read_response(num)
+            except EOFError:
+                return None
+            if t != CMD_DATA:
+                raise SFTPError("expected data")
+            return memoryview(msg.get_string())
+        try:
+            size = int.from_bytes(self._recv_exactly(recv_into, 4), "big")
+            if size >> 24 or size < 5:
+                raise SFTPError("Garbage packet received")
+            buf = self._recv_exactly(recv_into, size)
+        except EOFError as e:
+            raise paramiko.SSHException(f"Server connection dropped: {e}") from None
+        t = buf[0]
+        got = int.from_bytes(buf[1:5], "big")
+        with self._lock:
+            self._expecting.pop(got, None)
+        if got != num:
+            raise SFTPError(f"answer {got} out of order (expected {num})")
+        if t == CMD_STATUS:
+            self._convert_status(Message(bytes(buf[5:])))  # EOFError at end of file
+            raise SFTPError("expected data")
+        if t != CMD_DATA or size < 9:
+            raise SFTPError("expected data")
+        n = int.from_bytes(buf[5:9], "big")
+        return memoryview(buf)[9:9 + n]
 
     @staticmethod
     def _recv_exactly(recv_into: Callable[[Any], int], n: int) -> bytearray:
@@ -286,7 +322,7 @@ class Protocol:
 
     # -- reading ---------------------------------------------------------------------
     def read_chunks(self, ch: Channel, path: str, handle: bytes,
-                    size_hint: int | None) -> Generator[bytes, None, None]:
+                    size_hint: int | None) -> Generator[memoryview, None, None]:
         """Yield the file's bytes in order, keeping PIPELINE_DEPTH reads in flight.
 
         OpenSSH answers requests in order, so responses are awaited FIFO.  At most one
@@ -317,13 +353,12 @@ class Protocol:
                 num, off, n = outstanding.popleft()
                 with self.remote(ch, path, "read"):
                     try:
-                        t, msg = sftp._read_response(num)
+                        data = sftp.read_data(num)
                     except EOFError:  # the SFTP EOF status (a dropped link is SSHException)
+                        data = None
+                    if data is None:
                         self.drain(ch, outstanding)
                         return
-                    if t != CMD_DATA:
-                        raise SFTPError("expected data")
-                    data = msg.get_string()
                 if not data:
                     continue
                 if off >= (size_hint if size_hint is not None else off + 1):
@@ -535,7 +570,7 @@ class Reader(io.RawIOBase):
         self._ch = ch
         self._handle = handle
         self._it = proto.read_chunks(ch, path, handle, None)
-        self._buf = b""
+        self._buf: bytes | memoryview = b""
 
     def readable(self) -> bool:
         return True

@@ -308,7 +308,7 @@ class SFTPTransport(Transport):
         expected = entry.size if entry is not None else None
         n = 0
 
-        def take(data: bytes) -> None:
+        def take(data: bytes | memoryview) -> None:
             nonlocal n
             if expected is not None and n + len(data) > expected:
                 data = data[:expected + 1 - n]  # never accept more than listed
@@ -323,23 +323,23 @@ class SFTPTransport(Transport):
                 # a small file: its reads and the CLOSE in one round trip
                 got = proto.read_small(ch, path, handle, expected)
                 if sum(len(d) for d in got) >= expected:
-                    for data in got:
-                        take(data)
+                    for piece in got:
+                        take(piece)
                     check_listed_size(where, n, entry)
                     return n
                 # a short read (the file shrank, or a server that reads less than
                 # asked): read it again the general way, which tells the two apart
                 with proto.remote(ch, path, "open"):
                     handle = proto.open_handle(ch, path, SFTP_FLAG_READ)
-            chunks: Iterator[bytes] | None = None
+            chunks: Iterator[memoryview] | None = None
             try:
                 if expected is None:
                     with proto.remote(ch, path, "stat"):
                         t, msg = ch.sftp._request(CMD_FSTAT, handle)
                         expected = SFTPAttributes._from_msg(msg).st_size
                 chunks = proto.read_chunks(ch, path, handle, expected)
-                for data in chunks:
-                    take(data)
+                for view in chunks:
+                    take(view)
             finally:
                 if chunks is not None:
                     chunks.close()  # type: ignore[attr-defined]
