@@ -418,6 +418,46 @@ def test_fsync_extension_used_before_rename(logged_queue: SFTPQueue) -> None:
     assert "rename old" in text and not re.search(r"request \d+: fsync", text)
 
 
+def test_small_fetch_is_one_round_trip_after_open(logged_queue: SFTPQueue) -> None:
+    """A small file: OPEN, then its READ, an end-of-file probe READ and the CLOSE sent
+    together; nothing else (no FSTAT)."""
+    s = logged_queue.sshd
+    assert s.sftp_log
+    data = os.urandom(2000)
+    (logged_queue.jobs / "fspl-s.fspl").write_bytes(data)
+    with _t(logged_queue) as t:
+        entry = next(iter(t.list()))
+        off = os.path.getsize(s.sftp_log)
+        sink = HashSink()
+        assert t.fetch("fspl-s.fspl", sink, entry) == 2000  # type: ignore[arg-type]
+        assert sink.h.hexdigest() == _sha(data)
+        list(t.list())
+        text = _sftp_log_since(s, off)
+    reqs = re.findall(r"request \d+: (?!sent)(\w+)", text.split("opendir")[0])
+    assert reqs == ["open", "read", "read", "close"], text
+
+
+@pytest.mark.parametrize("change", [b"more", None])
+def test_small_file_changed_since_listing(sftp_queue: SFTPQueue, change: bytes | None) -> None:
+    from fspl_gateway.transports.base import ListingChangedError
+
+    f = sftp_queue.jobs / "fspl-g.fspl"
+    f.write_bytes(b"x" * 2000)
+    with _t(sftp_queue) as t:
+        entry = next(iter(t.list()))
+        if change is None:
+            f.write_bytes(b"x" * 1500)  # shrank
+        else:
+            with open(f, "ab") as w:
+                w.write(change)  # grew
+        sink = HashSink()
+        with pytest.raises(ListingChangedError):
+            t.fetch("fspl-g.fspl", sink, entry)  # type: ignore[arg-type]
+        assert sink.n <= 2001
+        f.write_bytes(b"y" * 2000)  # the channel is still in step
+        assert t.fetch("fspl-g.fspl", HashSink(), entry) == 2000  # type: ignore[arg-type]
+
+
 # -- temporaries ----------------------------------------------------------------------
 def test_cleanup_temporaries_rule(sftp_queue: SFTPQueue) -> None:
     j = sftp_queue.jobs
