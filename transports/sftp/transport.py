@@ -14,7 +14,9 @@ Temporaries
     this very process but is not being written now.
 
 Connections
-    One SSH connection for the life of the object, carrying a pool of up to
+    ``ssh=openssh`` (the default where an ``ssh`` command exists): every channel is its
+    own ``ssh -s HOST sftp`` process (:mod:`.openssh`).  ``ssh=paramiko``: one SSH
+    connection for the life of the object, carrying a pool of up to
     ``connections`` SFTP channels (default 1, or the caller's concurrency up to
     :data:`MAX_AUTO_CHANNELS` when it calls ``set_concurrency`` and the option is not
     set; each call takes one channel, so the transport is thread-safe); :meth:`open`
@@ -149,7 +151,8 @@ OPTIONS = OptionSchema(
                 "changed key is always refused."),
     Option("connections", OptionType.INT, minimum=1, unit="channels",
            default_doc=f"`1`, up to {MAX_AUTO_CHANNELS} for `--concurrency`",
-           help="SFTP channels on the one SSH connection."),
+           help="SFTP channels on the one SSH connection (on the OpenSSH path: `ssh` "
+                "processes, one per channel)."),
     Option("timeout", OptionType.DURATION, default=30.0, minimum=0.1,
            help="Connect, handshake and per-request timeout."),
     Option("connect_retries", OptionType.INT, "", deprecated="connections are retried per "
