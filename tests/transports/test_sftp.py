@@ -635,6 +635,28 @@ def test_open_stream_while_using_transport(sftp_queue: SFTPQueue) -> None:
         assert sink.h.hexdigest() == _sha(data)
 
 
+def test_open_streams_reuse_their_channel(sftp_queue: SFTPQueue) -> None:
+    """A finished stream's channel serves the next open() (on the OpenSSH path a new
+    channel is a new ssh process), also after a stream closed half-read."""
+    data = _pattern(3 * MiB, seed=2)
+    (sftp_queue.jobs / "fspl-o.fspl").write_bytes(data)
+    with _t(sftp_queue, connections=1) as t:
+        assert [e.name for e in t.list()] == ["fspl-o.fspl"]
+        before = t.stats["connects"]
+        for _ in range(3):
+            with t.open("fspl-o.fspl") as f:
+                assert f.read(1000) == data[:1000]  # closed half-read
+        with t.open("fspl-o.fspl") as f:
+            assert f.read() == data
+        # one more channel for the streams, reused; paramiko: the same connection
+        assert t.stats["connects"] - before == (1 if _openssh(sftp_queue) else 0)
+        with pytest.raises(RemoteNotFoundError):
+            t.open("fspl-none.fspl")
+        with t.open("fspl-o.fspl") as f:
+            assert f.read(10) == data[:10]
+        assert t.stats["connects"] - before == (1 if _openssh(sftp_queue) else 0)
+
+
 # -- the OpenSSH data path ------------------------------------------------------------
 def _ssh_children() -> list[int]:
     """PIDs of the ``ssh`` processes this test process started (the transport's)."""

@@ -35,6 +35,8 @@ from fspl_gateway.transports.sftp.protocol import Channel, Connection, Link
 
 log = get_logger(__name__)
 
+#: Channels of finished open() streams kept for the next ones.
+MAX_SPARE = 2
 #: Seconds between SSH keepalives on an idle connection.
 KEEPALIVE = 30
 
@@ -94,6 +96,9 @@ class ChannelPool:
         self._connect_lock = threading.Lock()
         self._conn: Link | None = None
         self._idle: list[Channel] = []
+        #: Channels of finished :meth:`~.SFTPTransport.open` streams, kept for the next
+        #: one (on the OpenSSH path a new channel is a new ssh process).
+        self._spare: list[Channel] = []
         self.nchan = 0
         self._closed = False
 
@@ -116,7 +121,21 @@ class ChannelPool:
             return self._conn
 
     def new_channel(self) -> Channel:
-        """A channel outside the pool (the caller closes it)."""
+        """A channel outside the pool (the caller closes it or gives it back with
+        :meth:`give_back`)."""
+        stale: list[Channel] = []
+        with self._lock:
+            while self._spare:
+                ch = self._spare.pop()
+                if ch.alive() and ch.conn is self._conn:
+                    break
+                stale.append(ch)
+            else:
+                ch = None
+        for old in stale:
+            old.close()
+        if ch is not None:
+            return ch
         conn = self.connection()
         try:
             return Channel(conn)
@@ -157,6 +176,16 @@ class ChannelPool:
                 self._lock.notify()
             raise
 
+    def give_back(self, ch: Channel) -> None:
+        """Keep a channel of :meth:`new_channel` (in step, not broken) for the next one;
+        close it if there are enough already."""
+        with self._lock:
+            if (not self._closed and ch.alive() and ch.conn is self._conn
+                    and len(self._spare) < MAX_SPARE):
+                self._spare.append(ch)
+                return
+        ch.close()
+
     def release(self, ch: Channel, broken: bool) -> None:
         with self._lock:
             if broken or self._closed or not ch.alive():
@@ -196,6 +225,8 @@ class ChannelPool:
             self._closed = True
             idle, self._idle = self._idle, []
             self.nchan -= len(idle)
+            idle += self._spare
+            self._spare = []
         for ch in idle:
             ch.close()
         with self._connect_lock:

@@ -563,12 +563,15 @@ class Protocol:
 
 
 class Reader(io.RawIOBase):
-    """A raw stream of one remote file, pipelined, on a channel of its own (closed with
-    the stream)."""
+    """A raw stream of one remote file, pipelined, on a channel of its own; when the
+    stream is closed the channel goes to ``give_back`` if it is still in step (its
+    handle closed cleanly), else it is closed."""
 
-    def __init__(self, proto: Protocol, ch: Channel, path: str, handle: bytes) -> None:
+    def __init__(self, proto: Protocol, ch: Channel, path: str, handle: bytes,
+                 give_back: Callable[[Channel], None]) -> None:
         self._ch = ch
         self._handle = handle
+        self._give_back = give_back
         self._it = proto.read_chunks(ch, path, handle, None)
         self._buf: bytes | memoryview = b""
 
@@ -590,8 +593,11 @@ class Reader(io.RawIOBase):
             return
         try:
             self._it.close()
-            with contextlib.suppress(Exception):
+            try:
                 self._ch.sftp._request(CMD_CLOSE, self._handle)
-            self._ch.close()
+            except Exception:  # noqa: BLE001 - out of step or gone: not reused
+                self._ch.close()
+            else:
+                self._give_back(self._ch)
         finally:
             super().close()

@@ -298,10 +298,14 @@ class SFTPTransport(Transport):
         try:
             with self.proto.remote(ch, path, "open"):
                 handle = self.proto.open_handle(ch, path, SFTP_FLAG_READ)
+        except RemoteNotFoundError:
+            self.pool.give_back(ch)  # a clean answer: the channel is in step
+            raise
         except BaseException:
             ch.close()
             raise
-        return io.BufferedReader(Reader(self.proto, ch, path, handle), buffer_size=1 << 20)
+        return io.BufferedReader(Reader(self.proto, ch, path, handle, self.pool.give_back),
+                                 buffer_size=1 << 20)
 
     def fetch(self, name: str, dst: BinaryIO, entry: RemoteEntry | None = None) -> int:
         self.check_name(name)
