@@ -718,11 +718,19 @@ def test_openssh_custom_command(sftp_queue: SFTPQueue, tmp_path: Path) -> None:
     wrapper.write_text(f'#!/bin/sh\necho "$@" >> "{log}"\nexec ssh "$@"\n')
     wrapper.chmod(0o755)
     (sftp_queue.jobs / "fspl-c.fspl").write_bytes(b"c")
-    cmd = f"'{wrapper}' -o Compression=no"
+    cmd = f"'{wrapper}' -o Compression=no -o StrictHostKeyChecking=no"
     with _t(sftp_queue, ssh="openssh", ssh_command=cmd) as t:
         assert [e.name for e in t.list()] == ["fspl-c.fspl"]
     line = log.read_text()
-    assert line.startswith("-o Compression=no ") and line.rstrip().endswith("sftp")
+    assert "-o Compression=no" in line and line.rstrip().endswith("sftp")
+    # the host-key rules come first (ssh keeps the first value): a command cannot
+    # weaken them
+    assert line.startswith("-o BatchMode=yes -o StrictHostKeyChecking=yes "), line
+    empty = tmp_path / "empty_known_hosts"
+    empty.write_text("")
+    t = _t(sftp_queue, ssh="openssh", ssh_command=cmd, known_hosts=str(empty))
+    with pytest.raises(HostKeyError, match="unknown SSH host"):
+        list(t.list())
 
 
 def test_ssh_choice(sftp_queue: SFTPQueue, tmp_path: Path,

@@ -83,12 +83,15 @@ def ssh_argv(command: list[str], *, host: str, user: str | None, port: int | Non
     ``ssh_config`` option (None: ssh's own default; ``none``: no config file)."""
     if host.startswith("-"):
         raise ConfigError(f"bad SSH host {host!r}")
-    argv = [*command]
+    # ssh takes the first value it sees for an option: the host-key rules go right after
+    # the program, before the words of a custom command, so nothing can weaken them
+    argv = [command[0],
+            "-o", "BatchMode=yes",
+            "-o", "StrictHostKeyChecking=" + ("accept-new" if hostkeys.accept_new else "yes"),
+            *command[1:]]
     if config is not None:
         argv += ["-F", "none" if str(config).strip().lower() in ("none", "") else str(config)]
     argv += ["-x", "-a", "-T",
-             "-o", "BatchMode=yes",
-             "-o", "StrictHostKeyChecking=" + ("accept-new" if hostkeys.accept_new else "yes"),
              "-o", f"ConnectTimeout={max(1, math.ceil(timeout))}",
              "-o", f"ServerAliveInterval={KEEPALIVE}",
              "-o", "ClearAllForwardings=yes",

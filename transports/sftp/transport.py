@@ -130,7 +130,9 @@ OPTIONS = OptionSchema(
     Option("ssh_command", OptionType.STR,
            default_doc="`ssh` on PATH",
            help="The command run on the OpenSSH path (shell words, e.g. `ssh -F "
-                "~/.ssh/other`); the transport appends its own options, then `-s HOST sftp`."),
+                "~/.ssh/other`); the transport appends its own options, then `-s HOST sftp` "
+                "(BatchMode and StrictHostKeyChecking go first, so the command's words "
+                "cannot weaken them)."),
     Option("prefer_aes_gcm", OptionType.BOOL, default=True,
            help="On the OpenSSH path, when the CPU has AES instructions: move AES-GCM to "
                 "the front of the cipher list ssh would use anyway (`ssh -G`; nothing is "
