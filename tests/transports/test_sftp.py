@@ -42,6 +42,17 @@ SFTPTransport = sftp.SFTPTransport
 MiB = 1 << 20
 
 
+@pytest.fixture(params=["openssh", "paramiko"])
+def sftp_queue(sftp_queue: SFTPQueue, request: pytest.FixtureRequest) -> SFTPQueue:
+    """Every test here runs on both data paths: the system ssh and paramiko."""
+    sftp_queue.options["ssh"] = request.param
+    return sftp_queue
+
+
+def _openssh(q: SFTPQueue) -> bool:
+    return bool(q.options["ssh"] == "openssh")
+
+
 def _t(q: SFTPQueue, **opts: Any) -> Any:
     return SFTPTransport(q.location, {**q.options, **opts})
 
@@ -232,6 +243,8 @@ def test_missing_identity_file(sftp_queue: SFTPQueue, tmp_path: Path) -> None:
 def test_encrypted_key_passphrase_from_env(sftp_queue: SFTPQueue, tmp_path: Path,
                                            monkeypatch: pytest.MonkeyPatch,
                                            caplog: pytest.LogCaptureFixture) -> None:
+    if _openssh(sftp_queue):
+        pytest.skip("paramiko only: ssh in BatchMode takes passphrases from the agent")
     secret = "correct horse battery staple"
     key = _keygen(tmp_path / "enc", passphrase=secret)
     s = sftp_queue.sshd
@@ -405,6 +418,46 @@ def test_fsync_extension_used_before_rename(logged_queue: SFTPQueue) -> None:
     assert "rename old" in text and not re.search(r"request \d+: fsync", text)
 
 
+def test_small_fetch_is_one_round_trip_after_open(logged_queue: SFTPQueue) -> None:
+    """A small file: OPEN, then its READ, an end-of-file probe READ and the CLOSE sent
+    together; nothing else (no FSTAT)."""
+    s = logged_queue.sshd
+    assert s.sftp_log
+    data = os.urandom(2000)
+    (logged_queue.jobs / "fspl-s.fspl").write_bytes(data)
+    with _t(logged_queue) as t:
+        entry = next(iter(t.list()))
+        off = os.path.getsize(s.sftp_log)
+        sink = HashSink()
+        assert t.fetch("fspl-s.fspl", sink, entry) == 2000  # type: ignore[arg-type]
+        assert sink.h.hexdigest() == _sha(data)
+        list(t.list())
+        text = _sftp_log_since(s, off)
+    reqs = re.findall(r"request \d+: (?!sent)(\w+)", text.split("opendir")[0])
+    assert reqs == ["open", "read", "read", "close"], text
+
+
+@pytest.mark.parametrize("change", [b"more", None])
+def test_small_file_changed_since_listing(sftp_queue: SFTPQueue, change: bytes | None) -> None:
+    from fspl_gateway.transports.base import ListingChangedError
+
+    f = sftp_queue.jobs / "fspl-g.fspl"
+    f.write_bytes(b"x" * 2000)
+    with _t(sftp_queue) as t:
+        entry = next(iter(t.list()))
+        if change is None:
+            f.write_bytes(b"x" * 1500)  # shrank
+        else:
+            with open(f, "ab") as w:
+                w.write(change)  # grew
+        sink = HashSink()
+        with pytest.raises(ListingChangedError):
+            t.fetch("fspl-g.fspl", sink, entry)  # type: ignore[arg-type]
+        assert sink.n <= 2001
+        f.write_bytes(b"y" * 2000)  # the channel is still in step
+        assert t.fetch("fspl-g.fspl", HashSink(), entry) == 2000  # type: ignore[arg-type]
+
+
 # -- temporaries ----------------------------------------------------------------------
 def test_cleanup_temporaries_rule(sftp_queue: SFTPQueue) -> None:
     j = sftp_queue.jobs
@@ -561,7 +614,8 @@ def test_concurrent_fetches_and_writes(sftp_queue: SFTPQueue) -> None:
             for lst in lists:
                 assert set(blobs) <= set(lst.result())
         assert t.pool.nchan <= 3
-        assert t.stats["connects"] == 1
+        # one connection; on the OpenSSH path one ssh per channel
+        assert t.stats["connects"] == 1 or _openssh(sftp_queue) and t.stats["connects"] <= 3
     for i, name in enumerate(written):
         assert (j / name).read_bytes() == _pattern(300_000, seed=100 + i)
     assert not [n for n in os.listdir(j) if n.startswith(TMP_PREFIX)]
@@ -579,3 +633,196 @@ def test_open_stream_while_using_transport(sftp_queue: SFTPQueue) -> None:
         t.fetch("fspl-s.fspl", sink)  # type: ignore[arg-type]
         assert head + f.read() == data
         assert sink.h.hexdigest() == _sha(data)
+
+
+def test_open_streams_reuse_their_channel(sftp_queue: SFTPQueue) -> None:
+    """A finished stream's channel serves the next open() (on the OpenSSH path a new
+    channel is a new ssh process), also after a stream closed half-read."""
+    data = _pattern(3 * MiB, seed=2)
+    (sftp_queue.jobs / "fspl-o.fspl").write_bytes(data)
+    with _t(sftp_queue, connections=1) as t:
+        assert [e.name for e in t.list()] == ["fspl-o.fspl"]
+        before = t.stats["connects"]
+        for _ in range(3):
+            with t.open("fspl-o.fspl") as f:
+                assert f.read(1000) == data[:1000]  # closed half-read
+        with t.open("fspl-o.fspl") as f:
+            assert f.read() == data
+        # one more channel for the streams, reused; paramiko: the same connection
+        assert t.stats["connects"] - before == (1 if _openssh(sftp_queue) else 0)
+        with pytest.raises(RemoteNotFoundError):
+            t.open("fspl-none.fspl")
+        with t.open("fspl-o.fspl") as f:
+            assert f.read(10) == data[:10]
+        assert t.stats["connects"] - before == (1 if _openssh(sftp_queue) else 0)
+
+
+# -- the OpenSSH data path ------------------------------------------------------------
+def _ssh_children() -> list[int]:
+    """PIDs of the ``ssh`` processes this test process started (the transport's)."""
+    from tests.fixtures.sshd import _children_of
+
+    out = []
+    for pid in _children_of(os.getpid()):
+        try:
+            with open(f"/proc/{pid}/comm") as f:
+                if f.read().strip() == "ssh":
+                    out.append(pid)
+        except OSError:
+            pass
+    return out
+
+
+def _kill_ssh() -> int:
+    n = 0
+    for pid in _ssh_children():
+        try:
+            os.kill(pid, 9)
+            n += 1
+        except ProcessLookupError:
+            pass
+    return n
+
+
+def test_openssh_command_line(sftp_queue: SFTPQueue, tmp_path: Path) -> None:
+    """Our options become ssh options; host-key checking is never left to the user's
+    config (BatchMode, StrictHostKeyChecking on the command line)."""
+    if not _openssh(sftp_queue):
+        pytest.skip("the OpenSSH data path only")
+    s = sftp_queue.sshd
+    t = _t(sftp_queue, ssh="openssh", allow_agent=False)
+    argv = t._openssh().argv
+    joined = " ".join(argv)
+    assert argv[-3:] == ["-s", s.host, "sftp"]
+    for want in ("BatchMode=yes", "StrictHostKeyChecking=yes", f"-i {s.identity_file}",
+                 f"-p {s.port}", f"-l {s.user}", "IdentityAgent=none",
+                 f"-F {sftp_queue.options['ssh_config']}"):
+        assert want in joined, (want, argv)
+    kh = next(a for a in argv if a.startswith("UserKnownHostsFile="))
+    # the option's file first: ssh records new keys in the first one
+    assert kh.split("=", 1)[1].split()[0] == s.known_hosts
+    assert "HostKeyAlias" not in joined
+    argv = _t(sftp_queue, ssh="openssh", accept_new_host_key=True,
+              ssh_config="none")._openssh().argv
+    assert "StrictHostKeyChecking=accept-new" in argv and argv[argv.index("-F") + 1] == "none"
+    with pytest.raises(ConfigError, match="bad SSH host"):
+        SFTPTransport(f"-oProxyCommand=touch%20x{sftp_queue.path}",
+                      {**sftp_queue.options, "ssh": "openssh"})._openssh()
+
+
+def test_openssh_custom_command(sftp_queue: SFTPQueue, tmp_path: Path) -> None:
+    if not _openssh(sftp_queue):
+        pytest.skip("the OpenSSH data path only")
+    log = tmp_path / "argv.log"
+    wrapper = tmp_path / "my ssh"
+    wrapper.write_text(f'#!/bin/sh\necho "$@" >> "{log}"\nexec ssh "$@"\n')
+    wrapper.chmod(0o755)
+    (sftp_queue.jobs / "fspl-c.fspl").write_bytes(b"c")
+    cmd = f"'{wrapper}' -o Compression=no -o StrictHostKeyChecking=no"
+    with _t(sftp_queue, ssh="openssh", ssh_command=cmd) as t:
+        assert [e.name for e in t.list()] == ["fspl-c.fspl"]
+    line = log.read_text()
+    assert "-o Compression=no" in line and line.rstrip().endswith("sftp")
+    # the host-key rules come first (ssh keeps the first value): a command cannot
+    # weaken them
+    assert line.startswith("-o BatchMode=yes -o StrictHostKeyChecking=yes "), line
+    empty = tmp_path / "empty_known_hosts"
+    empty.write_text("")
+    t = _t(sftp_queue, ssh="openssh", ssh_command=cmd, known_hosts=str(empty))
+    with pytest.raises(HostKeyError, match="unknown SSH host"):
+        list(t.list())
+
+
+def test_ssh_choice(sftp_queue: SFTPQueue, tmp_path: Path,
+                    monkeypatch: pytest.MonkeyPatch) -> None:
+    if not _openssh(sftp_queue):
+        pytest.skip("the OpenSSH data path only")
+    assert _t(sftp_queue, ssh="auto").ssh == "openssh"
+    monkeypatch.setenv("FSPL_GW_SSH_PASSPHRASE", "x")  # only paramiko reads it
+    assert _t(sftp_queue, ssh="auto").ssh == "paramiko"
+    monkeypatch.delenv("FSPL_GW_SSH_PASSPHRASE")
+    monkeypatch.setenv("PATH", str(tmp_path))  # no ssh on PATH
+    assert _t(sftp_queue, ssh="auto").ssh == "paramiko"
+    with pytest.raises(ConfigError, match="no ssh command found"):
+        _t(sftp_queue, ssh="openssh")
+    with pytest.raises(ConfigError, match="ssh"):
+        _t(sftp_queue, ssh="putty")
+    t = _t(sftp_queue, ssh="openssh", ssh_command=str(tmp_path / "nope"))
+    with pytest.raises(ConfigError, match="cannot run the ssh command") as ei:
+        list(t.list())
+    assert "\n" not in str(ei.value)
+
+
+def test_ssh_dies_mid_fetch(sftp_queue: SFTPQueue) -> None:
+    """Killing the ssh client mid-transfer: a retryable error, then a clean retry."""
+    if not _openssh(sftp_queue):
+        pytest.skip("the OpenSSH data path only")
+    size = 32 * MiB
+    data = _pattern(size, seed=4)
+    (sftp_queue.jobs / "fspl-big.fspl").write_bytes(data)
+    killed: list[int] = []
+
+    def kill_once(n: int) -> None:
+        if n >= 4 * MiB and not killed:
+            killed.append(_kill_ssh())
+
+    with _t(sftp_queue, ssh="openssh") as t:
+        entry = next(iter(t.list()))
+        sink = HashSink(kill_once)
+        with pytest.raises(TransientError, match="connection lost"):
+            t.fetch("fspl-big.fspl", sink, entry)  # type: ignore[arg-type]
+        assert killed == [1] and sink.n < size
+        out = HashSink()
+        assert POLICY.call(lambda: t.fetch("fspl-big.fspl", out, entry),  # type: ignore[arg-type]
+                           "fetch") == size
+        assert out.h.hexdigest() == _sha(data)
+    assert _ssh_children() == [], "ssh processes left behind"
+
+
+def test_ssh_dies_mid_upload(sftp_queue: SFTPQueue) -> None:
+    if not _openssh(sftp_queue):
+        pytest.skip("the OpenSSH data path only")
+    size = 32 * MiB
+    j = sftp_queue.jobs
+
+    class KillingReader(PatternReader):
+        def read(self, n: int = -1) -> bytes:
+            if self.pos >= 4 * MiB and self.pos - n < 4 * MiB:
+                _kill_ssh()
+            return super().read(n)
+
+    with _t(sftp_queue, ssh="openssh") as t:
+        with pytest.raises(TransientError):
+            t.write_new("fspl-up.fspl", KillingReader(size, seed=6), size)
+        assert "fspl-up.fspl" not in os.listdir(j), "a partial file under the final name"
+        leftovers = [n for n in os.listdir(j) if n.startswith(TMP_PREFIX)]
+        assert POLICY.call(t.cleanup_temporaries, "cleanup") == len(leftovers)
+        t.write_new("fspl-up.fspl", PatternReader(size, seed=6), size)
+        assert os.listdir(j) == ["fspl-up.fspl"]
+        assert _sha((j / "fspl-up.fspl").read_bytes()) == _sha(_pattern(size, seed=6))
+
+
+def test_link_cut_mid_fetch(sftp_queue: SFTPQueue) -> None:
+    """The network (a TCP proxy) cuts the connection mid-transfer: retryable on both data
+    paths, and the next call reconnects."""
+    from tests.fixtures.tcpproxy import TcpProxy
+
+    s = sftp_queue.sshd
+    size = 16 * MiB
+    data = _pattern(size, seed=8)
+    (sftp_queue.jobs / "fspl-c.fspl").write_bytes(data)
+    with TcpProxy(s.port) as proxy:
+        t = SFTPTransport(f"{s.user}@127.0.0.1:{proxy.port}{sftp_queue.path}",
+                          sftp_queue.options)
+        t.hostkeys.entry = f"[{s.host}]:{s.port}"  # the proxy's port is not in known_hosts
+        with t:
+            entry = next(iter(t.list()))
+            proxy.cut_after(2 * MiB)
+            sink = HashSink()
+            with pytest.raises(TransientError):
+                t.fetch("fspl-c.fspl", sink, entry)  # type: ignore[arg-type]
+            assert sink.n < size
+            out = HashSink()
+            assert POLICY.call(lambda: t.fetch("fspl-c.fspl", out, entry),  # type: ignore[arg-type]
+                               "fetch") == size
+            assert out.h.hexdigest() == _sha(data)

@@ -1,4 +1,5 @@
-"""SFTP transport (paramiko): a remote queue directory on any SSH server.
+"""SFTP transport: a remote queue directory on any SSH server, through the system ``ssh``
+(the OpenSSH data path, the default where there is one) or paramiko.
 
 One module per concern:
 
@@ -9,6 +10,8 @@ One module per concern:
 * :mod:`.auth` — public keys: identity files, the ssh-agent, a passphrase from the
   environment;
 * :mod:`.pool` — one SSH connection per transport, a pool of SFTP channels, reconnects;
+* :mod:`.openssh` — the OpenSSH data path: one ``ssh -s HOST sftp`` per channel, our
+  options mapped onto ssh's, its failures summarised in one line;
 * :mod:`.protocol` — the SFTP requests, pipelined (reads, writes, removes), fsync and the
   no-clobber rename, with errors mapped to ours;
 * :mod:`.transport` — :class:`SFTPTransport`, the Transport interface over them, and the

@@ -33,17 +33,23 @@ class Authenticator:
         self.passphrase_env = passphrase_env
         self.allow_agent = allow_agent
 
+    def check_files(self) -> None:
+        """AuthError for a named identity file that does not exist (both data paths)."""
+        if self.explicit:
+            for path in self.identity_files:
+                if not os.path.exists(path):
+                    raise AuthError(f"identity file {path} does not exist")
+
     def identity_keys(self) -> list[tuple[str, paramiko.PKey]]:
         files = self.identity_files
         if not files:
             files = [os.path.expanduser(f"~/.ssh/id_{k}") for k in DEFAULT_IDENTITIES]
+        self.check_files()
         pw = os.environ.get(self.passphrase_env) or None
         passphrase = pw.encode() if pw else None  # bytes: paramiko 5 fails on str
         keys: list[tuple[str, paramiko.PKey]] = []
         for path in files:
             if not os.path.exists(path):
-                if self.explicit:
-                    raise AuthError(f"identity file {path} does not exist")
                 continue
             try:
                 keys.append((path, paramiko.PKey.from_path(path, passphrase)))

@@ -107,12 +107,20 @@ class HostKeyPolicy:
             f"intercepting the connection (or the host key was replaced); refusing to connect"
         )
 
-    def record(self, key: paramiko.PKey) -> None:
+    def make_record_dir(self) -> None:
+        """Create the directory of the file new keys are recorded in (mode 0700)."""
         path = self.record_file()
         d = os.path.dirname(path)
         try:
             if d and not os.path.isdir(d):
                 os.makedirs(d, mode=0o700, exist_ok=True)
+        except OSError as e:
+            raise HostKeyError(f"cannot record the host key in {path}: {e.strerror}") from None
+
+    def record(self, key: paramiko.PKey) -> None:
+        path = self.record_file()
+        self.make_record_dir()
+        try:
             line = f"{self.entry} {key.get_name()} {key.get_base64()}\n"
             fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
             with os.fdopen(fd, "a") as f:

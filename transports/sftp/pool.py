@@ -1,5 +1,7 @@
 """Connections and channels: one SSH connection per transport, carrying a pool of SFTP
-channels (one per concurrent call), reconnected when it drops.
+channels (one per concurrent call), reconnected when it drops.  On the OpenSSH data path
+(:mod:`.openssh`) the "connection" only spawns ``ssh`` processes, one per channel: a
+channel whose process died is dropped and the next call starts a fresh one.
 
 :func:`open_connection` makes one connection: TCP, the SSH handshake (asking first for
 the host key types known for the host), the host key check, public-key authentication.
@@ -29,10 +31,12 @@ from fspl_gateway.core.errors import (
 from fspl_gateway.core.log import get_logger
 from fspl_gateway.transports.sftp.auth import Authenticator
 from fspl_gateway.transports.sftp.hostkeys import HostKeyPolicy
-from fspl_gateway.transports.sftp.protocol import Channel, Connection
+from fspl_gateway.transports.sftp.protocol import Channel, Connection, Link
 
 log = get_logger(__name__)
 
+#: Channels of finished open() streams kept for the next ones.
+MAX_SPARE = 2
 #: Seconds between SSH keepalives on an idle connection.
 KEEPALIVE = 30
 
@@ -82,7 +86,7 @@ def open_connection(host: str, port: int, timeout: float, hostkeys: HostKeyPolic
 class ChannelPool:
     """Up to ``max_channels`` SFTP channels on one connection made by ``connect``."""
 
-    def __init__(self, connect: Callable[[], Connection], where: str, what: str,
+    def __init__(self, connect: Callable[[], Link], where: str, what: str,
                  max_channels: int) -> None:
         self._connect = connect
         self.where = where  # the host entry, for messages
@@ -90,8 +94,11 @@ class ChannelPool:
         self.max_channels = max_channels
         self._lock = threading.Condition()
         self._connect_lock = threading.Lock()
-        self._conn: Connection | None = None
+        self._conn: Link | None = None
         self._idle: list[Channel] = []
+        #: Channels of finished :meth:`~.SFTPTransport.open` streams, kept for the next
+        #: one (on the OpenSSH path a new channel is a new ssh process).
+        self._spare: list[Channel] = []
         self.nchan = 0
         self._closed = False
 
@@ -100,11 +107,11 @@ class ChannelPool:
         with self._lock:
             self.max_channels = max(self.max_channels, n)
 
-    def connection(self) -> Connection:
+    def connection(self) -> Link:
         """The live SSH connection, connecting (once) if there is none."""
         with self._connect_lock:
             c = self._conn
-            if c is not None and c.transport.is_active():
+            if c is not None and c.is_active():
                 return c
             if c is not None:
                 log.debug("sftp: the connection to %s was lost; reconnecting", self.where)
@@ -114,7 +121,21 @@ class ChannelPool:
             return self._conn
 
     def new_channel(self) -> Channel:
-        """A channel outside the pool (the caller closes it)."""
+        """A channel outside the pool (the caller closes it or gives it back with
+        :meth:`give_back`)."""
+        stale: list[Channel] = []
+        with self._lock:
+            while self._spare:
+                ch = self._spare.pop()
+                if ch.alive() and ch.conn is self._conn:
+                    break
+                stale.append(ch)
+            else:
+                ch = None
+        for old in stale:
+            old.close()
+        if ch is not None:
+            return ch
         conn = self.connection()
         try:
             return Channel(conn)
@@ -155,6 +176,16 @@ class ChannelPool:
                 self._lock.notify()
             raise
 
+    def give_back(self, ch: Channel) -> None:
+        """Keep a channel of :meth:`new_channel` (in step, not broken) for the next one;
+        close it if there are enough already."""
+        with self._lock:
+            if (not self._closed and ch.alive() and ch.conn is self._conn
+                    and len(self._spare) < MAX_SPARE):
+                self._spare.append(ch)
+                return
+        ch.close()
+
     def release(self, ch: Channel, broken: bool) -> None:
         with self._lock:
             if broken or self._closed or not ch.alive():
@@ -183,7 +214,7 @@ class ChannelPool:
 
     def drop_if_dead(self, ch: Channel) -> None:
         """Forget the connection of ``ch`` if it is gone (the next call reconnects)."""
-        if not ch.conn.transport.is_active():
+        if not ch.conn.is_active():
             with self._connect_lock:
                 if self._conn is ch.conn:
                     self._conn = None
@@ -194,6 +225,8 @@ class ChannelPool:
             self._closed = True
             idle, self._idle = self._idle, []
             self.nchan -= len(idle)
+            idle += self._spare
+            self._spare = []
         for ch in idle:
             ch.close()
         with self._connect_lock:

@@ -23,6 +23,7 @@ import contextlib
 import errno
 import io
 import posixpath
+import typing
 from collections import deque
 from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass
@@ -42,6 +43,7 @@ from paramiko.sftp import (
     CMD_READDIR,
     CMD_REMOVE,
     CMD_RENAME,
+    CMD_STATUS,
     CMD_WRITE,
     SFTP_FLAG_CREATE,
     SFTP_FLAG_EXCL,
@@ -66,7 +68,7 @@ DEFAULT_CHUNK = 32768
 MAX_CHUNK = 256 * 1024
 #: Requests kept in flight per transfer (pipelining).
 PIPELINE_DEPTH = 16
-#: REMOVE requests kept in flight by :meth:`Protocol.remove_many`.
+#: REMOVE requests sent together (one write) by :meth:`Protocol.remove_many`.
 DELETE_PIPELINE = 64
 _SFTP_VERSION = 3
 
@@ -77,14 +79,38 @@ def _int64(n: int) -> Any:
 
 @dataclass
 class Connection:
-    """One SSH connection (it carries the channels)."""
+    """One SSH connection made by paramiko: it carries the channels.  (The OpenSSH data
+    path has its own, :class:`~fspl_gateway.transports.sftp.openssh.OpenSSHConnection`,
+    with the same three methods.)"""
 
     transport: paramiko.Transport
     timeout: float
 
+    def is_active(self) -> bool:
+        return bool(self.transport.is_active())
+
+    def open_sftp(self) -> Client:
+        """A new SFTP session (a channel with the ``sftp`` subsystem)."""
+        chan = self.transport.open_session(timeout=self.timeout)
+        chan.settimeout(self.timeout)
+        chan.invoke_subsystem("sftp")
+        return Client(chan)
+
     def close(self) -> None:
         with contextlib.suppress(Exception):
             self.transport.close()
+
+
+class Link(typing.Protocol):
+    """What a channel needs of its connection (paramiko's or OpenSSH's)."""
+
+    timeout: float
+
+    def is_active(self) -> bool: ...
+
+    def open_sftp(self) -> Client: ...
+
+    def close(self) -> None: ...
 
 
 class Client(SFTPClient):
@@ -112,16 +138,77 @@ class Client(SFTPClient):
                 break
         return int(version)
 
+    def _read_packet(self) -> tuple[int, bytes]:
+        """One packet; over OpenSSH's pipe read with ``recv_into`` into one buffer and
+        copied once (paramiko's own loop re-copies what it has for every piece
+        received, then once more to strip the type byte)."""
+        recv_into = getattr(self.sock, "recv_into", None)
+        if recv_into is None:
+            t, data = super()._read_packet()
+            return int(t), bytes(data)
+        size = int.from_bytes(self._recv_exactly(recv_into, 4), "big")
+        if size >> 24:
+            raise SFTPError("Garbage packet received")
+        if not size:
+            return 0, b""
+        buf = self._recv_exactly(recv_into, size)
+        return buf[0], bytes(memoryview(buf)[1:])
+
+    def read_data(self, num: int) -> memoryview | None:
+        """The answer to READ request ``num`` (the next one: OpenSSH answers in order):
+        its bytes, or None at end of file.  Over OpenSSH's pipe the bytes are a view of
+        the received packet (no copy); other errors are raised as paramiko raises
+        them."""
+        recv_into = getattr(self.sock, "recv_into", None)
+        if recv_into is None:
+            try:
+                t, msg = self._read_response(num)
+            except EOFError:
+                return None
+            if t != CMD_DATA:
+                raise SFTPError("expected data")
+            return memoryview(msg.get_string())
+        try:
+            size = int.from_bytes(self._recv_exactly(recv_into, 4), "big")
+            if size >> 24 or size < 5:
+                raise SFTPError("Garbage packet received")
+            buf = self._recv_exactly(recv_into, size)
+        except EOFError as e:
+            raise paramiko.SSHException(f"Server connection dropped: {e}") from None
+        t = buf[0]
+        got = int.from_bytes(buf[1:5], "big")
+        with self._lock:
+            self._expecting.pop(got, None)
+        if got != num:
+            raise SFTPError(f"answer {got} out of order (expected {num})")
+        if t == CMD_STATUS:
+            self._convert_status(Message(bytes(buf[5:])))  # EOFError at end of file
+            raise SFTPError("expected data")
+        if t != CMD_DATA or size < 9:
+            raise SFTPError("expected data")
+        n = int.from_bytes(buf[5:9], "big")
+        return memoryview(buf)[9:9 + n]
+
+    @staticmethod
+    def _recv_exactly(recv_into: Callable[[Any], int], n: int) -> bytearray:
+        buf = bytearray(n)
+        view = memoryview(buf)
+        got = 0
+        while got < n:
+            k = recv_into(view[got:])
+            if not k:
+                raise EOFError()
+            got += k
+        return buf
+
 
 class Channel:
-    """One SFTP channel on a connection, with the server's limits."""
+    """One SFTP session on a connection (a paramiko channel, or an ``ssh`` process),
+    with the server's limits."""
 
-    def __init__(self, conn: Connection) -> None:
+    def __init__(self, conn: Link) -> None:
         self.conn = conn
-        chan = conn.transport.open_session(timeout=conn.timeout)
-        chan.settimeout(conn.timeout)
-        chan.invoke_subsystem("sftp")
-        self.sftp = Client(chan)
+        self.sftp = conn.open_sftp()
         ext = self.sftp.extensions
         self.has_fsync = "fsync@openssh.com" in ext
         self.read_chunk = self.write_chunk = DEFAULT_CHUNK
@@ -137,12 +224,29 @@ class Channel:
                 pass
 
     def alive(self) -> bool:
-        return (self.conn.transport.is_active() and not self.sftp.sock.closed
+        return (self.conn.is_active() and not self.sftp.sock.closed
                 and not self.sftp.sock.eof_received)
 
     def close(self) -> None:
         with contextlib.suppress(Exception):
             self.sftp.close()
+
+
+@contextlib.contextmanager
+def corked(ch: Channel) -> Iterator[None]:
+    """The requests sent inside go out in one write where the stream can hold them (the
+    OpenSSH path: one SSH packet instead of several small ones, see
+    :meth:`~fspl_gateway.transports.sftp.openssh.PipeStream.cork`)."""
+    sock = ch.sftp.sock
+    cork = getattr(sock, "cork", None)
+    if cork is None:
+        yield
+        return
+    cork()
+    try:
+        yield
+    finally:
+        sock.uncork()
 
 
 def is_conn_error(e: BaseException) -> bool:
@@ -218,7 +322,7 @@ class Protocol:
 
     # -- reading ---------------------------------------------------------------------
     def read_chunks(self, ch: Channel, path: str, handle: bytes,
-                    size_hint: int | None) -> Generator[bytes, None, None]:
+                    size_hint: int | None) -> Generator[memoryview, None, None]:
         """Yield the file's bytes in order, keeping PIPELINE_DEPTH reads in flight.
 
         OpenSSH answers requests in order, so responses are awaited FIFO.  At most one
@@ -231,31 +335,30 @@ class Protocol:
         probe_sent = False
         try:
             while True:
-                while len(outstanding) < PIPELINE_DEPTH:
-                    if size_hint is not None and next_off >= size_hint:
-                        if probe_sent:
-                            break
-                        probe_sent = True
-                    n = chunk
-                    if size_hint is not None and next_off < size_hint:
-                        n = min(chunk, size_hint - next_off)
-                    with self.remote(ch, path, "read"):
+                with self.remote(ch, path, "read"), corked(ch):
+                    while len(outstanding) < PIPELINE_DEPTH:
+                        if size_hint is not None and next_off >= size_hint:
+                            if probe_sent:
+                                break
+                            probe_sent = True
+                        n = chunk
+                        if size_hint is not None and next_off < size_hint:
+                            n = min(chunk, size_hint - next_off)
                         num = sftp._async_request(type(None), CMD_READ, handle,
                                                   _int64(next_off), n)
-                    outstanding.append((num, next_off, n))
-                    next_off += n
+                        outstanding.append((num, next_off, n))
+                        next_off += n
                 if not outstanding:
                     return
                 num, off, n = outstanding.popleft()
                 with self.remote(ch, path, "read"):
                     try:
-                        t, msg = sftp._read_response(num)
+                        data = sftp.read_data(num)
                     except EOFError:  # the SFTP EOF status (a dropped link is SSHException)
+                        data = None
+                    if data is None:
                         self.drain(ch, outstanding)
                         return
-                    if t != CMD_DATA:
-                        raise SFTPError("expected data")
-                    data = msg.get_string()
                 if not data:
                     continue
                 if off >= (size_hint if size_hint is not None else off + 1):
@@ -272,6 +375,39 @@ class Protocol:
                 # the consumer stopped early or failed: leave the channel in sync
                 with contextlib.suppress(Exception):
                     self.drain(ch, outstanding)
+
+    def read_small(self, ch: Channel, path: str, handle: bytes, size: int) -> list[bytes]:
+        """Read a whole file of ``size`` bytes (at most one request) and close its handle
+        in one round trip: a READ of ``size`` bytes, a 1-byte READ at ``size`` (end of
+        file, unless the file grew) and the CLOSE are sent together, then answered in
+        order.  Returns what the reads returned (the caller checks the sizes)."""
+        sftp = ch.sftp
+        out: list[bytes] = []
+        outstanding: deque[int] = deque()
+        try:
+            with self.remote(ch, path, "read"):
+                with corked(ch):
+                    if size:
+                            outstanding.append(sftp._async_request(type(None), CMD_READ, handle,
+                                                               _int64(0), size))
+                    outstanding.append(sftp._async_request(type(None), CMD_READ, handle,
+                                                           _int64(size), 1))
+                    outstanding.append(sftp._async_request(type(None), CMD_CLOSE, handle))
+                while len(outstanding) > 1:
+                    try:
+                        t, msg = sftp._read_response(outstanding.popleft())
+                    except EOFError:  # the SFTP EOF status
+                        continue
+                    if t != CMD_DATA:
+                        raise SFTPError("expected data")
+                    out.append(msg.get_string())
+            with self.remote(ch, path, "close"):
+                sftp._read_response(outstanding.popleft())
+        finally:
+            if outstanding:
+                with contextlib.suppress(Exception), self.remote(ch, path, "read"):
+                    self.drain(ch, outstanding)
+        return out
 
     def listdir(self, ch: Channel, path: str) -> list[tuple[str, SFTPAttributes]]:
         """(name, lstat attributes) of every entry of directory ``path`` (names decoded
@@ -416,25 +552,28 @@ class Protocol:
                     raise  # the link is gone: the caller retries what is left
                 errors[name] = e
 
-        for name, path in todo:
-            with self.remote(ch, path, "delete"):
-                num = sftp._async_request(type(None), CMD_REMOVE, path)
-            outstanding.append((num, name, path))
-            while len(outstanding) >= DELETE_PIPELINE:
+        for i in range(0, len(todo), DELETE_PIPELINE):
+            group = todo[i:i + DELETE_PIPELINE]
+            with self.remote(ch, group[0][1], "delete"), corked(ch):
+                for name, path in group:
+                    num = sftp._async_request(type(None), CMD_REMOVE, path)
+                    outstanding.append((num, name, path))
+            while outstanding:
                 collect()
-        while outstanding:
-            collect()
 
 
 class Reader(io.RawIOBase):
-    """A raw stream of one remote file, pipelined, on a channel of its own (closed with
-    the stream)."""
+    """A raw stream of one remote file, pipelined, on a channel of its own; when the
+    stream is closed the channel goes to ``give_back`` if it is still in step (its
+    handle closed cleanly), else it is closed."""
 
-    def __init__(self, proto: Protocol, ch: Channel, path: str, handle: bytes) -> None:
+    def __init__(self, proto: Protocol, ch: Channel, path: str, handle: bytes,
+                 give_back: Callable[[Channel], None]) -> None:
         self._ch = ch
         self._handle = handle
+        self._give_back = give_back
         self._it = proto.read_chunks(ch, path, handle, None)
-        self._buf = b""
+        self._buf: bytes | memoryview = b""
 
     def readable(self) -> bool:
         return True
@@ -454,8 +593,11 @@ class Reader(io.RawIOBase):
             return
         try:
             self._it.close()
-            with contextlib.suppress(Exception):
+            try:
                 self._ch.sftp._request(CMD_CLOSE, self._handle)
-            self._ch.close()
+            except Exception:  # noqa: BLE001 - out of step or gone: not reused
+                self._ch.close()
+            else:
+                self._give_back(self._ch)
         finally:
             super().close()

@@ -14,7 +14,9 @@ Temporaries
     this very process but is not being written now.
 
 Connections
-    One SSH connection for the life of the object, carrying a pool of up to
+    ``ssh=openssh`` (the default where an ``ssh`` command exists): every channel is its
+    own ``ssh -s HOST sftp`` process (:mod:`.openssh`).  ``ssh=paramiko``: one SSH
+    connection for the life of the object, carrying a pool of up to
     ``connections`` SFTP channels (default 1, or the caller's concurrency up to
     :data:`MAX_AUTO_CHANNELS` when it calls ``set_concurrency`` and the option is not
     set; each call takes one channel, so the transport is thread-safe); :meth:`open`
@@ -67,8 +69,15 @@ from fspl_gateway.transports.sftp.location import (
     parse_location,
     ssh_config,
 )
+from fspl_gateway.transports.sftp.openssh import (
+    OpenSSHConnection,
+    aes_gcm_first,
+    find_ssh,
+    has_aes_instructions,
+    ssh_argv,
+)
 from fspl_gateway.transports.sftp.pool import ChannelPool, open_connection
-from fspl_gateway.transports.sftp.protocol import Channel, Connection, Protocol, Reader
+from fspl_gateway.transports.sftp.protocol import Channel, Link, Protocol, Reader
 
 log = get_logger(__name__)
 
@@ -112,6 +121,23 @@ def _tmp_name(final: str) -> str:
 
 
 OPTIONS = OptionSchema(
+    Option("ssh", OptionType.CHOICE, default="auto", choices=("auto", "openssh", "paramiko"),
+           help="The SSH client: `openssh` runs the system `ssh` (`ssh -s HOST sftp`, so "
+                "its config, agent, ControlMaster and known_hosts apply and its C crypto "
+                "is used); `paramiko` is the built-in client; `auto` is `openssh` when "
+                "an `ssh` command is found and the passphrase variable (`passphrase_env`) "
+                "is not set, else `paramiko`."),
+    Option("ssh_command", OptionType.STR,
+           default_doc="`ssh` on PATH",
+           help="The command run on the OpenSSH path (shell words, e.g. `ssh -F "
+                "~/.ssh/other`); the transport appends its own options, then `-s HOST sftp` "
+                "(BatchMode and StrictHostKeyChecking go first, so the command's words "
+                "cannot weaken them)."),
+    Option("prefer_aes_gcm", OptionType.BOOL, default=True,
+           help="On the OpenSSH path, when the CPU has AES instructions: move AES-GCM to "
+                "the front of the cipher list ssh would use anyway (`ssh -G`; nothing is "
+                "added). OpenSSH's default, chacha20-poly1305, costs both ends about twice "
+                "the CPU there."),
     Option("ssh_config", OptionType.PATH, default_doc="`~/.ssh/config`",
            help="The SSH config file to read, or `none`."),
     Option("identity_file", OptionType.PATH, multiple=True,
@@ -127,7 +153,8 @@ OPTIONS = OptionSchema(
                 "changed key is always refused."),
     Option("connections", OptionType.INT, minimum=1, unit="channels",
            default_doc=f"`1`, up to {MAX_AUTO_CHANNELS} for `--concurrency`",
-           help="SFTP channels on the one SSH connection."),
+           help="SFTP channels on the one SSH connection (on the OpenSSH path: `ssh` "
+                "processes, one per channel)."),
     Option("timeout", OptionType.DURATION, default=30.0, minimum=0.1,
            help="Connect, handshake and per-request timeout."),
     Option("connect_retries", OptionType.INT, "", deprecated="connections are retried per "
@@ -179,13 +206,51 @@ class SFTPTransport(Transport):
             list(o["known_hosts"] or ()), o["accept_new_host_key"])
         #: Counters (for tests and metrics): connects, fsyncs, dir_fsyncs.
         self.stats: dict[str, int] = {"connects": 0, "fsyncs": 0, "dir_fsyncs": 0}
+        self._loc = loc
+        self._known_hosts_given = bool(o["known_hosts"])
+        #: The data path: "openssh" (the system ssh) or "paramiko".
+        self.ssh: str = o["ssh"]
+        self._ssh_cmd = find_ssh(o["ssh_command"]) if self.ssh != "paramiko" else None
+        if self.ssh == "auto":
+            self.ssh = ("openssh" if self._ssh_cmd and not os.environ.get(o["passphrase_env"])
+                        else "paramiko")
+        elif self.ssh == "openssh" and not self._ssh_cmd:
+            raise ConfigError("sftp option ssh=openssh: no ssh command found on PATH "
+                              "(install openssh-client, set ssh_command, or use ssh=paramiko)")
         self.pool = ChannelPool(self._connect, entry, self.describe(), o["connections"] or 1)
         self.proto = Protocol(entry, self.pool.drop_if_dead, self.stats)
 
-    def _connect(self) -> Connection:
+    def _connect(self) -> Link:
+        if self.ssh == "openssh":
+            return self._openssh()
         conn = open_connection(self.host, self.port, self.timeout, self.hostkeys, self.auth)
         self.stats["connects"] += 1
         return conn
+
+    def _openssh(self) -> OpenSSHConnection:
+        """The OpenSSH "connection": it runs one ``ssh`` per channel (counted in
+        ``stats["connects"]``)."""
+        assert self._ssh_cmd is not None
+        self.auth.check_files()
+        if self.hostkeys.accept_new:
+            self.hostkeys.make_record_dir()  # ssh does not create it
+        natural = host_entry(self.host, self.port)
+        loc = self._loc
+        argv = ssh_argv(
+            self._ssh_cmd, host=loc.host, user=loc.user, port=loc.port,
+            config=self.settings["ssh_config"], identity_files=self.auth.identity_files,
+            allow_agent=self.auth.allow_agent, hostkeys=self.hostkeys,
+            known_hosts_given=self._known_hosts_given,
+            host_key_alias=self.hostkeys.entry if self.hostkeys.entry != natural else None,
+            timeout=self.timeout)
+        if self.settings["prefer_aes_gcm"] and has_aes_instructions():
+            argv = aes_gcm_first(argv, self.timeout)
+        tried = ", ".join(self.auth.identity_files) or "ssh's default keys"
+        if self.auth.allow_agent:
+            tried += " and the ssh-agent"
+        return OpenSSHConnection(argv, self.timeout, entry=self.hostkeys.entry,
+                                 user=self.user, hostkeys=self.hostkeys, tried=tried,
+                                 stats=self.stats)
 
     @property
     def max_channels(self) -> int:
@@ -235,34 +300,55 @@ class SFTPTransport(Transport):
         try:
             with self.proto.remote(ch, path, "open"):
                 handle = self.proto.open_handle(ch, path, SFTP_FLAG_READ)
+        except RemoteNotFoundError:
+            self.pool.give_back(ch)  # a clean answer: the channel is in step
+            raise
         except BaseException:
             ch.close()
             raise
-        return io.BufferedReader(Reader(self.proto, ch, path, handle), buffer_size=1 << 20)
+        return io.BufferedReader(Reader(self.proto, ch, path, handle, self.pool.give_back),
+                                 buffer_size=1 << 20)
 
     def fetch(self, name: str, dst: BinaryIO, entry: RemoteEntry | None = None) -> int:
         self.check_name(name)
         path = self._path(name)
         proto = self.proto
         where = f"{path} on {self._host_entry}"
+        expected = entry.size if entry is not None else None
         n = 0
+
+        def take(data: bytes | memoryview) -> None:
+            nonlocal n
+            if expected is not None and n + len(data) > expected:
+                data = data[:expected + 1 - n]  # never accept more than listed
+            dst.write(data)  # local errors propagate unchanged
+            n += len(data)
+            check_not_more(where, n, expected)
+
         with self.pool.use() as ch:
             with proto.remote(ch, path, "open"):
                 handle = proto.open_handle(ch, path, SFTP_FLAG_READ)
-            chunks: Iterator[bytes] | None = None
+            if expected is not None and expected <= ch.read_chunk:
+                # a small file: its reads and the CLOSE in one round trip
+                got = proto.read_small(ch, path, handle, expected)
+                if sum(len(d) for d in got) >= expected:
+                    for piece in got:
+                        take(piece)
+                    check_listed_size(where, n, entry)
+                    return n
+                # a short read (the file shrank, or a server that reads less than
+                # asked): read it again the general way, which tells the two apart
+                with proto.remote(ch, path, "open"):
+                    handle = proto.open_handle(ch, path, SFTP_FLAG_READ)
+            chunks: Iterator[memoryview] | None = None
             try:
-                expected = entry.size if entry is not None else None
                 if expected is None:
                     with proto.remote(ch, path, "stat"):
                         t, msg = ch.sftp._request(CMD_FSTAT, handle)
                         expected = SFTPAttributes._from_msg(msg).st_size
                 chunks = proto.read_chunks(ch, path, handle, expected)
-                for data in chunks:
-                    if expected is not None and n + len(data) > expected:
-                        data = data[:expected + 1 - n]  # never accept more than listed
-                    dst.write(data)  # local errors propagate unchanged
-                    n += len(data)
-                    check_not_more(where, n, expected)
+                for view in chunks:
+                    take(view)
             finally:
                 if chunks is not None:
                     chunks.close()  # type: ignore[attr-defined]

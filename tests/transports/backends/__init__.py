@@ -20,7 +20,7 @@ from typing import Any
 from fspl_gateway.transports.base import Transport
 from fspl_gateway.transports.wrapper import DelegatingTransport
 
-BACKENDS = ["local", "media_dir", "media_iso", "s3", "sftp", "dropbox"]
+BACKENDS = ["local", "media_dir", "media_iso", "s3", "sftp", "sftp_paramiko", "dropbox"]
 #: The wrappers the suite also runs every backend through (name → wrap function).
 WRAPPERS = ["watch"]
 #: The big-file test through a wrapper: flat memory shows at this size already.

@@ -1,5 +1,6 @@
-"""Conformance backend for the ``sftp`` transport, against the real OpenSSH ``sshd`` of
-tests/fixtures/sshd.py.
+"""Conformance backends for the ``sftp`` transport, against the real OpenSSH ``sshd`` of
+tests/fixtures/sshd.py: ``sftp`` on the OpenSSH data path (the system ``ssh``, the
+default where there is one) and ``sftp_paramiko`` on paramiko's.
 
 Each ``make()`` is a fresh directory (with an empty ``jobs/``) under pytest's tmp dir,
 reached as ``user@127.0.0.1:PORT/<abs path>``.  sshd serves the local file system, so
@@ -43,6 +44,17 @@ def _raw_names(t: Transport) -> list[str]:
 @pytest.fixture
 def backend_sftp(sshd: SSHD, tmp_path_factory: pytest.TempPathFactory,
                  monkeypatch: pytest.MonkeyPatch) -> Iterator[Backend]:
+    yield from _backend("openssh", sshd, tmp_path_factory, monkeypatch)
+
+
+@pytest.fixture
+def backend_sftp_paramiko(sshd: SSHD, tmp_path_factory: pytest.TempPathFactory,
+                          monkeypatch: pytest.MonkeyPatch) -> Iterator[Backend]:
+    yield from _backend("paramiko", sshd, tmp_path_factory, monkeypatch)
+
+
+def _backend(ssh: str, sshd: SSHD, tmp_path_factory: pytest.TempPathFactory,
+             monkeypatch: pytest.MonkeyPatch) -> Iterator[Backend]:
     from fspl_gateway.transports.sftp import SFTPTransport
 
     home = tmp_path_factory.mktemp("sftp-home")
@@ -57,10 +69,10 @@ def backend_sftp(sshd: SSHD, tmp_path_factory: pytest.TempPathFactory,
         (root / "jobs").mkdir()
         made.append(root)
         opts = {"identity_file": sshd.identity_file, "known_hosts": sshd.known_hosts,
-                "ssh_config": str(cfg), "timeout": 20}
+                "ssh_config": str(cfg), "timeout": 20, "ssh": ssh}
         return SFTPTransport(f"{sshd.user}@{sshd.host}:{sshd.port}{root}", opts)
 
-    yield Backend(name="sftp", make=make, put=_put, raw_names=_raw_names, big_size=BIG_SIZE,
+    yield Backend(name="sftp" if ssh == "openssh" else "sftp_paramiko", make=make, put=_put, raw_names=_raw_names, big_size=BIG_SIZE,
                   extra={"delete_missing_raises": True, "jobs_dir": _jobs,
                          "fifo_hangs_server": True})
     for root in made:  # do not leave big files in pytest's kept tmp dirs
