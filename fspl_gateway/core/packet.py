@@ -52,7 +52,7 @@ _SECS_MIN, _SECS_MAX = -8334632851200, 8210298412799
 _NANOS_SHOWN_MAX = 1_999_999_999
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Command:
     """A command job: extra parameters and FSPL_SET_ variables (keys without prefix)."""
 
@@ -68,7 +68,7 @@ def now_ctime() -> tuple[int, int]:
     return ns // 1_000_000_000, ns % 1_000_000_000
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Meta:
     """The decoded metadata of one packet."""
 

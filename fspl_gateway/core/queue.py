@@ -61,7 +61,7 @@ def queue_write(qdir: str, src_fd: int) -> str:
     return name
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Job:
     filename: str
     meta: Meta
