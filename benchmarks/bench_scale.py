@@ -68,6 +68,8 @@ print(json.dumps({"rc": r.returncode, "wall": wall, "cpu": ru.ru_utime + ru.ru_s
 """
 
 TASKS = ("sync", "queue-ls", "status", "queue-process")
+#: Jobs of the second sync, into the queue whose journal holds the first N.
+MORE = 1000
 
 
 @dataclass
@@ -91,12 +93,13 @@ def gw() -> list[str]:
     return [exe] if os.path.exists(exe) else [sys.executable, "-m", "fspl_gateway"]
 
 
-def write_remote(root: str, n: int, size: int) -> None:
-    """N job files under ``root/jobs`` (no fsync: they only have to exist)."""
+def write_remote(root: str, n: int, size: int, first: int = 1) -> None:
+    """N job files under ``root/jobs``, seqs from ``first`` (no fsync: they only have
+    to exist)."""
     jdir = os.path.join(root, "jobs")
     os.makedirs(jdir)
     payload = b"x" * size
-    for i in range(1, n + 1):
+    for i in range(first, first + n):
         fd = os.open(os.path.join(jdir, q.new_job_filename()),
                      os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         try:
@@ -138,6 +141,17 @@ def run_size(base: str, n: int, a: argparse.Namespace, fspl: str | None,
             res[("fspl", "queue-process", n)] = measure([fspl, "queue-process", "-q", fq,
                                                          "true"])
             assert not os.listdir(os.path.join(fq, "jobs"))
+    if "sync" in a.tasks:
+        # the journal now remembers N files of this remote: a later sync of a few more
+        # must not pay for that history
+        more = os.path.join(base, "remote-more")
+        write_remote(more, MORE, a.size, first=n + 1)
+        os.rename(os.path.join(more, "jobs"), os.path.join(remote, "jobs"))
+        os.sync()
+        res[("fspl-gw", "sync-more", n)] = measure(
+            [*g, "-l", "warn", "sync", "-t", "local", "-r", remote, "-q", queue,
+             "--settle", "0", "--no-progress"])
+        assert len(os.listdir(os.path.join(queue, "jobs"))) == MORE
 
 
 def fmt_us(sec: float, n: int) -> str:
@@ -208,6 +222,17 @@ def main() -> None:
             row += [f"{mw:.2f}× / {mc:.2f}×", f"{z.wall:.2f} s / {z.cpu:.2f} s",
                     f"{m_hi.rss / 2**20:.0f} MiB"]
             print("| " + " | ".join(row) + " |")
+    if all(("fspl-gw", "sync-more", n) in res for n in [0, *sizes]):
+        print()
+        print(f"Journal history: a sync of {MORE:,} more jobs of the same remote into the "
+              "queue afterwards (the journal then holds N + 1,000 rows):")
+        print()
+        print("| N before | wall | CPU | per job (wall / CPU) |")
+        print("|---|---|---|---|")
+        for n in [0, *sizes]:
+            m = res[("fspl-gw", "sync-more", n)]
+            print(f"| {n:,} | {m.wall:.2f} s | {m.cpu:.2f} s | {fmt_us(m.wall, MORE)} / "
+                  f"{fmt_us(m.cpu, MORE)} |")
 
 
 if __name__ == "__main__":
