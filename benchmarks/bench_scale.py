@@ -148,10 +148,11 @@ def run_size(base: str, n: int, a: argparse.Namespace, fspl: str | None,
         write_remote(more, MORE, a.size, first=n + 1)
         os.rename(os.path.join(more, "jobs"), os.path.join(remote, "jobs"))
         os.sync()
+        before = len(os.listdir(os.path.join(queue, "jobs")))
         res[("fspl-gw", "sync-more", n)] = measure(
             [*g, "-l", "warn", "sync", "-t", "local", "-r", remote, "-q", queue,
              "--settle", "0", "--no-progress"])
-        assert len(os.listdir(os.path.join(queue, "jobs"))) == MORE
+        assert len(os.listdir(os.path.join(queue, "jobs"))) == before + MORE
 
 
 def fmt_us(sec: float, n: int) -> str:
