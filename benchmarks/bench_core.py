@@ -1,6 +1,13 @@
 """Core engine benchmark: fspl-gw against the real fspl, in the same run.
 
     python benchmarks/bench_core.py [--venv /tmp/fsplgw-bench] [--repeat 3] [--skip-big]
+                                    [--nop 10000] [--small 1000] [--dir DIR]
+
+queue-process runs on ``--nop`` NOP jobs (command ``true``, which NOP jobs never run:
+the queue machinery alone) and ``--small`` 200-byte command jobs into ``/bin/cat``; fspl
+and fspl-gw take turns (A B A B), best wall time and best CPU time (user+sys of the
+process tree) of ``--repeat`` rounds each.  ``--dir``: where the queues go (default: the
+system temporary directory; its file system decides what an fsync costs).
 
 Uses a fresh NON-editable install of the project in a temporary venv (created if
 missing) so that the editable-install finder does not distort start-up time; the
@@ -21,7 +28,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import env_without_fspl_set, fmt_s, peak_rss, run_timed, table  # noqa: E402
+from benchmarks.common import (  # noqa: E402
+    env_without_fspl_set,
+    fmt_s,
+    peak_rss,
+    run_interleaved,
+    run_timed,
+    table,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 GIB = 1 << 30
@@ -54,6 +68,9 @@ def main() -> None:
     ap.add_argument("--venv", default=os.path.join(tempfile.gettempdir(), "fsplgw-bench-venv"))
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--skip-big", action="store_true", help="skip the 1 GiB tasks")
+    ap.add_argument("--nop", type=int, default=10_000, help="NOP jobs for queue-process")
+    ap.add_argument("--small", type=int, default=1000, help="small jobs into /bin/cat")
+    ap.add_argument("--dir", default=None, help="where the queues go")
     args = ap.parse_args()
 
     from fspl_gateway.core.packet import Command, Meta, encode_header
@@ -73,31 +90,33 @@ def main() -> None:
                      "met?": met, "notes": note})
         print(f"{task}: fspl {fmt_s(t_f)}, fspl-gw {fmt_s(t_g)} ({ratio:.2f}x) {note}", flush=True)
 
-    with tempfile.TemporaryDirectory(prefix="bench-core-") as tmp_s:
+    with tempfile.TemporaryDirectory(prefix="bench-core-", dir=args.dir) as tmp_s:
         tmp = Path(tmp_s)
 
         # -- many small jobs ------------------------------------------------------------
-        nop = [encode_header(Meta(i, (1700000000, i), "NOP")) for i in range(1, 2001)]
+        nop = [encode_header(Meta(i, (1700000000, i), "NOP")) for i in range(1, args.nop + 1)]
         small = [encode_header(Meta(i, (1700000000, i), Command())) + b"x" * 200
-                 for i in range(1, 1001)]
+                 for i in range(1, args.small + 1)]
         for name, jobs in (("nop", nop), ("small", small)):
             make_queue(fspl, tmp / f"tmpl-{name}", jobs)
 
         def fresh(name: str) -> None:
             shutil.rmtree(tmp / "q", ignore_errors=True)
             shutil.copytree(tmp / f"tmpl-{name}", tmp / "q")
+            os.sync()  # the copy's writes are not charged to the next run's fsyncs
 
-        t = {k: run_timed([v, "queue-process", "-q", str(tmp / "q"), "true"],
-                          setup=lambda: fresh("nop"), repeat=args.repeat, env=env)
-             for k, v in tools.items()}
-        row("queue-process 2,000 NOP jobs", t["fspl"], t["gw"], 1.0)
-        t = {k: run_timed([v, "queue-process", "-q", str(tmp / "q"), "/bin/cat"],
-                          setup=lambda: fresh("small"), repeat=args.repeat, env=env)
-             for k, v in tools.items()}
-        row("queue-process 1,000 small jobs into /bin/cat", t["fspl"], t["gw"], 1.2)
+        for name, cmd, n in (("nop", "true", args.nop), ("small", "/bin/cat", args.small)):
+            tc = run_interleaved(
+                {k: [v, "queue-process", "-q", str(tmp / "q"), cmd] for k, v in tools.items()},
+                setup=lambda _k, name=name: fresh(name), repeat=args.repeat, env=env)
+            what = "NOP jobs" if name == "nop" else "small jobs into /bin/cat"
+            row(f"queue-process {n:,} {what} (wall)", tc["fspl"][0], tc["gw"][0], 1.0,
+                f"per job {tc['fspl'][0] / n * 1e6:.0f} / {tc['gw'][0] / n * 1e6:.0f} µs")
+            row(f"queue-process {n:,} {what} (CPU)", tc["fspl"][1], tc["gw"][1], 1.0,
+                f"per job {tc['fspl'][1] / n * 1e6:.0f} / {tc['gw'][1] / n * 1e6:.0f} µs")
         t = {k: run_timed([v, "queue-ls", "-q", str(tmp / "tmpl-nop")], repeat=args.repeat, env=env)
              for k, v in tools.items()}
-        row("queue-ls of 2,000 jobs", t["fspl"], t["gw"], None)
+        row(f"queue-ls of {args.nop:,} jobs", t["fspl"], t["gw"], None)
 
         # -- 1 GiB ------------------------------------------------------------------------
         if not args.skip_big:

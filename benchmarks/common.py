@@ -30,6 +30,29 @@ def run_timed(argv: Sequence[str], *, setup: Callable[[], Any] | None = None, re
     return best
 
 
+def run_interleaved(argvs: dict[str, Sequence[str]], *,
+                    setup: Callable[[str], Any] | None = None, repeat: int = 3,
+                    **kw: Any) -> dict[str, tuple[float, float]]:
+    """Each tool's best wall-clock seconds and best CPU seconds (user+sys of its process
+    tree, from RUSAGE_CHILDREN deltas, which a loaded machine disturbs less) over
+    ``repeat`` rounds, the tools taking turns (A B A B …) so that load hits both alike.
+    ``setup(tool)`` runs before each run, untimed."""
+    kw.setdefault("stdout", subprocess.DEVNULL)
+    best = {k: (float("inf"), float("inf")) for k in argvs}
+    for _ in range(repeat):
+        for k, argv in argvs.items():
+            if setup is not None:
+                setup(k)
+            r0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+            t0 = time.perf_counter()
+            subprocess.run(list(argv), check=True, **kw)
+            wall = time.perf_counter() - t0
+            r1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+            cpu = r1.ru_utime + r1.ru_stime - r0.ru_utime - r0.ru_stime
+            best[k] = (min(best[k][0], wall), min(best[k][1], cpu))
+    return best
+
+
 def peak_rss(argv: Sequence[str], **kw: Any) -> int:
     """Peak RSS in bytes of the biggest process in ``argv``'s tree (run in a fresh
     interpreter so that nothing else counts)."""

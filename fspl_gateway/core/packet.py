@@ -52,7 +52,7 @@ _SECS_MIN, _SECS_MAX = -8334632851200, 8210298412799
 _NANOS_SHOWN_MAX = 1_999_999_999
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Command:
     """A command job: extra parameters and FSPL_SET_ variables (keys without prefix)."""
 
@@ -68,7 +68,7 @@ def now_ctime() -> tuple[int, int]:
     return ns // 1_000_000_000, ns % 1_000_000_000
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Meta:
     """The decoded metadata of one packet."""
 
@@ -298,12 +298,17 @@ def read_header(read: Callable[[int], bytes]) -> tuple[Meta, int]:
     of input); return (meta, header length).  The payload is not touched."""
     prefix = read(PREFIX_LEN)
     n, metacrc = decode_prefix(prefix)
-    data = read(n)
+    return _checked_meta(read(n), n, metacrc), PREFIX_LEN + n
+
+
+def _checked_meta(data: bytes, n: int, metacrc: int) -> Meta:
+    """The metadata block ``data`` (which should be ``n`` bytes with CRC ``metacrc``)
+    checked and decoded."""
     if len(data) != n:
         raise PacketError(f"truncated packet: metadata has {len(data)} of {n} bytes")
     if zlib.crc32(data) != metacrc:
         raise PacketError("metadata CRC-32 mismatch")
-    return decode_meta(data), PREFIX_LEN + n
+    return decode_meta(data)
 
 
 def read_header_fd(fd: int) -> tuple[Meta, int]:
@@ -336,6 +341,11 @@ def read_header_path(path: str | os.PathLike[str]) -> Meta:
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:
         head = os.read(fd, _FIRST_READ)
+        if len(head) >= PREFIX_LEN:  # the usual case: the whole header in that read
+            n, metacrc = decode_prefix(head)
+            end = PREFIX_LEN + n
+            if end <= len(head):
+                return _checked_meta(head[PREFIX_LEN:end], n, metacrc)
         pos = 0
 
         def rd(n: int) -> bytes:

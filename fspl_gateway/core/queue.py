@@ -61,7 +61,7 @@ def queue_write(qdir: str, src_fd: int) -> str:
     return name
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Job:
     filename: str
     meta: Meta
@@ -145,9 +145,13 @@ def _list_names(qdir: str) -> list[str]:
 
 
 def read_meta(qdir: str, filename: str, decoder: str | None = None) -> Meta:
+    return _read_meta_path(os.path.join(jobs_dir(qdir), filename), decoder)
+
+
+def _read_meta_path(path: str, decoder: str | None) -> Meta:
     if decoder is None:
-        return read_header_path(os.path.join(jobs_dir(qdir), filename))
-    with open_job(qdir, filename, decoder) as j:
+        return read_header_path(path)
+    with OpenJob(path, decoder) as j:
         return j.meta
 
 
@@ -162,6 +166,7 @@ def scan(qdir: str, decoder: str | None = None, cache: HeaderCache | None = None
     files that cannot be read or decoded are logged and skipped.  With ``cache``, headers
     already read are not read again (and the cache drops names that are gone)."""
     entries = _list_entries(qdir)
+    jdir = jobs_dir(qdir) + "/"
     if cache is not None:
         live = set(entries)
         for k in [k for k in cache if k not in live]:
@@ -174,7 +179,7 @@ def scan(qdir: str, decoder: str | None = None, cache: HeaderCache | None = None
             yield Job(name, cache[(name, ino)])
             continue
         try:
-            meta = read_meta(qdir, name, decoder)
+            meta = _read_meta_path(jdir + name, decoder)
             if cache is not None:
                 cache[(name, ino)] = meta
         except PacketError as e:

@@ -117,6 +117,10 @@ CREATE TABLE IF NOT EXISTS signature_waits (
 """
 
 
+#: Names per ``IN (…)`` query (SQLite allows 32,766 parameters since 3.32; 999 before).
+_IN_CHUNK = 900
+
+
 def journal_path(qdir: str) -> str:
     return QueueLayout(qdir).journal
 
@@ -201,11 +205,26 @@ class Journal:
                           (direction, remote, _key(name)))
         return _file_record(rows[0]) if rows else None
 
-    def known(self, direction: str, remote: str) -> dict[str, FileRecord]:
-        """Every file recorded for one (direction, remote), by name (one query)."""
-        rows = self._exec("SELECT direction, remote, name, size, tag, sha256, seq, time, state,"
-                          " remote_deleted, detail FROM files WHERE direction=? AND remote=?",
-                          (direction, remote))
+    def known(self, direction: str, remote: str, *, names: Iterable[str] | None = None,
+              state: str | None = None) -> dict[str, FileRecord]:
+        """The files recorded for one (direction, remote), by name: every one, or only
+        those among ``names`` (what a listing shows: the journal keeps the whole history
+        of a remote, and a run must not pay for all of it), or only those in ``state``."""
+        sql = ("SELECT direction, remote, name, size, tag, sha256, seq, time, state,"
+               " remote_deleted, detail FROM files WHERE direction=? AND remote=?")
+        if state is not None:
+            sql += " AND state=?"
+        base: tuple[object, ...] = (direction, remote) if state is None else (
+            direction, remote, state)
+        if names is None:
+            rows = self._exec(sql, base)
+        else:
+            keys = [_key(n) for n in names]
+            rows = []
+            for i in range(0, len(keys), _IN_CHUNK):  # by primary key, a chunk at a time
+                chunk = keys[i:i + _IN_CHUNK]
+                rows += self._exec(f"{sql} AND name IN ({','.join('?' * len(chunk))})",
+                                   (*base, *chunk))
         return {r.name: r for r in map(_file_record, rows)}
 
     def record(self, direction: str, remote: str, name: str, *, state: JournalState,

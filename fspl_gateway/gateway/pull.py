@@ -248,11 +248,13 @@ class _Puller:
     def dry_run(self) -> None:
         j = open_existing(self.qdir)
         try:
-            known = j.known("pull", self.remote) if j is not None else {}
+            entries = self._list()
+            known = j.known("pull", self.remote, names=[e.name for e in entries]
+                            ) if j is not None else {}
         finally:
             if j is not None:
                 j.close()
-        todo, done = self._plan(self._list(), known)
+        todo, done = self._plan(entries, known)
         self.res.known = len(done)
         for e in todo:
             log.info("would fetch %s (%s bytes)", e.name, "?" if e.size is None else e.size)
@@ -282,9 +284,8 @@ class _Puller:
         only → not linked: fetch it again."""
         assert self.journal is not None
         rows: list[FileRow] = []
-        for name, rec in self.journal.known("pull", self.remote).items():
-            if rec.state != JournalState.LINKING:
-                continue
+        for name, rec in self.journal.known("pull", self.remote,
+                                            state=JournalState.LINKING).items():
             staged = rec.detail or ""
             in_jobs = os.path.exists(os.path.join(self.jdir, name))
             if in_jobs and _same_bytes(os.path.join(self.jdir, name), rec.size or 0,
@@ -304,7 +305,9 @@ class _Puller:
         self._clean_staging()
         clean_remote_temporaries(self.t, self.opts.retry, self.stop, self.remote)
         assert self.journal is not None
-        todo, done = self._plan(self._list(), self.journal.known("pull", self.remote))
+        entries = self._list()
+        todo, done = self._plan(entries, self.journal.known(
+            "pull", self.remote, names=[e.name for e in entries]))
         todo = self._settled(todo)
         for e, rec in done:
             if rec.state == JournalState.QUARANTINED:

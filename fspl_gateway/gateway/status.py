@@ -116,7 +116,8 @@ def queue_status(qdir: str, *, decoder: str | None = None, order_by: str = "sequ
     st.next_seq = seqfile.read_unlocked(q.seqfile_path(qdir))
     oldest: float | None = None
     seqs: list[int] = []
-    by_seq: dict[int, list[str]] = {}
+    first: dict[int, str] = {}  # seq → the first file that has it
+    dups: dict[int, list[str]] = {}  # seq → every file, for a seq that several files claim
     try:
         with os.scandir(jdir) as it:
             entries = [e for e in it if q.is_job_filename(e.name)]
@@ -134,22 +135,24 @@ def queue_status(qdir: str, *, decoder: str | None = None, order_by: str = "sequ
             continue
         st.pending_jobs += 1
         seqs.append(meta.seq)
-        by_seq.setdefault(meta.seq, []).append(ent.name)
+        if meta.seq in first:
+            dups.setdefault(meta.seq, [first[meta.seq]]).append(ent.name)
+        else:
+            first[meta.seq] = ent.name
         oldest = mtime if oldest is None else min(oldest, mtime)
     st.pending_seqs = sorted(seqs)
     if oldest is not None:
         st.oldest_pending_age_seconds = round(max(0.0, now - oldest), 3)
     if (order_by == "sequence" and st.next_seq is not None and seqs
-            and st.next_seq not in seqs):
+            and st.next_seq not in first):
         later = [s for s in seqs if s > st.next_seq]
         if later:
             st.blocked = True
             st.blocked_reason = f"waiting for {st.next_seq}; have {ranges(later)}"
-    dup = min((s for s, names in by_seq.items() if len(names) > 1
-               and (st.next_seq is None or s >= st.next_seq)), default=None)
+    dup = min((s for s in dups if st.next_seq is None or s >= st.next_seq), default=None)
     if order_by == "sequence" and st.next_seq is not None and dup is not None:
         # fspl stops at a seq that two files claim (conflict copies): name them
-        names = sorted(by_seq[dup])
+        names = sorted(dups[dup])
         why = f"{_count_word(len(names))} files with seq {dup}: " + ", ".join(names)
         if dup == st.next_seq or not st.blocked:
             st.blocked = dup == st.next_seq

@@ -178,3 +178,25 @@ def test_every_state_written_is_a_journal_state(tmp_path: Path,
     assert {s for d, s in written if d == "push"} <= jr.PUSH_STATES
     assert {s for _, s in written} == set(jr.JournalState)
     assert jr.PULL_STATES | jr.PUSH_STATES == set(jr.JournalState)
+
+
+def test_known_restricted_to_listed_names_and_to_a_state(tmp_path: Path) -> None:
+    """A run asks only for what the remote lists (chunked past SQLite's parameter
+    limit) and for its interrupted links, not for the remote's whole history."""
+    S = jr.JournalState
+    n = jr._IN_CHUNK * 2 + 5
+    with jr.Journal(str(tmp_path)) as j:
+        j.record_many("pull", "r", [(f"fspl-{i}.fspl", S.LINKING if i % 100 == 0 else S.FETCHED,
+                                     i, None, None, i, None) for i in range(n)])
+        j.record("push", "r", "fspl-1.fspl", state=S.PUSHED)
+        j.record("pull", "other", "fspl-2.fspl", state=S.FETCHED)
+        assert len(j.known("pull", "r")) == n
+        listed = [f"fspl-{i}.fspl" for i in range(0, n + 50, 2)]  # some never recorded
+        got = j.known("pull", "r", names=listed)
+        assert sorted(got) == sorted(f"fspl-{i}.fspl" for i in range(0, n, 2))
+        assert got["fspl-4.fspl"].size == 4 and got["fspl-4.fspl"].direction == "pull"
+        assert j.known("pull", "r", names=[]) == {}
+        linking = j.known("pull", "r", state=S.LINKING)
+        assert sorted(linking) == sorted(f"fspl-{i}.fspl" for i in range(0, n, 100))
+        assert set(j.known("pull", "r", names=listed, state=S.LINKING)) == {
+            f"fspl-{i}.fspl" for i in range(0, n, 100)}

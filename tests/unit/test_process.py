@@ -321,3 +321,39 @@ def test_command_dies_when_its_parent_is_killed(tmp_path: Path, tied: bool) -> N
         parent.wait()
         if pidfile.exists() and _alive(int(pidfile.read_text())):
             os.kill(int(pidfile.read_text()), signal.SIGKILL)
+
+
+# -- the posix_spawn path: the child is what Popen would start ---------------------------
+def _child_status(tmp_path: Path, fields: str) -> str:
+    out = tmp_path / "status"
+    res = run_job(ProcessOpts("sh", ["-c", f"grep -E '{fields}' /proc/self/status > {out};"
+                                     f" ls /proc/self/fd >> {out}"]),
+                  Meta(1, (0, 0), Command()), None)
+    assert res.success
+    return out.read_text()
+
+
+def test_command_gets_sigpipe_at_its_default(tmp_path: Path) -> None:
+    """Python ignores SIGPIPE; a command must not inherit that (`yes | head` would spin)."""
+    import signal
+
+    ign = _child_status(tmp_path, "^SigIgn").split()[1]
+    assert not int(ign, 16) & (1 << (signal.SIGPIPE - 1))
+
+
+def test_inheritable_descriptors_are_not_passed_to_the_command(tmp_path: Path) -> None:
+    r, w = os.pipe()
+    os.set_inheritable(w, True)
+    try:
+        fds = _child_status(tmp_path, "^Pid").split()[2:]
+    finally:
+        os.close(r)
+        os.close(w)
+    assert str(w) not in fds
+    assert set(fds) <= {"0", "1", "2", "3"}  # 3: ls's own listing
+
+
+def test_command_searched_in_path_and_missing_one_reported(tmp_path: Path) -> None:
+    assert run_job(ProcessOpts("true"), Meta(1, (0, 0), Command()), None).success
+    with pytest.raises(Exception, match="cannot run 'no-such-command-x': No such file"):
+        run_job(ProcessOpts("no-such-command-x"), Meta(1, (0, 0), Command()), None)

@@ -169,12 +169,12 @@ def test_job_file_vanishing_during_scan_is_skipped(queue: Path,
                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     a = put_job(queue, 1)
     b = put_job(queue, 2)
-    real = q.read_meta
+    real = q._read_meta_path
 
-    def racing(qdir: str, filename: str, decoder: str | None = None) -> Meta:
-        if filename == a:
+    def racing(path: str, decoder: str | None) -> Meta:
+        if os.path.basename(path) == a:
             os.unlink(queue / "jobs" / a)
-        return real(qdir, filename, decoder)
+        return real(path, decoder)
 
-    monkeypatch.setattr(q, "read_meta", racing)
+    monkeypatch.setattr(q, "_read_meta_path", racing)
     assert [j.filename for j in q.scan(str(queue))] == [b]
