@@ -83,6 +83,8 @@ class Row:
                              f"{r.stderr.strip()[-2000:]}")
         self.wall.append(dt)
         self.cpu.append(r1.ru_utime - r0.ru_utime + r1.ru_stime - r0.ru_stime)
+        print(f"{self.tool} {self.setting}: {dt:.2f} s, CPU {self.cpu[-1]:.2f} s",
+              file=sys.stderr, flush=True)  # progress
 
 
 def table(rows: Sequence[Row], jobs: int | None) -> str:

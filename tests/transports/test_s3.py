@@ -645,3 +645,15 @@ def test_slowdown_is_transient(stub_s3: type[_StubS3]) -> None:
     stub_s3.status, stub_s3.code = 403, "AccessDenied"
     with pytest.raises(AuthError, match="AccessDenied"):
         t.delete("fspl-1.fspl")
+
+
+@pytest.mark.parametrize("text", [
+    "2026-11-29T21:00:43.000Z", "2026-11-29T21:00:43Z", "2026-11-29T21:00:43.123456Z",
+    "Sun, 29 Nov 2026 21:00:43 GMT", "2026-11-29T22:00:43+01:00", "1795986043",
+])
+def test_fast_timestamp_agrees_with_botocore(text: str) -> None:
+    """The dateutil-free parser of listing/header timestamps gives botocore's answer."""
+    from botocore.utils import parse_timestamp
+
+    got, want = s3mod._fast_timestamp(text), parse_timestamp(text)
+    assert got == want and got.utcoffset() is not None
