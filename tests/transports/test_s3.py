@@ -26,6 +26,7 @@ from fspl_gateway.core.errors import (
     TransientError,
     TransportError,
 )
+from tests.fixtures.s3rver import S3rver
 from tests.fixtures.s3server import S3Bucket, S3Server, empty_bucket, seed_objects
 from tests.fixtures.tcpproxy import TcpProxy
 from tests.helpers import PatternReader, peak_rss_during
@@ -657,3 +658,20 @@ def test_fast_timestamp_agrees_with_botocore(text: str) -> None:
 
     got, want = s3mod._fast_timestamp(text), parse_timestamp(text)
     assert got == want and got.utcoffset() is not None
+
+
+def test_lean_get_on_s3rver(s3rver: S3rver) -> None:
+    """s3rver (no checksums, no conditional writes): the lean path learns and fetches
+    there too, ETag-verified, and a missing object is still RemoteNotFoundError."""
+    t = S3Transport(s3rver.location("q"), {**s3rver.options, "conditional_writes": "false"})
+    datas = {f"fspl-{i}.fspl": _data(4000 + i, i) for i in range(3)}
+    for name, data in datas.items():
+        t.write_new(name, io.BytesIO(data), len(data))
+    calls = _count_full_gets(t)
+    listed = {e.name: e for e in t.list()}
+    for name, data in datas.items():
+        out = io.BytesIO()
+        assert t.fetch(name, out, listed[name]) == len(data) and out.getvalue() == data
+    assert calls[0] == 1 and t._lean
+    with pytest.raises(RemoteNotFoundError):
+        t.fetch("fspl-9.fspl", io.BytesIO())
