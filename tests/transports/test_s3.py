@@ -10,6 +10,7 @@ import io
 import os
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -25,7 +26,8 @@ from fspl_gateway.core.errors import (
     TransientError,
     TransportError,
 )
-from tests.fixtures.s3server import S3Bucket, S3Server, seed_objects
+from tests.fixtures.s3rver import S3rver
+from tests.fixtures.s3server import S3Bucket, S3Server, empty_bucket, seed_objects
 from tests.fixtures.tcpproxy import TcpProxy
 from tests.helpers import PatternReader, peak_rss_during
 
@@ -247,9 +249,29 @@ def test_stored_checksum_mismatch_detected(s3_bucket: S3Bucket) -> None:
     assert out.getvalue() == good
 
 
+def _via(t: S3Transport, b: S3Bucket, path: str) -> S3Transport:
+    """Make ``t``'s next GETs go the way ``path`` says: ``"lean"`` (warmed up by one GET
+    through the full client, which teaches the lean path) or ``"full"`` (``t`` was made
+    with ``lean_get=false``)."""
+    if path == "lean":
+        b.client.put_object(Bucket=b.name, Key=t.jobs_prefix + "fspl-0.fspl", Body=b"warm")
+        t.fetch("fspl-0.fspl", io.BytesIO())
+        assert t._lean, "the lean GET path was not set up"
+    else:
+        assert t._lean is False
+    return t
+
+
+def _path_opts(opts: dict[str, Any], path: str) -> dict[str, Any]:
+    return {**opts, "lean_get": "false"} if path == "full" else opts
+
+
+@pytest.mark.parametrize("path", ["full", "lean"])
 @pytest.mark.parametrize("stored", ["etag-md5", "crc32", "sha256"])
-def test_corruption_in_transit_detected(s3_bucket: S3Bucket, proxy: TcpProxy, stored: str) -> None:
-    """One byte flipped on the wire (by the proxy) in the body of the response."""
+def test_corruption_in_transit_detected(s3_bucket: S3Bucket, proxy: TcpProxy, stored: str,
+                                        path: str) -> None:
+    """One byte flipped on the wire (by the proxy) in the body of the response, on both
+    GET paths (the lean one and boto3's full call)."""
     data = _data(1 * MIB, 4)
     key = "q/jobs/fspl-1.fspl"
     if stored == "etag-md5":  # no checksum stored: only the ETag (MD5) can tell
@@ -263,7 +285,7 @@ def test_corruption_in_transit_detected(s3_bucket: S3Bucket, proxy: TcpProxy, st
         t0 = S3Transport(f"{s3_bucket.name}/q", s3_bucket.options)
         t0.write_new("fspl-1.fspl", io.BytesIO(data), len(data))
     opts = {**s3_bucket.options, "endpoint_url": f"http://127.0.0.1:{proxy.port}"}
-    t = S3Transport(f"{s3_bucket.name}/q", opts)
+    t = _via(S3Transport(f"{s3_bucket.name}/q", _path_opts(opts, path)), s3_bucket, path)
     proxy.corrupt_at(600_000)  # well past the response headers
     with pytest.raises(IntegrityError, match="mismatch|did not match"):
         t.fetch("fspl-1.fspl", io.BytesIO())
@@ -386,14 +408,100 @@ def test_write_from_file_low_memory(s3_bucket: S3Bucket, tmp_path: Path) -> None
     assert grew_put < 16 * MIB and grew_get < 16 * MIB
 
 
+# -- the lean GET path -------------------------------------------------------------------
+
+def _count_full_gets(t: S3Transport) -> list[int]:
+    calls = [0]
+
+    def count(**_: Any) -> None:
+        calls[0] += 1
+
+    t._client.meta.events.register("before-call.s3.GetObject", count)
+    return calls
+
+
+def test_lean_get_after_the_first(s3_bucket: S3Bucket) -> None:
+    """Only the first fetch goes through boto3's full GetObject; the rest take the lean
+    path and give the same bytes, still verified (ETag) and bounded by the listing."""
+    for i in range(4):
+        s3_bucket.client.put_object(Bucket=s3_bucket.name, Key=f"q/jobs/fspl-{i}.fspl",
+                                    Body=_data(3000 + i, i))
+    t = S3Transport(f"{s3_bucket.name}/q", s3_bucket.options)
+    calls = _count_full_gets(t)
+    listed = {e.name: e for e in t.list()}
+    for i in range(4):
+        out = io.BytesIO()
+        assert t.fetch(f"fspl-{i}.fspl", out, listed[f"fspl-{i}.fspl"]) == 3000 + i
+        assert out.getvalue() == _data(3000 + i, i)
+    assert calls[0] == 1 and t._lean
+    # more than listed: refused on the lean path too
+    s3_bucket.client.put_object(Bucket=s3_bucket.name, Key="q/jobs/fspl-1.fspl",
+                                Body=_data(5000, 1))
+    with pytest.raises(IntegrityError, match="fspl-1.fspl"):
+        t.fetch("fspl-1.fspl", io.BytesIO(), listed["fspl-1.fspl"])
+    # a missing object: the full call reports it as before
+    with pytest.raises(RemoteNotFoundError, match="fspl-9.fspl"):
+        t.fetch("fspl-9.fspl", io.BytesIO())
+    assert calls[0] == 2 and t._lean
+    # the pool grows: learnt again on the new client
+    t.set_concurrency(32)
+    calls = _count_full_gets(t)
+    for i in (0, 2):
+        t.fetch(f"fspl-{i}.fspl", io.BytesIO())
+    assert calls[0] == 1 and t._lean
+
+
+def test_lean_get_off(s3_bucket: S3Bucket) -> None:
+    s3_bucket.client.put_object(Bucket=s3_bucket.name, Key="q/jobs/fspl-1.fspl", Body=b"x")
+    t = S3Transport(f"{s3_bucket.name}/q", {**s3_bucket.options, "lean_get": "false"})
+    calls = _count_full_gets(t)
+    for _ in range(3):
+        t.fetch("fspl-1.fspl", io.BytesIO())
+    assert calls[0] == 3 and t._lean is False
+
+
+def test_lean_get_refused(s3_auth_server: S3Server, s3_env: S3Server,
+                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """A GET the store refuses on the lean path is asked again through the full call,
+    which maps the answer: AuthError with wrong credentials; and with right ones (here
+    only the lean path's are wrong) the bytes arrive."""
+    if not s3_auth_server.is_moto:
+        pytest.skip("needs the moto server with IAM")
+    client = s3_auth_server.client()
+    bucket = f"lean-{uuid.uuid4().hex[:12]}"
+    client.create_bucket(Bucket=bucket)
+    client.put_object(Bucket=bucket, Key="q/jobs/fspl-1.fspl", Body=b"one")
+    opts = {"endpoint_url": s3_auth_server.endpoint, "path_style": "true"}
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIAWRONGWRONGWRONG1")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "wrong")
+    bad = S3Transport(f"{bucket}/q", opts)
+    for _ in range(2):
+        with pytest.raises(AuthError, match="fspl-1.fspl"):
+            bad.fetch("fspl-1.fspl", io.BytesIO())
+    assert bad._lean  # the second one took the lean path first
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", s3_auth_server.access_key)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", s3_auth_server.secret_key)
+    t = S3Transport(f"{bucket}/q", opts)
+    t.fetch("fspl-1.fspl", io.BytesIO())
+    assert t._lean
+    t._lean.credentials = bad._lean.credentials
+    calls = _count_full_gets(t)
+    out = io.BytesIO()
+    assert t.fetch("fspl-1.fspl", out) == 3 and out.getvalue() == b"one"
+    assert calls[0] == 1
+    empty_bucket(client, bucket)
+    client.delete_bucket(Bucket=bucket)
+
+
 # -- faults ----------------------------------------------------------------------------
 
-def test_server_dies_mid_download(s3_bucket: S3Bucket, proxy: TcpProxy) -> None:
+@pytest.mark.parametrize("path", ["full", "lean"])
+def test_server_dies_mid_download(s3_bucket: S3Bucket, proxy: TcpProxy, path: str) -> None:
     data = _data(8 * MIB, 9)
     s3_bucket.client.put_object(Bucket=s3_bucket.name, Key="q/jobs/fspl-1.fspl", Body=data)
     opts = {**s3_bucket.options, "endpoint_url": f"http://127.0.0.1:{proxy.port}",
             "max_attempts": "2", "connect_timeout": "2"}
-    t = S3Transport(f"{s3_bucket.name}/q", opts)
+    t = _via(S3Transport(f"{s3_bucket.name}/q", _path_opts(opts, path)), s3_bucket, path)
 
     proxy.cut_after(3 * MIB)
     dst = io.BytesIO()
@@ -538,3 +646,32 @@ def test_slowdown_is_transient(stub_s3: type[_StubS3]) -> None:
     stub_s3.status, stub_s3.code = 403, "AccessDenied"
     with pytest.raises(AuthError, match="AccessDenied"):
         t.delete("fspl-1.fspl")
+
+
+@pytest.mark.parametrize("text", [
+    "2026-11-29T21:00:43.000Z", "2026-11-29T21:00:43Z", "2026-11-29T21:00:43.123456Z",
+    "Sun, 29 Nov 2026 21:00:43 GMT", "2026-11-29T22:00:43+01:00", "1795986043",
+])
+def test_fast_timestamp_agrees_with_botocore(text: str) -> None:
+    """The dateutil-free parser of listing/header timestamps gives botocore's answer."""
+    from botocore.utils import parse_timestamp
+
+    got, want = s3mod._fast_timestamp(text), parse_timestamp(text)
+    assert got == want and got.utcoffset() is not None
+
+
+def test_lean_get_on_s3rver(s3rver: S3rver) -> None:
+    """s3rver (no checksums, no conditional writes): the lean path learns and fetches
+    there too, ETag-verified, and a missing object is still RemoteNotFoundError."""
+    t = S3Transport(s3rver.location("q"), {**s3rver.options, "conditional_writes": "false"})
+    datas = {f"fspl-{i}.fspl": _data(4000 + i, i) for i in range(3)}
+    for name, data in datas.items():
+        t.write_new(name, io.BytesIO(data), len(data))
+    calls = _count_full_gets(t)
+    listed = {e.name: e for e in t.list()}
+    for name, data in datas.items():
+        out = io.BytesIO()
+        assert t.fetch(name, out, listed[name]) == len(data) and out.getvalue() == data
+    assert calls[0] == 1 and t._lean
+    with pytest.raises(RemoteNotFoundError):
+        t.fetch("fspl-9.fspl", io.BytesIO())
