@@ -4,13 +4,19 @@ it copies.
 Nothing is held in memory: files are read in :data:`CHUNK` pieces into one reusable
 buffer.  Digests are lowercase hex; sizes are byte counts.
 
-* :func:`hash_fd` — several digests of a whole file by ``pread`` (the descriptor's
-  offset is left alone), e.g. ``hash_fd(fd, ("sha256", "md5"))``;
+* :class:`MultiHasher` — several digests of one stream at once (``update``), keeping its
+  first bytes (a job's header) and passing every chunk on to an optional *tap* (the
+  trust gate's decryptor); the fetch paths of the transports fill one while they write
+  (:meth:`Transport.fetch_to_path`), so a fetched file is never read a second time;
+* :func:`hash_fd` / :func:`feed_fd` — digests of a whole file by ``pread`` (the
+  descriptor's offset is left alone), e.g. ``hash_fd(fd, ("sha256", "md5"))``;
 * :func:`sha256_file` / :func:`sha256_hex` — sha256 of a path (optionally without
   following a symlink, optionally after dropping its cached pages so that a copy just
   written is read back from the device);
 * :func:`sha256_stream` — sha256 of a readable file object, to its end;
-* :func:`copy_hashing` — copy one descriptor into another while hashing;
+* :func:`copy_hashing` — copy one descriptor into another while hashing (a big file is
+  hashed in a second thread while the first one reads and writes, hashlib releasing the
+  GIL, and its writeback is started as it goes so that the final fsync is short);
 * :class:`HashingWriter` — a write-only file object that hashes what it passes on.
 """
 
@@ -19,12 +25,22 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import queue
+import stat
+import threading
 from collections.abc import Sequence
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, Protocol
 
-from fspl_gateway.core.fsutil import write_all
+from fspl_gateway.core.fsutil import start_writeback, write_all
 
 CHUNK = 1 << 20
+#: A copy at least this big hashes in a second thread (below, a thread costs more than
+#: it saves).
+THREAD_MIN = 4 << 20
+#: Buffers in flight between the copying and the hashing thread (memory: RING × CHUNK).
+RING = 4
+#: A copy with ``flush_behind`` starts the writeback of every this many bytes written.
+FLUSH_BEHIND = 16 << 20
 
 
 def _new(algorithm: str) -> Any:
@@ -32,21 +48,84 @@ def _new(algorithm: str) -> Any:
     return hashlib.new(algorithm, usedforsecurity=False)
 
 
-def hash_fd(fd: int, algorithms: Sequence[str] = ("sha256",), *,
-            offset: int = 0) -> tuple[int, list[str]]:
-    """Digests of the file ``fd`` from ``offset`` to its end, read with ``pread`` (the
-    descriptor's own offset is untouched): (bytes read, [hex digest per algorithm])."""
-    hs = [_new(a) for a in algorithms]
+class Tap(Protocol):
+    """What a :class:`MultiHasher` passes every chunk on to, after hashing it."""
+
+    def update(self, data: memoryview, /) -> None: ...
+
+    def reset(self) -> None: ...
+
+
+class MultiHasher:
+    """Several digests of one stream, fed in order by :meth:`update`; also keeps the
+    stream's first ``head`` bytes and passes every chunk on to ``tap``.  :meth:`reset`
+    starts over (a fetch that is retried from its first byte)."""
+
+    def __init__(self, algorithms: Sequence[str] = ("sha256",), *, head: int = 0,
+                 tap: Tap | None = None) -> None:
+        if not algorithms:
+            raise ValueError("MultiHasher needs at least one algorithm")
+        self.algorithms = tuple(algorithms)
+        self.head_max = head
+        self.tap = tap
+        self.reset()
+
+    def reset(self) -> None:
+        self._hs = [_new(a) for a in self.algorithms]
+        self._head = bytearray()
+        #: Bytes hashed so far.
+        self.size = 0
+        if self.tap is not None:
+            self.tap.reset()
+
+    def update(self, data: Any) -> None:
+        view = memoryview(data).cast("B")
+        for h in self._hs:
+            h.update(view)
+        if len(self._head) < self.head_max:
+            self._head += view[:self.head_max - len(self._head)]
+        self.size += len(view)
+        if self.tap is not None:
+            self.tap.update(view)
+
+    @property
+    def head(self) -> bytes:
+        """The first ``head`` bytes of the stream (fewer if it is shorter)."""
+        return bytes(self._head)
+
+    def hexdigest(self, algorithm: str | None = None) -> str:
+        """The hex digest of ``algorithm`` (default: the first one)."""
+        return str(self._hs[self._index(algorithm)].hexdigest())
+
+    def digest(self, algorithm: str | None = None) -> bytes:
+        return bytes(self._hs[self._index(algorithm)].digest())
+
+    def _index(self, algorithm: str | None) -> int:
+        return 0 if algorithm is None else self.algorithms.index(algorithm)
+
+
+def feed_fd(fd: int, sink: Any, *, offset: int = 0) -> int:
+    """Feed the file ``fd`` from ``offset`` to its end to ``sink.update`` (a
+    :class:`MultiHasher`, a hashlib object) by ``pread`` through one reused buffer (the
+    descriptor's own offset is untouched); the bytes read."""
     buf = bytearray(CHUNK)
     view = memoryview(buf)
     n = 0
     while True:
         k = os.preadv(fd, [buf], offset + n)
         if not k:
-            return n, [h.hexdigest() for h in hs]
-        for h in hs:
-            h.update(view[:k])
+            return n
+        sink.update(view[:k])
         n += k
+
+
+def hash_fd(fd: int, algorithms: Sequence[str] = ("sha256",), *,
+            offset: int = 0) -> tuple[int, list[str]]:
+    """Digests of the file ``fd`` from ``offset`` to its end, read with ``pread`` (the
+    descriptor's own offset is untouched): (bytes read, [hex digest per algorithm])."""
+    h = MultiHasher(algorithms)
+    n = feed_fd(fd, h, offset=offset)
+    return n, [h.hexdigest(a) for a in algorithms]
 
 
 def sha256_file(path: str, *, follow_symlinks: bool = True,
@@ -94,42 +173,140 @@ def sha256_stream(stream: BinaryIO) -> tuple[str, int]:
         n += len(b)
 
 
-def copy_hashing(src_fd: int, dst_fd: int) -> tuple[str, int]:
-    """Copy ``src_fd`` (from its offset to its end) to ``dst_fd`` while hashing it:
-    (sha256 hex, bytes)."""
-    h = _new("sha256")
-    buf = bytearray(CHUNK)
-    view = memoryview(buf)
+def copy_hashing(src_fd: int, dst_fd: int, hasher: MultiHasher | None = None, *,
+                 count: int | None = None, flush_behind: bool = False) -> tuple[str, int]:
+    """Copy ``src_fd`` (from its offset to its end, or ``count`` bytes) to ``dst_fd``
+    while feeding ``hasher`` (default: a new sha256 one): (hex digest of its first
+    algorithm, bytes).
+
+    A big regular source file (:data:`THREAD_MIN`) is hashed in a second thread while
+    this one reads and writes (at most :data:`RING` buffers in flight).  ``flush_behind``
+    (a regular destination that will be fsynced): start the writeback of every
+    :data:`FLUSH_BEHIND` bytes as they are written, so the disk works during the copy and
+    the final fsync has little left to do."""
+    h = MultiHasher() if hasher is None else hasher
+    try:
+        st = os.fstat(src_fd)
+        big = stat.S_ISREG(st.st_mode) and st.st_size >= THREAD_MIN
+    except OSError:
+        big = False
+    if count is not None and count < THREAD_MIN:
+        big = False
+    out = FlushBehind(dst_fd) if flush_behind else None
+    pump = _HashThread(h) if big else None
+    bufs = [bytearray(CHUNK)] if pump is None else pump.buffers()
     n = 0
-    while True:
-        k = os.readv(src_fd, [buf])
-        if not k:
-            return h.hexdigest(), n
-        h.update(view[:k])
-        write_all(dst_fd, view[:k])
-        n += k
+    try:
+        while count is None or n < count:
+            buf = bufs[0] if pump is None else pump.free_buffer()
+            view = memoryview(buf)
+            want = CHUNK if count is None else min(CHUNK, count - n)
+            k = os.readv(src_fd, [view[:want]])
+            if not k:
+                break
+            write_all(dst_fd, view[:k])
+            if pump is None:
+                h.update(view[:k])
+            else:
+                pump.hash(buf, k)
+            n += k
+            if out is not None:
+                out.written(k)
+    finally:
+        if pump is not None:
+            pump.finish()
+    return h.hexdigest(), n
+
+
+class FlushBehind:
+    """Starts the writeback of what was written to a file, every :data:`FLUSH_BEHIND`
+    bytes (sync_file_range; errors show up in the caller's fsync)."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        try:
+            self.start = self.done = os.lseek(fd, 0, os.SEEK_CUR)
+        except OSError:
+            self.start = self.done = -1
+        self.pos = self.start
+
+    def written(self, k: int) -> None:
+        if self.start < 0:
+            return
+        self.pos += k
+        if self.pos - self.done >= FLUSH_BEHIND:
+            start_writeback([self.fd], self.done, self.pos - self.done)
+            self.done = self.pos
+
+
+class _HashThread:
+    """Hashes the buffers handed to it in a second thread; :meth:`finish` waits for it
+    and re-raises what the hasher (or its tap) raised."""
+
+    def __init__(self, h: MultiHasher) -> None:
+        self.h = h
+        self.error: BaseException | None = None
+        self._free: queue.SimpleQueue[bytearray] = queue.SimpleQueue()
+        self._full: queue.SimpleQueue[tuple[bytearray, int] | None] = queue.SimpleQueue()
+        self._bufs = [bytearray(CHUNK) for _ in range(RING)]
+        for b in self._bufs:
+            self._free.put(b)
+        self._t = threading.Thread(target=self._run, name="fspl-gw-hash", daemon=True)
+        self._t.start()
+
+    def buffers(self) -> list[bytearray]:
+        return self._bufs
+
+    def free_buffer(self) -> bytearray:
+        if self.error is not None:
+            raise self.error
+        return self._free.get()
+
+    def hash(self, buf: bytearray, k: int) -> None:
+        self._full.put((buf, k))
+
+    def _run(self) -> None:
+        while True:
+            item = self._full.get()
+            if item is None:
+                return
+            buf, k = item
+            if self.error is None:
+                try:
+                    self.h.update(memoryview(buf)[:k])
+                except BaseException as e:  # handed to the copying thread
+                    self.error = e
+            self._free.put(buf)
+
+    def finish(self) -> None:
+        self._full.put(None)
+        self._t.join()
+        if self.error is not None:
+            raise self.error
 
 
 class HashingWriter:
     """A write-only file object that passes what is written to it on to ``dst`` and
-    hashes it."""
+    hashes it (one algorithm by name, or a :class:`MultiHasher`)."""
 
-    def __init__(self, dst: BinaryIO, algorithm: str = "sha256") -> None:
+    def __init__(self, dst: BinaryIO, algorithm: str | MultiHasher = "sha256") -> None:
         self.dst = dst
-        self._h = _new(algorithm)
-        #: Bytes written so far.
-        self.size = 0
+        self.hasher = MultiHasher((algorithm,)) if isinstance(algorithm, str) else algorithm
+
+    @property
+    def size(self) -> int:
+        """Bytes written so far."""
+        return self.hasher.size
 
     def write(self, b: Any) -> int:
         view = memoryview(b).cast("B")
         n = self.dst.write(view)
         n = len(view) if n is None else n
-        self._h.update(view[:n])  # only what was passed on: a short write is retried
-        self.size += n
+        self.hasher.update(view[:n])  # only what was passed on: a short write is retried
         return n
 
     def hexdigest(self) -> str:
-        return str(self._h.hexdigest())
+        return self.hasher.hexdigest()
 
     def flush(self) -> None:
         self.dst.flush()

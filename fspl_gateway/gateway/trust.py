@@ -70,9 +70,11 @@ from fspl_gateway.core.errors import (
     UsageError,
 )
 from fspl_gateway.core.fsutil import AtomicWriter, tmp_name
+from fspl_gateway.core.hashing import MultiHasher, feed_fd
 from fspl_gateway.core.jobsig import (
+    HEAD_BYTES,
     VerifiedJob,
-    check_decrypted,
+    check_decrypted_head,
     check_queue_id,
     sign_job,
     verify_job,
@@ -238,12 +240,16 @@ def policy_from(settings: Mapping[str, Any], *, trust: Sequence[str] = (),
 @dataclass
 class Admitted:
     """A staged job that passed the gate: ``path`` (the plaintext when it was
-    decrypted), the verified signature, and whether the header is still to be checked
-    against the signed seq (an encrypted job read through a decoder)."""
+    decrypted) with its sha256, size and first bytes, the verified signature, and whether
+    the header is still to be checked against the signed seq (an encrypted job read
+    through a decoder)."""
 
     path: str
     verified: VerifiedJob
     check_header: bool
+    sha256: str
+    size: int
+    head: bytes
 
 
 class ReceiveGate:
@@ -337,13 +343,44 @@ class ReceiveGate:
         self.waiting += 1
         return None
 
+    def decryptor(self, staged: str, e: RemoteEntry) -> agecrypt.StreamDecryptor | None:
+        """The tap that decrypts job ``e`` while it is fetched into ``staged`` (its
+        plaintext goes to a new staging file), when this receiver has identities; None
+        otherwise.  Its plaintext is used only once :meth:`admit` verified the
+        ciphertext."""
+        if not self.p.identities:
+            return None
+        out = os.path.join(os.path.dirname(staged), tmp_name(e.name[:64]))
+        return agecrypt.StreamDecryptor(self.p.identities, out,
+                                        MultiHasher(("sha256",), head=HEAD_BYTES))
+
     def admit(self, path: str, e: RemoteEntry, sig: Signature, journal: Any,
-              decoder: str | None) -> Admitted:
-        """Verify a staged job; claim (key, seq, sha256); decrypt it when we can.
-        TrustRefused for any failure (``path`` is then still the staged file, for the
-        quarantine)."""
+              decoder: str | None, fetched: MultiHasher) -> Admitted:
+        """Verify a staged job (``fetched``: its digests and first bytes, taken while it
+        was fetched, and the decryptor that ran meanwhile, if any); claim (key, seq,
+        sha256); take its plaintext when it was decrypted.  TrustRefused for any failure
+        (``path`` is then still the staged file, for the quarantine; a plaintext is
+        removed)."""
+        dec = fetched.tap if isinstance(fetched.tap, agecrypt.StreamDecryptor) else None
         try:
-            v = verify_job(path, sig, self.p.keys, self.p.queue_id)
+            adm = self._admit(path, e, sig, journal, decoder, fetched, dec)
+        except BaseException:
+            if dec is not None:
+                dec.abort()
+                _unlink_quiet(dec.out_path)
+            raise
+        if adm.path != path:
+            os.unlink(path)
+        elif dec is not None:
+            dec.abort()
+        return adm
+
+    def _admit(self, path: str, e: RemoteEntry, sig: Signature, journal: Any,
+               decoder: str | None, fetched: MultiHasher,
+               dec: agecrypt.StreamDecryptor | None) -> Admitted:
+        try:
+            v = verify_job(path, sig, self.p.keys, self.p.queue_id,
+                           sha256=fetched.hexdigest(), size=fetched.size, head=fetched.head)
         except SignatureError as err:
             raise TrustRefused(err.reason, str(err)) from None
         other = journal.claim_signed(v.key_id, v.seq, v.sha256, self.remote, e.name)
@@ -351,39 +388,33 @@ class ReceiveGate:
             raise TrustRefused("replay", f"key {v.key_id} already signed seq {v.seq} with "
                                f"other bytes (sha256 {other}): a replay or a forked sender")
         journal.forget_wait(self.remote, e.name)
+        same = Admitted(path, v, False, fetched.hexdigest(), fetched.size, fetched.head)
         if not v.encrypted:
-            return Admitted(path, v, False)
+            return same
         if not self.p.identities:
             if decoder is None:
                 raise TrustRefused("encrypted", "the job is encrypted (age) and this receiver "
                                    "has no --identity (or --decoder) to read it")
-            return Admitted(path, v, True)
-        plain = self._decrypt(path, e, v)
-        os.unlink(path)
-        return Admitted(plain, v, False)
-
-    def _decrypt(self, path: str, e: RemoteEntry, v: VerifiedJob) -> str:
-        out = os.path.join(os.path.dirname(path), tmp_name(e.name[:64]))
-        src = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-        try:
-            dst = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+            same.check_header = True
+            return same
+        if dec is None:  # not decrypted while fetched (a caller without the tap)
+            dec = self.decryptor(path, e)
+            assert dec is not None
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
             try:
-                agecrypt.decrypt_stream(src, dst, self.p.identities)
+                feed_fd(fd, dec)
             finally:
-                os.close(dst)
-            check_decrypted(v, out)
+                os.close(fd)
+        try:
+            if not dec.finish():
+                raise TrustRefused("decrypt", "cannot decrypt: not an age file")
+            check_decrypted_head(v, dec.hasher.head, dec.out_path)
         except agecrypt.AgeError as err:
-            _unlink_quiet(out)
             raise TrustRefused("decrypt", f"cannot decrypt: {err}") from None
         except SignatureError as err:
-            _unlink_quiet(out)
             raise TrustRefused(err.reason, str(err)) from None
-        except BaseException:
-            _unlink_quiet(out)
-            raise
-        finally:
-            os.close(src)
-        return out
+        pt = dec.hasher
+        return Admitted(dec.out_path, v, False, pt.hexdigest(), pt.size, pt.head)
 
     @staticmethod
     def check_header(adm: Admitted, meta: Meta) -> None:
