@@ -108,7 +108,7 @@ def feed_fd(fd: int, sink: Any, *, offset: int = 0) -> int:
     """Feed the file ``fd`` from ``offset`` to its end to ``sink.update`` (a
     :class:`MultiHasher`, a hashlib object) by ``pread`` through one reused buffer (the
     descriptor's own offset is untouched); the bytes read."""
-    buf = bytearray(CHUNK)
+    buf = bytearray(_buffer_size(fd, offset))
     view = memoryview(buf)
     n = 0
     while True:
@@ -117,6 +117,18 @@ def feed_fd(fd: int, sink: Any, *, offset: int = 0) -> int:
             return n
         sink.update(view[:k])
         n += k
+
+
+def _buffer_size(fd: int, offset: int = 0) -> int:
+    """A read buffer for the file ``fd``: :data:`CHUNK`, or less for a small file (a
+    1 MiB buffer per 2 KB job would cost more than reading it)."""
+    try:
+        st = os.fstat(fd)
+    except OSError:
+        return CHUNK
+    if not stat.S_ISREG(st.st_mode):
+        return CHUNK
+    return max(1, min(CHUNK, st.st_size - offset + 1))
 
 
 def hash_fd(fd: int, algorithms: Sequence[str] = ("sha256",), *,
@@ -194,7 +206,7 @@ def copy_hashing(src_fd: int, dst_fd: int, hasher: MultiHasher | None = None, *,
         big = False
     out = FlushBehind(dst_fd) if flush_behind else None
     pump = _HashThread(h) if big else None
-    bufs = [bytearray(CHUNK)] if pump is None else pump.buffers()
+    bufs = [bytearray(_buffer_size(src_fd))] if pump is None else pump.buffers()
     n = 0
     try:
         while count is None or n < count:

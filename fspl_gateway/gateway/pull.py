@@ -54,6 +54,7 @@ from __future__ import annotations
 
 import os
 import threading
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
@@ -80,7 +81,7 @@ from fspl_gateway.core.fsutil import (
 )
 from fspl_gateway.core.hashing import MultiHasher
 from fspl_gateway.core.hashing import sha256_hex as sha256_path
-from fspl_gateway.core.jobsig import HEAD_BYTES, head_meta
+from fspl_gateway.core.jobsig import HEAD_BYTES, VerifiedJob, head_meta
 from fspl_gateway.core.layout import QueueLayout
 from fspl_gateway.core.log import TRACE, log
 from fspl_gateway.core.minisign import Signature
@@ -329,23 +330,46 @@ class _Puller:
                     self._cleanup_remote_many([e.name for e, r in done[i:i + BATCH * 8]
                                                if r.state != JournalState.QUARANTINED])
             # Batches: download (parallel) → fsync them all, link them into jobs/, one
-            # fsync of jobs/ → journal (one transaction) → delete the remote copies.
-            for i in range(0, len(todo), BATCH):
-                staged = par.map(self._one, todo[i:i + BATCH])
-                try:
-                    clean = self._commit(staged)
-                except BaseException as e:
-                    par.fail(e)
-                    break
-                self._cleanup_remote_many(clean)
-                if self.stop.is_set():
-                    break
+            # fsync of jobs/ → journal (one transaction) → delete the remote copies.  A
+            # batch is committed and cleaned up in a second thread while the next one is
+            # downloaded and verified: the fsyncs and deletions (waits, the GIL released)
+            # overlap that work.  One commit at a time, in order.
+            with ThreadPoolExecutor(1, thread_name_prefix="fspl-gw-commit") as committer:
+                pending: Future[bool] | None = None
+                for i in range(0, len(todo), BATCH):
+                    staged = par.map(self._one, todo[i:i + BATCH])
+                    if pending is not None and not pending.result():
+                        for st in staged:  # a commit failed: nothing more is linked
+                            if st is not None:
+                                self._unlink_quiet(st.path)
+                        pending = None
+                        break
+                    pending = committer.submit(self._commit_and_clean, staged)
+                    if self.stop.is_set():
+                        break
+                if pending is not None:
+                    pending.result()
         finally:
             par.close()
             progress.close()
             if self.gate is not None:
                 self.res.waiting = self.gate.waiting
         par.raise_error()
+
+    def _commit_and_clean(self, staged: list[_Staged | None]) -> bool:
+        """:meth:`_commit` a batch, then clean up its remote copies; False if the commit
+        failed (the run stops: :meth:`ParallelMap.fail`)."""
+        assert self.par is not None
+        try:
+            clean = self._commit(staged)
+        except BaseException as e:
+            self.par.fail(e)
+            return False
+        try:
+            self._cleanup_remote_many(clean)
+        except BaseException as e:
+            self.par.fail(e)
+        return True
 
     def _settled(self, todo: list[RemoteEntry]) -> list[RemoteEntry]:
         """The entries of ``todo`` that have stopped changing (waiting once for young
@@ -431,8 +455,7 @@ class _Puller:
                 adm = None
                 if sig is not None:
                     assert self.gate is not None and self.journal is not None
-                    adm = self.gate.admit(path, e, sig, self.journal, self.opts.decoder,
-                                          fetched)
+                    adm = self.gate.admit(path, e, sig, self.opts.decoder, fetched)
                     path, size, sha, head = adm.path, adm.size, adm.sha256, adm.head
                 meta = self._inspect(path, head)
                 if adm is not None:
@@ -450,19 +473,17 @@ class _Puller:
             except OSError as err:
                 self._unlink_quiet(path)
                 raise QueueError(f"cannot read {path}: {err.strerror}") from None
-            return _Staged(e, path, size, sha, meta)
+            return _Staged(e, path, size, sha, meta, None if adm is None else adm.verified)
         return None
 
     def _commit(self, batch: list[_Staged | None]) -> list[str]:
-        """Make a batch of staged files durable, link them into jobs/ (one fsync of
-        jobs/), journal them (one transaction); return the names whose remote copy may
-        now be cleaned up."""
+        """Claim the signatures of a batch of staged files (trust), make them durable,
+        link them into jobs/ (one fsync of jobs/), journal them (one transaction); return
+        the names whose remote copy may now be cleaned up."""
         rows: list[FileRow] = []
         clean: list[str] = []
         keep: list[_Staged] = []
-        for st in batch:
-            if st is None:
-                continue
+        for st in self._claim([st for st in batch if st is not None]):
             if self.nextseq is not None and st.meta.seq < self.nextseq:
                 os.unlink(st.path)
                 log.debug("%s has seq %d < nextseq %s: already processed, not fetched",
@@ -522,6 +543,22 @@ class _Puller:
         assert self.journal is not None
         self.journal.record_many("pull", self.remote, rows)
         return clean
+
+    def _claim(self, batch: list[_Staged]) -> list[_Staged]:
+        """Trust: claim the signed (key, seq, sha256) of a batch in the journal (one
+        transaction); a replay is quarantined.  The others, to be linked."""
+        signed = [st for st in batch if st.verified is not None]
+        if self.gate is None or not signed:
+            return batch
+        assert self.journal is not None
+        refusals = self.gate.claim(self.journal, [(st.entry.name, st.verified)
+                                                  for st in signed if st.verified is not None])
+        refused = set()
+        for st, r in zip(signed, refusals, strict=True):
+            if r is not None:
+                self._quarantine(st.path, st.entry, st.sha, f"{r.reason}: {r}")
+                refused.add(id(st))
+        return [st for st in batch if id(st) not in refused]
 
     def _jobs_by_seq(self) -> dict[int, str]:
         """seq → name of every job in jobs/ whose header can be read (one scan per run)."""
@@ -722,6 +759,8 @@ class _Staged:
     size: int
     sha: str
     meta: Meta
+    #: The signature it passed (trust): claimed with its batch before it is linked.
+    verified: VerifiedJob | None = None
 
 
 def _same_bytes(path: str, size: int, sha: str) -> bool | None:

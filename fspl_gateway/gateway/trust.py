@@ -354,16 +354,17 @@ class ReceiveGate:
         return agecrypt.StreamDecryptor(self.p.identities, out,
                                         MultiHasher(("sha256",), head=HEAD_BYTES))
 
-    def admit(self, path: str, e: RemoteEntry, sig: Signature, journal: Any,
-              decoder: str | None, fetched: MultiHasher) -> Admitted:
+    def admit(self, path: str, e: RemoteEntry, sig: Signature, decoder: str | None,
+              fetched: MultiHasher) -> Admitted:
         """Verify a staged job (``fetched``: its digests and first bytes, taken while it
-        was fetched, and the decryptor that ran meanwhile, if any); claim (key, seq,
-        sha256); take its plaintext when it was decrypted.  TrustRefused for any failure
+        was fetched, and the decryptor that ran meanwhile, if any); take its plaintext
+        when it was decrypted.  Its (key, seq, sha256) is claimed by :meth:`claim` with
+        its batch, before it is linked.  TrustRefused for any failure
         (``path`` is then still the staged file, for the quarantine; a plaintext is
         removed)."""
         dec = fetched.tap if isinstance(fetched.tap, agecrypt.StreamDecryptor) else None
         try:
-            adm = self._admit(path, e, sig, journal, decoder, fetched, dec)
+            adm = self._admit(path, e, sig, decoder, fetched, dec)
         except BaseException:
             if dec is not None:
                 dec.abort()
@@ -375,19 +376,14 @@ class ReceiveGate:
             dec.abort()
         return adm
 
-    def _admit(self, path: str, e: RemoteEntry, sig: Signature, journal: Any,
-               decoder: str | None, fetched: MultiHasher,
+    def _admit(self, path: str, e: RemoteEntry, sig: Signature, decoder: str | None,
+               fetched: MultiHasher,
                dec: agecrypt.StreamDecryptor | None) -> Admitted:
         try:
             v = verify_job(path, sig, self.p.keys, self.p.queue_id,
                            sha256=fetched.hexdigest(), size=fetched.size, head=fetched.head)
         except SignatureError as err:
             raise TrustRefused(err.reason, str(err)) from None
-        other = journal.claim_signed(v.key_id, v.seq, v.sha256, self.remote, e.name)
-        if other is not None:
-            raise TrustRefused("replay", f"key {v.key_id} already signed seq {v.seq} with "
-                               f"other bytes (sha256 {other}): a replay or a forked sender")
-        journal.forget_wait(self.remote, e.name)
         same = Admitted(path, v, False, fetched.hexdigest(), fetched.size, fetched.head)
         if not v.encrypted:
             return same
@@ -415,6 +411,18 @@ class ReceiveGate:
             raise TrustRefused(err.reason, str(err)) from None
         pt = dec.hasher
         return Admitted(dec.out_path, v, False, pt.hexdigest(), pt.size, pt.head)
+
+    def claim(self, journal: Any, jobs: Sequence[tuple[str, VerifiedJob]]
+              ) -> list[TrustRefused | None]:
+        """Claim (key id, seq, sha256) of verified jobs (name, verification) in the
+        journal, in one transaction, before they are linked: per job None, or a
+        TrustRefused for a (key, seq) already signed with other bytes (a replay)."""
+        others = journal.claim_signed_many([(v.key_id, v.seq, v.sha256, self.remote, name)
+                                            for name, v in jobs])
+        return [None if other is None else TrustRefused(
+                    "replay", f"key {v.key_id} already signed seq {v.seq} with other bytes "
+                    f"(sha256 {other}): a replay or a forked sender")
+                for (_, v), other in zip(jobs, others, strict=True)]
 
     @staticmethod
     def check_header(adm: Admitted, meta: Meta) -> None:
