@@ -174,6 +174,72 @@ def test_kill_9_during_verification_leaves_nothing_visible(tmp_path: Path) -> No
     assert os.listdir(staging) == []
 
 
+def test_kill_9_while_decrypting_during_the_fetch_leaves_nothing_visible(
+        tmp_path: Path) -> None:
+    """An encrypted job is decrypted while it is fetched, into a second staging file:
+    killed then, nothing is in jobs/ (the plaintext is linked only after the ciphertext
+    verified), and the next run cleans staging and gets the job in."""
+    from fspl_gateway.core import minisign as ms
+
+    key = ms.generate_keypair()
+    ident, recipient = age_identity(tmp_path)
+    remote = tmp_path / "remote"
+    (remote / "jobs").mkdir(parents=True)
+    job, sig = signed(key, 1, tmp_path, payload=os.urandom(1 << 20) * 384,
+                      recipients=[recipient])
+    (remote / "jobs" / job_name(1)).write_bytes(job)
+    (remote / "jobs" / (job_name(1) + ".minisig")).write_bytes(sig)
+    del job
+    q = _queue(tmp_path, "inbox")
+    argv = [*FSPL_GW, "sync", "-r", str(remote), "-t", "local", "-q", str(q), "--after-fetch",
+            "keep", "--trust", key.public_key.to_base64(), "--queue-id", "site-b",
+            "--identity", ident]
+    staging = q / ".fspl-gw" / "staging"
+    p = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:  # ciphertext and plaintext both growing
+            sizes = [f.stat().st_size for f in staging.iterdir()] if staging.exists() else []
+            if len(sizes) == 2 and min(sizes) > 8 * MiB:
+                break
+            time.sleep(0.005)
+        else:
+            pytest.fail("the job was never decrypted while fetched")
+        os.kill(p.pid, signal.SIGKILL)
+    finally:
+        p.wait()
+    assert os.listdir(q / "jobs") == []
+    r = subprocess.run(argv, capture_output=True)
+    assert r.returncode == 0, r.stderr
+    assert os.listdir(q / "jobs") == [job_name(1)]
+    assert os.listdir(staging) == []
+
+
+def test_an_altered_encrypted_job_leaves_no_plaintext_anywhere(tmp_path: Path) -> None:
+    """Decrypted while fetched, refused by its signature: the plaintext is removed, the
+    ciphertext quarantined, nothing linked."""
+    from fspl_gateway.core import minisign as ms
+
+    key = ms.generate_keypair()
+    ident, recipient = age_identity(tmp_path)
+    remote = tmp_path / "remote"
+    (remote / "jobs").mkdir(parents=True)
+    job, sig = signed(key, 1, tmp_path, payload=b"x" * 100_000, recipients=[recipient])
+    other, _ = signed(key, 1, tmp_path, payload=b"y" * 100_000, recipients=[recipient])
+    (remote / "jobs" / job_name(1)).write_bytes(other)  # decrypts fine, not what was signed
+    (remote / "jobs" / (job_name(1) + ".minisig")).write_bytes(sig)
+    q = _queue(tmp_path, "inbox")
+    r = run_gw("sync", "-r", str(remote), "-t", "local", "-q", str(q), "--trust",
+               key.public_key.to_base64(), "--queue-id", "site-b", "--identity", ident)
+    assert r.returncode == 3, r.stderr
+    assert os.listdir(q / "jobs") == []
+    assert os.listdir(q / ".fspl-gw" / "staging") == []
+    qd = q / ".fspl-gw" / "quarantine"
+    kept = [p for p in qd.iterdir() if not p.name.endswith(".reason")]
+    assert [p.read_bytes() for p in kept] == [other]  # the ciphertext, as it came
+    assert "bad-signature" in next(qd.glob("*.reason")).read_text()
+
+
 def test_big_encrypted_job_syncs_in_flat_memory(tmp_path: Path) -> None:
     from fspl_gateway.core import minisign as ms
 
