@@ -30,7 +30,9 @@ and the kernel moves the bytes.  Only age's stderr is read, for a one-line error
 
 age authenticates the plaintext per 64 KiB chunk and reports a truncated or altered file
 only when it reaches the bad chunk: what was written before may be partial.  Callers
-decrypt into a temporary file and use it only if :func:`decrypt_stream` returned.
+decrypt into a temporary file and use it only if :func:`decrypt_stream` returned (or
+:meth:`StreamDecryptor.finish`, the variant fed chunk by chunk while a file is fetched,
+whose stdout is read by a thread that hashes the plaintext as it is written).
 """
 
 from __future__ import annotations

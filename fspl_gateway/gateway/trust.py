@@ -17,17 +17,25 @@ transport (sync, ``import`` of media, the watch service):
    is quarantined as unsigned.  Remotes may list in any order, and a sender writes the
    signature first, so a receiver normally finds both.  An unparsable signature, a key that
    is not trusted, or (with routes) a trusted key that no route names → quarantined;
-2. the job is downloaded into staging and verified there (:func:`~fspl_gateway.core.jobsig.verify_job`):
-   signature, trusted comment, queue id, sha256 of the bytes, and the header's seq.  Then
-   (key id, seq, sha256) is claimed in the journal (``signers``): the same (key, seq) seen
-   before with other bytes is a replay (or a forked sender) → quarantined;
+2. the job is downloaded into staging and verified there (:func:`~fspl_gateway.core.jobsig.verify_job`),
+   from the digests the download itself took (one pass over the file,
+   :class:`~fspl_gateway.core.hashing.MultiHasher`): the signature over the trusted
+   comment, queue id, the sha256 of the bytes, and the header's seq.  When the batch is
+   committed, (key id, seq, sha256) is claimed in the journal (``signers``, one
+   transaction per batch) before anything is linked: the same (key, seq) seen before with
+   other bytes is a replay (or a forked sender) → quarantined;
 3. an encrypted job (age) is decrypted at the boundary, in staging, when the receiver has
-   an identity (``--identity``): streamed through ``age -d`` (flat memory), the plaintext
-   header checked against the signed seq (:func:`~fspl_gateway.core.jobsig.check_decrypted`),
-   and the plaintext is what is linked into ``jobs/``.  Why at the boundary: the header of
+   an identity (``--identity``): streamed through ``age -d`` (flat memory) *while it is
+   downloaded* (:class:`~fspl_gateway.core.agecrypt.StreamDecryptor`, so the download,
+   the hashing and age overlap), into a second staging file, its plaintext hashed as age
+   writes it.  That plaintext is only a candidate: it is used once the ciphertext's
+   signature verified (else removed and the ciphertext quarantined), its header checked
+   against the signed seq (:func:`~fspl_gateway.core.jobsig.check_decrypted_head`), and
+   then it is what is linked into ``jobs/``.  Nothing decrypted is ever linked before the
+   signature over the ciphertext verified.  Why at the boundary: the header of
    an encrypted job cannot be read before decryption, and a queue of plain packets keeps
    ``queue-process``, ``status``, ordering by seq and every fspl-compatible tool working as
-   they do; the payload was authenticated before a byte reached age.  Without an identity
+   they do.  Without an identity
    an encrypted job is linked as it is and needs ``--decoder 'age -d -i KEY'`` (fspl's own
    recipe) for sync and processing; its decoded header must carry the signed seq;
 4. only then does the normal pull path (fsync, link into ``jobs/``, journal) go on.  A
@@ -35,8 +43,8 @@ transport (sync, ``import`` of media, the watch service):
    nothing unverified is ever visible in ``jobs/``.  The ``.minisig`` is deleted from the
    remote together with its job under ``--after-fetch delete``.
 
-A kill during verification leaves only a staging file, which the next run removes and
-fetches again.
+A kill during verification or decryption leaves only staging files, which the next run
+removes and fetches again.
 
 **Routing** (:func:`routed_passes`): ``routes`` maps a key (id or one-line public key) to a
 local queue.  ``sync`` then runs one pull per target queue, each taking only the jobs of

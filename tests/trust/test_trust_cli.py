@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -152,18 +153,27 @@ def test_kill_9_during_verification_leaves_nothing_visible(tmp_path: Path) -> No
     q = _queue(tmp_path, "inbox")
     argv = [*FSPL_GW, "sync", "-r", str(remote), "-t", "local", "-q", str(q), "--after-fetch",
             "keep", "--trust", key.public_key.to_base64(), "--queue-id", "site-b"]
-    staging = q / ".fspl-gw" / "staging"
     full = (remote / "jobs" / job_name(1)).stat().st_size
+    # downloaded whole: verification begins
+    _kill_9_then_rerun(argv, q, lambda sizes: full in sizes, "the job was never staged")
+
+
+def _kill_9_then_rerun(argv: list[str], q: Path, ready: Callable[[list[int]], bool],
+                       never: str) -> None:
+    """Run ``argv`` (a sync of job 1 into ``q``), kill -9 it once ``ready(sizes of the
+    staging files)``; nothing may be in jobs/; a second run gets the job in and leaves
+    staging empty."""
+    staging = q / ".fspl-gw" / "staging"
     p = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:  # downloaded whole: verification begins
+        while time.monotonic() < deadline:
             sizes = [f.stat().st_size for f in staging.iterdir()] if staging.exists() else []
-            if full in sizes:
+            if ready(sizes):
                 break
             time.sleep(0.005)
         else:
-            pytest.fail("the job was never staged")
+            pytest.fail(never)
         os.kill(p.pid, signal.SIGKILL)
     finally:
         p.wait()
@@ -194,25 +204,9 @@ def test_kill_9_while_decrypting_during_the_fetch_leaves_nothing_visible(
     argv = [*FSPL_GW, "sync", "-r", str(remote), "-t", "local", "-q", str(q), "--after-fetch",
             "keep", "--trust", key.public_key.to_base64(), "--queue-id", "site-b",
             "--identity", ident]
-    staging = q / ".fspl-gw" / "staging"
-    p = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:  # ciphertext and plaintext both growing
-            sizes = [f.stat().st_size for f in staging.iterdir()] if staging.exists() else []
-            if len(sizes) == 2 and min(sizes) > 8 * MiB:
-                break
-            time.sleep(0.005)
-        else:
-            pytest.fail("the job was never decrypted while fetched")
-        os.kill(p.pid, signal.SIGKILL)
-    finally:
-        p.wait()
-    assert os.listdir(q / "jobs") == []
-    r = subprocess.run(argv, capture_output=True)
-    assert r.returncode == 0, r.stderr
-    assert os.listdir(q / "jobs") == [job_name(1)]
-    assert os.listdir(staging) == []
+    # ciphertext and plaintext both growing in staging
+    _kill_9_then_rerun(argv, q, lambda sizes: len(sizes) == 2 and min(sizes) > 8 * MiB,
+                       "the job was never decrypted while fetched")
 
 
 def test_an_altered_encrypted_job_leaves_no_plaintext_anywhere(tmp_path: Path) -> None:
