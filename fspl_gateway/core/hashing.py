@@ -73,6 +73,7 @@ class MultiHasher:
     def reset(self) -> None:
         self._hs = [_new(a) for a in self.algorithms]
         self._head = bytearray()
+        self._head_bytes: bytes | None = None
         #: Bytes hashed so far.
         self.size = 0
         if self.tap is not None:
@@ -91,7 +92,9 @@ class MultiHasher:
     @property
     def head(self) -> bytes:
         """The first ``head`` bytes of the stream (fewer if it is shorter)."""
-        return bytes(self._head)
+        if self._head_bytes is None or len(self._head_bytes) != len(self._head):
+            self._head_bytes = bytes(self._head)
+        return self._head_bytes
 
     def hexdigest(self, algorithm: str | None = None) -> str:
         """The hex digest of ``algorithm`` (default: the first one)."""

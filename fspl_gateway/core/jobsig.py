@@ -53,7 +53,7 @@ import hashlib
 import os
 import re
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from fspl_gateway.core import agecrypt
 from fspl_gateway.core.errors import FsplError, PacketError, UsageError
@@ -153,6 +153,8 @@ class VerifiedJob:
     #: An age file: the seq inside is checked by :meth:`check_meta` after decryption.
     encrypted: bool
     size: int
+    #: The header of a plain packet, as read for the check (None for an age file).
+    meta: Meta | None = field(default=None, compare=False)
 
     def check_meta(self, meta: Meta) -> None:
         """The decrypted packet's header must carry the signed seq."""
@@ -251,13 +253,18 @@ def verify_job(path: str | os.PathLike[str], sig_bytes: bytes | Signature,
     try:
         key = verify_comment(sig, keys)
         binding = Binding.parse(sig.trusted_comment)
-        kind = _check_binding(binding, queue_id, sha256, lambda: _head_seq(head, path),
-                              _kind_of(head))
+        metas: list[Meta] = []
+
+        def header_seq() -> int:
+            metas.append(head_meta(head, path))
+            return metas[0].seq
+
+        kind = _check_binding(binding, queue_id, sha256, header_seq, _kind_of(head))
     except SignatureError:
         _verify_complete(path, sig, keys, queue_id)  # raises with minisign's reason
         raise
     return VerifiedJob(key.key_id, binding.seq, binding.sha256, sig.trusted_comment,
-                       binding.queue, kind == "age", size)
+                       binding.queue, kind == "age", size, metas[0] if metas else None)
 
 
 def _kind_of(head: bytes) -> str:
@@ -266,10 +273,6 @@ def _kind_of(head: bytes) -> str:
     if agecrypt.is_encrypted(head[:_HEAD]):
         return "age"
     return "other"
-
-
-def _head_seq(head: bytes, path: str | os.PathLike[str]) -> int:
-    return head_meta(head, path).seq
 
 
 def head_meta(head: bytes, path: str | os.PathLike[str]) -> Meta:

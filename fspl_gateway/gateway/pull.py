@@ -457,7 +457,10 @@ class _Puller:
                     assert self.gate is not None and self.journal is not None
                     adm = self.gate.admit(path, e, sig, self.opts.decoder, fetched)
                     path, size, sha, head = adm.path, adm.size, adm.sha256, adm.head
-                meta = self._inspect(path, head)
+                if adm is not None and adm.verified.meta is not None and not self.opts.decoder:
+                    meta = adm.verified.meta  # a plain packet: read by the verification
+                else:
+                    meta = self._inspect(path, head)
                 if adm is not None:
                     ReceiveGate.check_header(adm, meta)
             except TrustRefused as refused:
