@@ -54,7 +54,6 @@ from __future__ import annotations
 
 import os
 import threading
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
@@ -330,46 +329,26 @@ class _Puller:
                     self._cleanup_remote_many([e.name for e, r in done[i:i + BATCH * 8]
                                                if r.state != JournalState.QUARANTINED])
             # Batches: download (parallel) → fsync them all, link them into jobs/, one
-            # fsync of jobs/ → journal (one transaction) → delete the remote copies.  A
-            # batch is committed and cleaned up in a second thread while the next one is
-            # downloaded and verified: the fsyncs and deletions (waits, the GIL released)
-            # overlap that work.  One commit at a time, in order.
-            with ThreadPoolExecutor(1, thread_name_prefix="fspl-gw-commit") as committer:
-                pending: Future[bool] | None = None
-                for i in range(0, len(todo), BATCH):
-                    staged = par.map(self._one, todo[i:i + BATCH])
-                    if pending is not None and not pending.result():
-                        for st in staged:  # a commit failed: nothing more is linked
-                            if st is not None:
-                                self._unlink_quiet(st.path)
-                        pending = None
-                        break
-                    pending = committer.submit(self._commit_and_clean, staged)
-                    if self.stop.is_set():
-                        break
-                if pending is not None:
-                    pending.result()
+            # fsync of jobs/ → journal (one transaction) → delete the remote copies.
+            # (Committing a batch in a second thread while the next one is fetched was
+            # measured slower: the I/O thread waits for the GIL after every fsync and
+            # unlink while the other thread computes.)
+            for i in range(0, len(todo), BATCH):
+                staged = par.map(self._one, todo[i:i + BATCH])
+                try:
+                    clean = self._commit(staged)
+                except BaseException as e:
+                    par.fail(e)
+                    break
+                self._cleanup_remote_many(clean)
+                if self.stop.is_set():
+                    break
         finally:
             par.close()
             progress.close()
             if self.gate is not None:
                 self.res.waiting = self.gate.waiting
         par.raise_error()
-
-    def _commit_and_clean(self, staged: list[_Staged | None]) -> bool:
-        """:meth:`_commit` a batch, then clean up its remote copies; False if the commit
-        failed (the run stops: :meth:`ParallelMap.fail`)."""
-        assert self.par is not None
-        try:
-            clean = self._commit(staged)
-        except BaseException as e:
-            self.par.fail(e)
-            return False
-        try:
-            self._cleanup_remote_many(clean)
-        except BaseException as e:
-            self.par.fail(e)
-        return True
 
     def _settled(self, todo: list[RemoteEntry]) -> list[RemoteEntry]:
         """The entries of ``todo`` that have stopped changing (waiting once for young
