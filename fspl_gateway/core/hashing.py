@@ -110,16 +110,37 @@ class MultiHasher:
 def feed_fd(fd: int, sink: Any, *, offset: int = 0) -> int:
     """Feed the file ``fd`` from ``offset`` to its end to ``sink.update`` (a
     :class:`MultiHasher`, a hashlib object) by ``pread`` through one reused buffer (the
-    descriptor's own offset is untouched); the bytes read."""
-    buf = bytearray(_buffer_size(fd, offset))
-    view = memoryview(buf)
+    descriptor's own offset is untouched); the bytes read.  A big file
+    (:data:`THREAD_MIN`) is fed from a second thread while this one reads ahead."""
+    size = _buffer_size(fd, offset)
+    pump = _HashThread(sink) if size >= CHUNK and _big(fd) else None
+    buf = bytearray(size) if pump is None else None
     n = 0
-    while True:
-        k = os.preadv(fd, [buf], offset + n)
-        if not k:
-            return n
-        sink.update(view[:k])
-        n += k
+    try:
+        while True:
+            b = buf if pump is None else pump.free_buffer()
+            assert b is not None
+            k = os.preadv(fd, [b], offset + n)
+            if not k:
+                if pump is not None:
+                    pump.give_back(b)
+                return n
+            if pump is None:
+                sink.update(memoryview(b)[:k])
+            else:
+                pump.hash(b, k)
+            n += k
+    finally:
+        if pump is not None:
+            pump.finish()
+
+
+def _big(fd: int) -> bool:
+    try:
+        st = os.fstat(fd)
+    except OSError:
+        return False
+    return stat.S_ISREG(st.st_mode) and st.st_size >= THREAD_MIN
 
 
 def _buffer_size(fd: int, offset: int = 0) -> int:
@@ -200,11 +221,7 @@ def copy_hashing(src_fd: int, dst_fd: int, hasher: MultiHasher | None = None, *,
     :data:`FLUSH_BEHIND` bytes as they are written, so the disk works during the copy and
     the final fsync has little left to do."""
     h = MultiHasher() if hasher is None else hasher
-    try:
-        st = os.fstat(src_fd)
-        big = stat.S_ISREG(st.st_mode) and st.st_size >= THREAD_MIN
-    except OSError:
-        big = False
+    big = _big(src_fd)
     if count is not None and count < THREAD_MIN:
         big = False
     out = FlushBehind(dst_fd) if flush_behind else None
@@ -258,7 +275,7 @@ class _HashThread:
     """Hashes the buffers handed to it in a second thread; :meth:`finish` waits for it
     and re-raises what the hasher (or its tap) raised."""
 
-    def __init__(self, h: MultiHasher) -> None:
+    def __init__(self, h: Any) -> None:
         self.h = h
         self.error: BaseException | None = None
         self._free: queue.SimpleQueue[bytearray] = queue.SimpleQueue()
@@ -279,6 +296,10 @@ class _HashThread:
 
     def hash(self, buf: bytearray, k: int) -> None:
         self._full.put((buf, k))
+
+    def give_back(self, buf: bytearray) -> None:
+        """Return a buffer taken with :meth:`free_buffer` but not used."""
+        self._free.put(buf)
 
     def _run(self) -> None:
         while True:

@@ -174,3 +174,13 @@ def test_hashing_writer_with_a_multi_hasher() -> None:
     w.write(DATA)
     assert (w.size, w.hexdigest(), h.hexdigest("md5"), h.head) == (
         len(DATA), SHA, hashlib.md5(DATA).hexdigest(), DATA[:10])
+
+
+def test_hash_fd_of_a_big_file_hashes_in_a_second_thread(tmp_path: Path) -> None:
+    data = os.urandom(THREAD_MIN + 3 * CHUNK + 17)
+    p = tmp_path / "big"
+    p.write_bytes(data)
+    with open(p, "rb") as f:
+        assert hash_fd(f.fileno(), ("sha256", "md5"), offset=5) == (
+            len(data) - 5, [hashlib.sha256(data[5:]).hexdigest(),
+                            hashlib.md5(data[5:]).hexdigest()])
