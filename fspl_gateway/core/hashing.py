@@ -38,7 +38,7 @@ CHUNK = 1 << 20
 #: it saves).
 THREAD_MIN = 4 << 20
 #: Buffers in flight between the copying and the hashing thread (memory: RING × CHUNK).
-RING = 4
+RING = 3
 #: A copy with ``flush_behind`` starts the writeback of every this many bytes written.
 FLUSH_BEHIND = 16 << 20
 
