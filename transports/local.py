@@ -331,12 +331,12 @@ class LocalTransport(Transport):
             return super().fetch_to_path(name, path, entry)
         with new_local_file(path) as fd, self.open(name) as src:
             return self._copy(name, src, entry, lambda count: copy_hashing(
-                src.fileno(), fd, hasher, count=count, flush_behind=True)[1])
+                src.fileno(), fd, hasher, count=count)[1])
 
     def _copy(self, name: str, src: BinaryIO, entry: RemoteEntry | None,
               copy: Callable[[int], int]) -> int:
         """Copy the opened remote file with ``copy(at most this many bytes)`` (a kernel
-        copy, or one that hashes and starts the writeback as it goes), refusing a file
+        copy, or one that hashes as it goes), refusing a file
         still being written or one that changed since the listing."""
         _refuse_if_being_written(src.fileno(), name)
         expect = os.fstat(src.fileno()).st_size

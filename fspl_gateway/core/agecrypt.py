@@ -50,7 +50,7 @@ from collections.abc import Iterable, Sequence
 
 from fspl_gateway.core.errors import EXIT_USAGE, FsplError
 from fspl_gateway.core.fsutil import write_all
-from fspl_gateway.core.hashing import CHUNK, FlushBehind, MultiHasher
+from fspl_gateway.core.hashing import CHUNK, MultiHasher
 
 #: The first bytes of an age file (binary, and ASCII-armored).
 AGE_MAGIC = b"age-encryption.org/v1\n"
@@ -159,7 +159,7 @@ class StreamDecryptor:
     :meth:`update`).  Once the first bytes show an age file, ``age -d`` is started with
     the identities; the fetched bytes go to its stdin, and a thread reads its stdout,
     feeds ``hasher`` (the plaintext's digests and first bytes) and writes the plaintext
-    to the new file ``out_path`` (its writeback started as it goes).  A file that is not
+    to the new file ``out_path``.  A file that is not
     an age file is left alone (:meth:`finish` returns False).
 
     The plaintext is a candidate only: the caller verifies the ciphertext's signature
@@ -240,7 +240,6 @@ class StreamDecryptor:
         src = self._proc.stdout.fileno()
         buf = bytearray(CHUNK)
         view = memoryview(buf)
-        wb = FlushBehind(self._out)
         try:
             while True:
                 k = os.readv(src, [buf])
@@ -248,7 +247,6 @@ class StreamDecryptor:
                     return
                 self.hasher.update(view[:k])
                 write_all(self._out, view[:k])
-                wb.written(k)
         except BaseException as e:  # handed to finish()
             self._error = e
             with contextlib.suppress(OSError):

@@ -296,17 +296,17 @@ def flush_files(paths: list[str]) -> None:
             os.close(fd)
 
 
-def start_writeback(fds: list[int], offset: int = 0, nbytes: int = 0) -> None:
+def start_writeback(fds: list[int]) -> None:
     """Ask the kernel to start writing these files back now (sync_file_range; no
-    waiting, no durability by itself: an fsync after it gives that), the whole files or
-    ``nbytes`` from ``offset``.  Quietly nothing where unavailable."""
+    waiting, no durability by itself: an fsync after it gives that).  Quietly nothing
+    where unavailable."""
     import ctypes
 
     sfr = libc_function("sync_file_range",
                         [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint])
     if sfr is not None:
         for fd in fds:
-            sfr(fd, offset, nbytes, 2)  # SYNC_FILE_RANGE_WRITE; errors show up in the fsync
+            sfr(fd, 0, 0, 2)  # SYNC_FILE_RANGE_WRITE; errors show up in the fsync
 
 
 #: errnos that mean the local disk cannot take more (full, file too large, quota,

@@ -142,7 +142,7 @@ def test_multi_hasher_digests_head_tap_and_reset() -> None:
 
 @pytest.mark.parametrize("size", [0, 1, 5000, THREAD_MIN + 12345])
 def test_copy_hashing_small_and_big(tmp_path: Path, size: int) -> None:
-    """A big file is hashed in a second thread (with its writeback started as it goes):
+    """A big file is hashed in a second thread:
     the same bytes and digests, the tap sees every byte in order; ``count`` bounds it."""
     data = os.urandom(size)
     src, dst = tmp_path / "src", tmp_path / "dst"
@@ -150,7 +150,7 @@ def test_copy_hashing_small_and_big(tmp_path: Path, size: int) -> None:
     tap = _Tap()
     h = MultiHasher(("sha256", "blake2b"), head=64, tap=tap)
     with open(src, "rb") as s, open(dst, "wb") as d:
-        got = copy_hashing(s.fileno(), d.fileno(), h, count=size + 1, flush_behind=True)
+        got = copy_hashing(s.fileno(), d.fileno(), h, count=size + 1)
     assert got == (hashlib.sha256(data).hexdigest(), size)
     assert h.hexdigest("blake2b") == hashlib.blake2b(data).hexdigest()
     assert dst.read_bytes() == data and bytes(tap.got) == data and h.head == data[:64]
