@@ -23,6 +23,7 @@ import argparse
 import datetime
 import os
 import platform
+import resource
 import shutil
 import statistics
 import subprocess
@@ -30,7 +31,8 @@ import sys
 import tempfile
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
@@ -66,13 +68,23 @@ def gw_cmd() -> list[str]:
 def timed(cmd: Sequence[str], env: Mapping[str, str] | None = None,
           timeout: float | None = None) -> float:
     """Wall-clock seconds of one run of ``cmd`` (it must exit 0)."""
+    return timed_cpu(cmd, env, timeout)[0]
+
+
+def timed_cpu(cmd: Sequence[str], env: Mapping[str, str] | None = None,
+              timeout: float | None = None) -> tuple[float, float]:
+    """(wall-clock seconds, CPU seconds: user + sys of the command's process tree) of one
+    run of ``cmd`` (it must exit 0).  CPU time is disturbed less than wall time by other
+    load on a shared machine."""
+    r0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
     r = subprocess.run(list(cmd), capture_output=True, text=True, env=env, timeout=timeout)
     dt = time.perf_counter() - t0
+    r1 = resource.getrusage(resource.RUSAGE_CHILDREN)
     if r.returncode != 0:
         raise SystemExit(f"{cmd[0]} {cmd[1] if len(cmd) > 1 else ''} failed "
                          f"({r.returncode}): {r.stderr.strip()[-2000:]}")
-    return dt
+    return dt, (r1.ru_utime - r0.ru_utime) + (r1.ru_stime - r0.ru_stime)
 
 
 def versions(extra: Mapping[str, str] | None = None) -> str:
@@ -114,21 +126,32 @@ class Row:
     #: The target ratio (fspl-gw time / baseline time) and its wording.
     target: float | None = None
     note: str = ""
+    #: CPU seconds (user + sys of the process tree) per run, where measured.
+    cpu: list[float] = field(default_factory=list)
 
     @property
     def median(self) -> float:
         return statistics.median(self.times)
 
+    def add(self, wall_cpu: tuple[float, float]) -> None:
+        self.times.append(wall_cpu[0])
+        self.cpu.append(wall_cpu[1])
+
 
 def table(rows: Sequence[Row], jobs: int) -> str:
+    """A Markdown table of the rows (medians; the ratio of each row to its baseline by
+    wall time, and by CPU time where measured)."""
     by_key = {f"{r.tool} {r.setting}": r for r in rows}
-    out = ["| tool | setting | seconds (median) | jobs/s | ratio | target met? |",
-           "|---|---|---|---|---|---|"]
+    cpu = any(r.cpu for r in rows)
+    out = ["| tool | setting | seconds (median) | jobs/s | ratio | target met? |"
+           + (" CPU s (median) | CPU ratio |" if cpu else ""),
+           "|---|---|---|---|---|---|" + ("---|---|" if cpu else "")]
     for r in rows:
         if not r.times:
-            out.append(f"| {r.tool} | {r.setting} | {r.note or 'not run'} | | | |")
+            out.append(f"| {r.tool} | {r.setting} | {r.note or 'not run'} | | | |"
+                       + (" | |" if cpu else ""))
             continue
-        ratio = met = ""
+        ratio = met = cpu_ratio = ""
         base = by_key.get(r.baseline or "")
         if base is not None and base.times:
             x = r.median / base.median
@@ -136,9 +159,14 @@ def table(rows: Sequence[Row], jobs: int) -> str:
             if r.target is not None:
                 met = (f"yes (≤ {r.target:.2f}×)" if x <= r.target
                        else f"**no** (target ≤ {r.target:.2f}×)")
+            if r.cpu and base.cpu:
+                cpu_ratio = f"{statistics.median(r.cpu) / statistics.median(base.cpu):.2f}×"
         spread = f" ({min(r.times):.2f}–{max(r.times):.2f})" if len(r.times) > 1 else ""
-        out.append(f"| {r.tool} | {r.setting} | {r.median:.2f}{spread} | "
-                   f"{jobs / r.median:.0f} | {ratio} | {met} |")
+        line = (f"| {r.tool} | {r.setting} | {r.median:.2f}{spread} | "
+                f"{jobs / r.median:.0f} | {ratio} | {met} |")
+        if cpu:
+            line += (f" {statistics.median(r.cpu):.2f} |" if r.cpu else " |") + f" {cpu_ratio} |"
+        out.append(line)
     return "\n".join(out)
 
 
@@ -174,6 +202,88 @@ def run_setting(tmp: str, rtmp: str, a: argparse.Namespace, where: str,
         shutil.rmtree(rbase)
 
 
+def big_job(path: str, mib: int) -> None:
+    """A real packet with ``mib`` MiB of random payload, written streaming."""
+    with open(path, "wb") as f:
+        f.write(encode_header(Meta(1, (1700000000, 0), "NOP")))
+        chunk = os.urandom(1 << 20)
+        for i in range(mib):  # vary the chunks cheaply so that nothing dedups
+            f.write(chunk[i % 4096:] + chunk[:i % 4096])
+
+
+def run_big(tmp: str, rtmp: str, a: argparse.Namespace, where: str) -> list[Row]:
+    """One job of ``a.big_mib`` MiB from a local remote in ``rtmp`` into a queue in
+    ``tmp``, against ``cp`` and ``rclone copyto`` of the same file (see the module doc)."""
+    rclone = shutil.which("rclone")
+    src = os.path.join(rtmp, "big.fspl")
+    big_job(src, a.big_mib)
+    name = q.new_job_filename()
+    rows = {k: Row(tool, where, []) for k, tool in (
+        ("cp", "cp"), ("cps", "cp, then sync FILE (durable)"), ("rc", "rclone copyto"),
+        ("gw", "fspl-gw sync"), ("gwk", "fspl-gw sync --after-fetch keep"))}
+    for k in ("gw", "gwk"):
+        rows[k].baseline, rows[k].target = f"cp {where}", 1 / 0.9
+    if not rclone:
+        rows["rc"].note = "rclone not installed"
+    for r in range(a.rounds):
+        _big_round(tmp, rtmp, src, name, r, rows, rclone)
+    os.unlink(src)
+    return [rows[k] for k in ("gw", "gwk", "cp", "cps", "rc")]
+
+
+def _big_round(tmp: str, rtmp: str, src: str, name: str, r: int, rows: dict[str, Row],
+               rclone: str | None) -> None:
+    remote = os.path.join(rtmp, f"remote{r}")
+    rjobs = os.path.join(remote, "jobs")
+    os.makedirs(rjobs)
+    out = os.path.join(tmp, f"out{r}")
+    same_fs = os.stat(tmp).st_dev == os.stat(rtmp).st_dev
+
+    def sync(qdir: str, *extra: str) -> list[str]:
+        q.queue_init(qdir)
+        return [*gw_cmd(), "-l", "warn", "sync", "-t", "local", "-r", remote, "-q", qdir,
+                "--settle", "0", *extra]
+
+    def gw_move() -> tuple[float, float]:
+        qdir = os.path.join(tmp, f"qm{r}")
+        if same_fs:  # the job's only name: the move may link it instead of copying
+            os.rename(src, os.path.join(rjobs, name))
+        else:
+            os.link(src, os.path.join(rjobs, name))
+        try:
+            return timed_cpu(sync(qdir))
+        finally:
+            got = os.path.join(qdir, "jobs", name)
+            if same_fs:
+                os.rename(got if os.path.exists(got) else os.path.join(rjobs, name), src)
+            shutil.rmtree(qdir)
+
+    def gw_keep() -> tuple[float, float]:
+        qdir = os.path.join(tmp, f"qk{r}")
+        os.link(src, os.path.join(rjobs, name))
+        try:
+            return timed_cpu(sync(qdir, "--after-fetch", "keep"))
+        finally:
+            os.unlink(os.path.join(rjobs, name))
+            shutil.rmtree(qdir)
+
+    runs: list[tuple[str, Any]] = [
+        ("gw", gw_move), ("cp", lambda: timed_cpu(["cp", src, out])),
+        ("gwk", gw_keep), ("cps", lambda: timed_cpu(["sh", "-c", 'cp "$1" "$2" && sync "$2"',
+                                                     "sh", src, out]))]
+    if rclone:
+        runs.append(("rc", lambda: timed_cpu([rclone, "copyto", "--config", "/dev/null",
+                                              src, out])))
+    if r % 2:
+        runs.reverse()  # neither side always goes first
+    for k, fn in runs:
+        os.sync()  # every run starts with nothing dirty
+        rows[k].add(fn())
+        if os.path.exists(out):
+            os.unlink(out)
+    shutil.rmtree(remote)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--jobs", type=int, default=1000)
@@ -183,6 +293,9 @@ def main() -> None:
     ap.add_argument("--other-fs", default="/dev/shm",
                     help="A directory on another file system for the second setting "
                          "('' to skip it).")
+    ap.add_argument("--big-mib", type=int, default=1024,
+                    help="Size of the one big job of the second benchmark (0 skips it).")
+    ap.add_argument("--skip-small", action="store_true", help="Only the big job.")
     a = ap.parse_args()
     settings = [("same file system", None)]
     if a.other_fs:
@@ -194,17 +307,27 @@ def main() -> None:
         gw = Row("fspl-gw sync", where, [], baseline=f"rclone move {where}", target=1.0)
         rows[f"gw {where}"], rows[f"rc {where}"] = gw, rc
         order += [gw, rc]
+    big: list[Row] = []
     with tempfile.TemporaryDirectory(prefix="bench-sync-") as tmp:
         for where, d in settings:
             with tempfile.TemporaryDirectory(prefix="bench-sync-remote-", dir=d or tmp) as rt:
-                run_setting(os.path.join(tmp, "x"), rt, a, where, rows)
-                shutil.rmtree(os.path.join(tmp, "x"), ignore_errors=True)
+                if not a.skip_small:
+                    run_setting(os.path.join(tmp, "x"), rt, a, where, rows)
+                    shutil.rmtree(os.path.join(tmp, "x"), ignore_errors=True)
+                if a.big_mib > 0:
+                    big += run_big(tmp, rt, a, where)
     for r in order:
         if not r.times and r.tool.startswith("rclone"):
             r.note = "rclone not installed"
-    print(header(f"### Sync from a local directory: {a.jobs} jobs of ~{a.size} B, "
-                 f"--concurrency {a.concurrency}, median of {a.rounds} rounds"))
-    print(table(order, a.jobs))
+    if not a.skip_small:
+        print(header(f"### Sync from a local directory: {a.jobs} jobs of ~{a.size} B, "
+                     f"--concurrency {a.concurrency}, median of {a.rounds} rounds"))
+        print(table(order, a.jobs) + "\n")
+    if big:
+        print(header(f"### One {a.big_mib} MiB job from a local directory, median of "
+                     f"{a.rounds} interleaved rounds (MiB/s column: the job's size over the "
+                     "time; target: fspl-gw ≥ 90 % of cp's speed)"))
+        print(table(big, a.big_mib).replace("jobs/s", "MiB/s"))
 
 
 if __name__ == "__main__":

@@ -19,8 +19,9 @@ inputs on disk (``os.sync()`` before the timed runs), and the medians are report
 machine may be shared.
 
 Usage: ``python benchmarks/bench_trust.py [--jobs N] [--size BYTES] [--rounds R]
-[--big-mib MIB] [--skip-small] [--skip-big]``.  Prints Markdown tables with the date,
-machine and versions.
+[--big-mib MIB] [--skip-small] [--skip-big] [--base DIR]``.  Prints Markdown tables with
+the date, machine and versions, wall and CPU time (user + sys of the process tree, which
+other load disturbs less).
 """
 
 from __future__ import annotations
@@ -37,12 +38,20 @@ for p in (ROOT, os.path.join(ROOT, "benchmarks")):
     if p not in sys.path:
         sys.path.insert(0, p)
 
-from bench_sync_local import Row, gw_cmd, header, make_jobs, table, timed, write_jobs  # noqa: E402
+from bench_sync_local import (  # noqa: E402
+    Row,
+    big_job,
+    gw_cmd,
+    header,
+    make_jobs,
+    table,
+    timed_cpu,
+    write_jobs,
+)
 
 from fspl_gateway.core import queue as q  # noqa: E402
 from fspl_gateway.core.jobsig import sign_job  # noqa: E402
 from fspl_gateway.core.minisign import generate_keypair  # noqa: E402
-from fspl_gateway.core.packet import Meta, encode_header  # noqa: E402
 
 QID = "bench-site"
 MiB = 1 << 20
@@ -53,48 +62,54 @@ def _sync(remote: str, qdir: str, *extra: str) -> list[str]:
 
 
 # -- (a) -------------------------------------------------------------------------------
+def _variants(a: argparse.Namespace) -> list[tuple[str, dict[str, str] | None]]:
+    """("" and this checkout), plus (" (base)", the environment running ``--base``)."""
+    out: list[tuple[str, dict[str, str] | None]] = [("", None)]
+    if a.base:
+        out.append((" (base)", {**os.environ, "PYTHONPATH": os.path.abspath(a.base)}))
+    return out
+
+
 def bench_small(tmp: str, a: argparse.Namespace, pub: str, key: object) -> list[Row]:
-    plain = Row("fspl-gw sync", f"{a.jobs} unsigned jobs", [])
-    signed = Row("fspl-gw sync --trust", f"{a.jobs} signed jobs", [],
-                 baseline=f"{plain.tool} {plain.setting}", target=1.10)
+    rows: list[Row] = []
+    pairs = []
+    for label, env in _variants(a):
+        plain = Row(f"fspl-gw{label} sync", f"{a.jobs} unsigned jobs", [])
+        signed = Row(f"fspl-gw{label} sync --trust", f"{a.jobs} signed jobs", [],
+                     baseline=f"{plain.tool} {plain.setting}", target=1.10)
+        rows += [plain, signed]
+        pairs.append((plain, signed, env))
     for r in range(a.rounds):
         base = os.path.join(tmp, f"small{r}")
         jobs = make_jobs(a.jobs, a.size)
-        rem_a, rem_b = os.path.join(base, "remote-a"), os.path.join(base, "remote-b")
-        write_jobs(os.path.join(rem_a, "jobs"), jobs)
-        write_jobs(os.path.join(rem_b, "jobs"), jobs)
-        jb = os.path.join(rem_b, "jobs")
-        for name, _ in jobs:
-            with open(os.path.join(jb, name + ".minisig"), "wb") as f:
-                f.write(sign_job(os.path.join(jb, name), key, QID))  # type: ignore[arg-type]
-        qa, qb = os.path.join(base, "qa"), os.path.join(base, "qb")
-        q.queue_init(qa)
-        q.queue_init(qb)
+        runs = []
+        for v, (plain, signed, env) in enumerate(pairs):
+            rem_a, rem_b = os.path.join(base, f"remote-a{v}"), os.path.join(base, f"remote-b{v}")
+            write_jobs(os.path.join(rem_a, "jobs"), jobs)
+            write_jobs(os.path.join(rem_b, "jobs"), jobs)
+            jb = os.path.join(rem_b, "jobs")
+            for name, _ in jobs:
+                with open(os.path.join(jb, name + ".minisig"), "wb") as f:
+                    f.write(sign_job(os.path.join(jb, name), key, QID))  # type: ignore[arg-type]
+            qa, qb = os.path.join(base, f"qa{v}"), os.path.join(base, f"qb{v}")
+            q.queue_init(qa)
+            q.queue_init(qb)
+            runs += [(plain, _sync(rem_a, qa, "--concurrency", str(a.concurrency)), qa, env, jb),
+                     (signed, _sync(rem_b, qb, "--concurrency", str(a.concurrency),
+                                    "--trust", pub, "--queue-id", QID), qb, env, jb)]
         os.sync()
-        runs = [(plain, _sync(rem_a, qa, "--concurrency", str(a.concurrency)), qa),
-                (signed, _sync(rem_b, qb, "--concurrency", str(a.concurrency),
-                               "--trust", pub, "--queue-id", QID), qb)]
         if r % 2:
             runs.reverse()  # neither side always goes first
-        for row, cmd, qdir in runs:
-            row.times.append(timed(cmd))
+        for row, cmd, qdir, env, _ in runs:
+            row.add(timed_cpu(cmd, env))
             assert len(os.listdir(os.path.join(qdir, "jobs"))) == a.jobs, row.tool
-        assert os.listdir(jb) == [], "the signatures leave the remote with their jobs"
+        for *_, jb in runs:
+            assert os.listdir(jb) == [], "the signatures leave the remote with their jobs"
         shutil.rmtree(base)
-    return [plain, signed]
+    return rows
 
 
 # -- (b) -------------------------------------------------------------------------------
-def _big_job(path: str, mib: int) -> None:
-    """A real packet with ``mib`` MiB of random payload, written streaming."""
-    with open(path, "wb") as f:
-        f.write(encode_header(Meta(1, (1700000000, 0), "NOP")))
-        chunk = os.urandom(MiB)
-        for i in range(mib):
-            # vary the chunks cheaply so that nothing compresses or dedups
-            f.write(chunk[i % 4096:] + chunk[:i % 4096])
-
-
 def bench_big(tmp: str, a: argparse.Namespace, pub: str, key: object) -> list[Row]:
     base = os.path.join(tmp, "big")
     os.makedirs(base)
@@ -103,39 +118,44 @@ def bench_big(tmp: str, a: argparse.Namespace, pub: str, key: object) -> list[Ro
     recipient = subprocess.run(["age-keygen", "-y", ident], check=True, capture_output=True,
                                text=True).stdout.strip()
     plain_path, enc = os.path.join(base, "plain"), os.path.join(base, "job.age")
-    _big_job(plain_path, a.big_mib)
+    big_job(plain_path, a.big_mib)
     subprocess.run(["age", "-r", recipient, "-o", enc, plain_path], check=True)
     os.unlink(plain_path)
     name = q.new_job_filename()
     sig = sign_job(enc, key, QID, seq=1)  # type: ignore[arg-type]
     size = f"{a.big_mib} MiB job"
     age = Row("age -d -o FILE", size, [])
-    gw = Row("fspl-gw sync --trust --identity", size, [],
-             baseline=f"{age.tool} {age.setting}", target=1.25)
+    gws = [(Row(f"fspl-gw{label} sync --trust --identity", size, [],
+                baseline=f"{age.tool} {age.setting}", target=1.25), env)
+           for label, env in _variants(a)]
     for r in range(a.rounds):
-        remote, qdir = os.path.join(base, f"remote{r}"), os.path.join(base, f"q{r}")
-        jobs = os.path.join(remote, "jobs")
-        os.makedirs(jobs)
-        os.link(enc, os.path.join(jobs, name))  # the same bytes, nothing copied
-        with open(os.path.join(jobs, name + ".minisig"), "wb") as f:
-            f.write(sig)
-        q.queue_init(qdir)
         out = os.path.join(base, f"age-out{r}")
-        os.sync()
-        runs = [(age, ["age", "-d", "-i", ident, "-o", out, enc]),
-                (gw, _sync(remote, qdir, "--trust", pub, "--queue-id", QID,
-                           "--identity", ident))]
+        runs: list[tuple[Row, list[str], dict[str, str] | None, str, str]] = [
+            (age, ["age", "-d", "-i", ident, "-o", out, enc], None, "", "")]
+        for v, (gw, env) in enumerate(gws):
+            remote, qdir = os.path.join(base, f"remote{r}-{v}"), os.path.join(base, f"q{r}-{v}")
+            jobs = os.path.join(remote, "jobs")
+            os.makedirs(jobs)
+            os.link(enc, os.path.join(jobs, name))  # the same bytes, nothing copied
+            with open(os.path.join(jobs, name + ".minisig"), "wb") as f:
+                f.write(sig)
+            q.queue_init(qdir)
+            runs.append((gw, _sync(remote, qdir, "--trust", pub, "--queue-id", QID,
+                                   "--identity", ident), env, qdir, remote))
         if r % 2:
             runs.reverse()
-        for row, cmd in runs:
-            row.times.append(timed(cmd))
-        got = os.listdir(os.path.join(qdir, "jobs"))
-        assert got == [name], got
-        assert os.path.getsize(os.path.join(qdir, "jobs", name)) == os.path.getsize(out)
+        for row, cmd, env, _, _ in runs:
+            os.sync()  # nothing dirty from the previous run
+            row.add(timed_cpu(cmd, env))
+        for *_, qdir, remote in runs:
+            if qdir:
+                got = os.listdir(os.path.join(qdir, "jobs"))
+                assert got == [name], got
+                assert os.path.getsize(os.path.join(qdir, "jobs", name)) == os.path.getsize(out)
+                shutil.rmtree(qdir)
+                shutil.rmtree(remote)
         os.unlink(out)
-        shutil.rmtree(qdir)
-        shutil.rmtree(remote)
-    return [age, gw]
+    return [age] + [gw for gw, _ in gws]
 
 
 def main() -> None:
@@ -148,6 +168,10 @@ def main() -> None:
     ap.add_argument("--skip-small", action="store_true")
     ap.add_argument("--skip-big", action="store_true")
     ap.add_argument("--dir", default=None, help="Where to build the inputs (default: $TMPDIR).")
+    ap.add_argument("--base", default=None,
+                    help="A checkout of another version (e.g. `git archive` of the base "
+                         "commit, with fspl_gateway/transports linked to ../transports): its "
+                         "fspl-gw runs too, interleaved, as the rows marked (base).")
     a = ap.parse_args()
     key = generate_keypair()
     pub = key.public_key.to_base64()

@@ -57,11 +57,12 @@ from __future__ import annotations
 
 import abc
 import builtins
+import contextlib
 import os
 import re
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, BinaryIO, ClassVar
+from typing import Any, BinaryIO, ClassVar, cast
 
 from fspl_gateway.core.errors import (
     ConfigError,
@@ -69,6 +70,7 @@ from fspl_gateway.core.errors import (
     NotSupportedError,
     TransportError,
 )
+from fspl_gateway.core.hashing import HashingWriter, MultiHasher
 from fspl_gateway.core.layout import JOBS
 from fspl_gateway.transports.options import Option, OptionSchema, OptionType, OptionValues
 
@@ -182,27 +184,27 @@ class Transport(abc.ABC):
 
     # -- optional fast paths -----------------------------------------------------------
     def fetch_to_path(self, name: str, path: str, entry: RemoteEntry | None = None, *,
-                      link: bool = False) -> int:
+                      link: bool = False, hasher: MultiHasher | None = None) -> int:
         """Copy one remote file into a new local file ``path`` (created here, never over
         an existing file); return the byte count.  The file is *not* fsynced: the caller
         makes it durable.  On any error ``path`` is removed again, so a retry can call
         this once more.
 
+        ``hasher`` (:class:`~fspl_gateway.core.hashing.MultiHasher`), if given, is reset
+        and then fed every byte of the file, in order, while it is fetched: the caller
+        gets its digests (and first bytes) without reading the file a second time.
+
         ``link=True`` allows a transport whose remote lives on the same local file system
         to hard-link the remote file to ``path`` instead of copying it; the caller allows
         that only when it removes the remote name soon after (``after_fetch=delete``),
-        so that the two names do not share one inode for long.  Default: :meth:`fetch`.
+        so that the two names do not share one inode for long.  Default: :meth:`fetch`
+        (through a :class:`~fspl_gateway.core.hashing.HashingWriter` when hashing).
         """
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
-        try:
-            with os.fdopen(fd, "wb", buffering=0) as f:
-                return self.fetch(name, f, entry)
-        except BaseException:
-            try:
-                os.unlink(path)
-            except OSError:
-                pass
-            raise
+        if hasher is not None:
+            hasher.reset()
+        with new_local_file(path) as fd, os.fdopen(fd, "wb", buffering=0, closefd=False) as f:
+            dst = f if hasher is None else cast(BinaryIO, HashingWriter(f, hasher))
+            return self.fetch(name, dst, entry)
 
     def delete_many(self, names: Sequence[str]) -> dict[str, TransportError]:
         """Remove several files; return the error of each name that could not be removed
@@ -306,6 +308,21 @@ class Transport(abc.ABC):
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+@contextlib.contextmanager
+def new_local_file(path: str) -> Iterator[int]:
+    """A descriptor of the new file ``path`` (never over an existing one), closed at the
+    end; the file is removed again if the block raises (a fetch can then be retried)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+    try:
+        yield fd
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+        raise
+    finally:
+        os.close(fd)
 
 
 _AREA = re.compile(r"[a-z][a-z0-9_-]{0,31}")

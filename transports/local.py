@@ -52,13 +52,14 @@ is seconds (``tmp_max_age`` was minutes in fspl-gw 0.1: write ``60m`` for the ol
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import os
 import resource
 import stat
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, BinaryIO
 
 from fspl_gateway.core.errors import (
@@ -67,7 +68,13 @@ from fspl_gateway.core.errors import (
     RemoteNotFoundError,
     TransportError,
 )
-from fspl_gateway.core.fsutil import TMP_PREFIX, AtomicWriter, copy_stream, fsync_dir
+from fspl_gateway.core.fsutil import (
+    TMP_PREFIX,
+    AtomicWriter,
+    copy_stream,
+    fsync_dir,
+)
+from fspl_gateway.core.hashing import MultiHasher, copy_hashing, feed_fd
 from fspl_gateway.core.log import get_logger
 from fspl_gateway.transports.base import (
     SETTLE_OPTION,
@@ -77,6 +84,7 @@ from fspl_gateway.transports.base import (
     Transport,
     check_listed_size,
     listed_size,
+    new_local_file,
 )
 from fspl_gateway.transports.options import Option, OptionSchema, OptionType
 
@@ -303,30 +311,45 @@ class LocalTransport(Transport):
 
     def fetch(self, name: str, dst: BinaryIO, entry: RemoteEntry | None = None) -> int:
         with self.open(name) as src:
-            _refuse_if_being_written(src.fileno(), name)
-            expect = os.fstat(src.fileno()).st_size
-            limit = listed_size(entry)
-            try:  # never more than listed (or than the file had when opened) + 1 byte
-                n = copy_stream(src, dst, (expect if limit is None else limit) + 1)
-            except OSError as e:
-                raise _os_error(f"copying {self.jobs_dir}/{name}", e) from None
-        check_listed_size(name, n, entry)
-        if n != expect:
-            raise ListingChangedError(f"{name}: copied {n} bytes, file had {expect} "
-                                 f"(listed {limit}); it changed while being read")
-        return n
+            return self._copy(name, src, entry, lambda count: copy_stream(src, dst, count))
 
     def set_concurrency(self, n: int) -> int:
         kind = fs_type(self.root)
         return 1 if kind in LOCAL_DISK_FS else n
 
     def fetch_to_path(self, name: str, path: str, entry: RemoteEntry | None = None, *,
-                      link: bool = False) -> int:
-        if link and type(self).fetch is LocalTransport.fetch and self._same_fs(path):
-            n = self._link_to(name, path, entry)
+                      link: bool = False, hasher: MultiHasher | None = None) -> int:
+        if type(self).fetch is not LocalTransport.fetch:
+            return super().fetch_to_path(name, path, entry, hasher=hasher)
+        if hasher is not None:
+            hasher.reset()
+        if link and self._same_fs(path):
+            n = self._link_to(name, path, entry, hasher)
             if n is not None:
                 return n
-        return super().fetch_to_path(name, path, entry)
+        if hasher is None:
+            return super().fetch_to_path(name, path, entry)
+        with new_local_file(path) as fd, self.open(name) as src:
+            return self._copy(name, src, entry, lambda count: copy_hashing(
+                src.fileno(), fd, hasher, count=count)[1])
+
+    def _copy(self, name: str, src: BinaryIO, entry: RemoteEntry | None,
+              copy: Callable[[int], int]) -> int:
+        """Copy the opened remote file with ``copy(at most this many bytes)`` (a kernel
+        copy, or one that hashes as it goes), refusing a file
+        still being written or one that changed since the listing."""
+        _refuse_if_being_written(src.fileno(), name)
+        expect = os.fstat(src.fileno()).st_size
+        limit = listed_size(entry)
+        try:  # never more than listed (or than the file had when opened) + 1 byte
+            n = copy((expect if limit is None else limit) + 1)
+        except OSError as e:
+            raise _os_error(f"copying {self.jobs_dir}/{name}", e) from None
+        check_listed_size(name, n, entry)
+        if n != expect:
+            raise ListingChangedError(f"{name}: copied {n} bytes, file had {expect} "
+                                      f"(listed {limit}); it changed while being read")
+        return n
 
     def _same_fs(self, path: str) -> bool:
         """Whether ``path``'s directory is on the remote's file system (remembered)."""
@@ -340,9 +363,11 @@ class LocalTransport(Transport):
             self._same_dev[d] = same
         return same
 
-    def _link_to(self, name: str, path: str, entry: RemoteEntry | None) -> int | None:
-        """Hard-link the remote file to ``path``; None where that cannot be done (the
-        caller copies instead)."""
+    def _link_to(self, name: str, path: str, entry: RemoteEntry | None,
+                 hasher: MultiHasher | None = None) -> int | None:
+        """Hard-link the remote file to ``path`` (then feed the linked inode to
+        ``hasher``: one read of it); None where that cannot be done (the caller copies
+        instead)."""
         with self.open(name) as src:
             st = os.fstat(src.fileno())
             if st.st_uid != os.geteuid() or st.st_nlink != 1:
@@ -371,6 +396,16 @@ class LocalTransport(Transport):
                     log.debug("cannot hard-link %s (%s); copying it", name, e.strerror)
                     return None
                 raise
+            if hasher is not None:
+                try:
+                    n = feed_fd(src.fileno(), hasher)
+                    if n != st.st_size:
+                        raise ListingChangedError(f"{name}: read {n} bytes, the file had "
+                                                  f"{st.st_size}; it changed while read")
+                except BaseException:
+                    with contextlib.suppress(OSError):
+                        os.unlink(path)
+                    raise
         return st.st_size
 
     def write_new(self, name: str, src: BinaryIO, size: int) -> RemoteEntry:

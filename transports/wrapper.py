@@ -34,6 +34,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any, BinaryIO
 
 from fspl_gateway.core.errors import NotSupportedError, TransportError
+from fspl_gateway.core.hashing import MultiHasher
 from fspl_gateway.transports.base import Capabilities, RemoteEntry, Transport
 from fspl_gateway.transports.options import OptionSchema, OptionValues
 
@@ -119,11 +120,11 @@ class DelegatingTransport(Transport):
 
     # -- fast paths and optional methods -------------------------------------------------
     def fetch_to_path(self, name: str, path: str, entry: RemoteEntry | None = None, *,
-                      link: bool = False) -> int:
+                      link: bool = False, hasher: MultiHasher | None = None) -> int:
         self.before("fetch_to_path", name)
         if self._overrides("fetch"):
-            return Transport.fetch_to_path(self, name, path, entry, link=link)
-        return self.inner.fetch_to_path(name, path, entry, link=link)
+            return Transport.fetch_to_path(self, name, path, entry, link=link, hasher=hasher)
+        return self.inner.fetch_to_path(name, path, entry, link=link, hasher=hasher)
 
     def delete_many(self, names: Sequence[str]) -> dict[str, TransportError]:
         if self._overrides("delete"):

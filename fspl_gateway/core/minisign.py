@@ -54,6 +54,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import hashlib
 import hmac
 import os
@@ -608,10 +609,15 @@ def select_key(sig: Signature, keys: PublicKey | Iterable[PublicKey]) -> list[Pu
                           f"{len(pool)} trusted keys")
 
 
+@functools.lru_cache(maxsize=64)
+def _ed_public(raw: bytes) -> Any:
+    return _need_cryptography().Ed25519PublicKey.from_public_bytes(raw)
+
+
 def _ed_verify(key: PublicKey, signature: bytes, message: bytes) -> bool:
     from cryptography.exceptions import InvalidSignature
 
-    pub = _need_cryptography().Ed25519PublicKey.from_public_bytes(key.key)
+    pub = _ed_public(key.key)
     try:
         pub.verify(signature, message)
     except InvalidSignature:
@@ -627,6 +633,19 @@ def verify_digest(sig: Signature, digest: bytes,
         raise LegacySignatureError("legacy (non-prehashed) signature: this needs a prehashed "
                                    "one (minisign's default; do not sign with -l)")
     return _verify_message(sig, digest, keys)
+
+
+def verify_comment(sig: Signature, keys: PublicKey | Iterable[PublicKey]) -> PublicKey:
+    """Check only the global signature (over signature | trusted comment): that the key
+    holder signed this trusted comment together with this file signature.  Return the
+    key.  (For a caller that binds the file's bytes through the comment itself, as
+    :func:`fspl_gateway.core.jobsig.verify_job` does with the file's SHA-256.)"""
+    for key in select_key(sig, keys):
+        if _ed_verify(key, sig.global_signature,
+                      sig.signature + sig.trusted_comment.encode("utf-8")):
+            return key
+    raise BadCommentSignatureError(f"comment signature by key {sig.key_id} does not "
+                                   "verify (trusted comment or global signature altered)")
 
 
 def _verify_message(sig: Signature, message: bytes,

@@ -289,6 +289,37 @@ class Journal:
         row = rows[0] if rows else None
         return None if row is None or row[0] == sha256 else str(row[0])
 
+    def claim_signed_many(self, claims: Sequence[tuple[str, int, str, str, str]]
+                          ) -> list[str | None]:
+        """:meth:`claim_signed` for each (key id, seq, sha256, remote, name), in order and
+        in one transaction, each name's signature wait forgotten (:meth:`forget_wait`);
+        per claim the sha256 on record when it differs, else None."""
+        out: list[str | None] = []
+        if not claims:
+            return out
+        now = time.time()
+        with self._lock:
+            try:
+                db = self._db
+                db.execute("BEGIN IMMEDIATE")
+                try:
+                    for key_id, seq, sha256, remote, name in claims:
+                        db.execute("INSERT OR IGNORE INTO signers (key_id, seq, sha256, remote,"
+                                   " name, time) VALUES (?, ?, ?, ?, ?, ?)",
+                                   (key_id, seq, sha256, remote, _key(name), now))
+                        row = db.execute("SELECT sha256 FROM signers WHERE key_id=? AND seq=?",
+                                         (key_id, seq)).fetchone()
+                        out.append(None if row is None or row[0] == sha256 else str(row[0]))
+                    db.executemany("DELETE FROM signature_waits WHERE remote=? AND name=?",
+                                   [(remote, _key(name)) for _, _, _, remote, name in claims])
+                except BaseException:
+                    db.execute("ROLLBACK")
+                    raise
+                db.execute("COMMIT")
+            except sqlite3.Error as e:
+                raise QueueError(f"journal {self.path}: {e}") from None
+        return out
+
     def signers(self) -> list[tuple[str, int, int, float]]:
         """(key id, jobs, last seq, last time) per signing key, by key id; empty for a
         journal older than trust."""

@@ -17,17 +17,25 @@ transport (sync, ``import`` of media, the watch service):
    is quarantined as unsigned.  Remotes may list in any order, and a sender writes the
    signature first, so a receiver normally finds both.  An unparsable signature, a key that
    is not trusted, or (with routes) a trusted key that no route names → quarantined;
-2. the job is downloaded into staging and verified there (:func:`~fspl_gateway.core.jobsig.verify_job`):
-   signature, trusted comment, queue id, sha256 of the bytes, and the header's seq.  Then
-   (key id, seq, sha256) is claimed in the journal (``signers``): the same (key, seq) seen
-   before with other bytes is a replay (or a forked sender) → quarantined;
+2. the job is downloaded into staging and verified there (:func:`~fspl_gateway.core.jobsig.verify_job`),
+   from the digests the download itself took (one pass over the file,
+   :class:`~fspl_gateway.core.hashing.MultiHasher`): the signature over the trusted
+   comment, queue id, the sha256 of the bytes, and the header's seq.  When the batch is
+   committed, (key id, seq, sha256) is claimed in the journal (``signers``, one
+   transaction per batch) before anything is linked: the same (key, seq) seen before with
+   other bytes is a replay (or a forked sender) → quarantined;
 3. an encrypted job (age) is decrypted at the boundary, in staging, when the receiver has
-   an identity (``--identity``): streamed through ``age -d`` (flat memory), the plaintext
-   header checked against the signed seq (:func:`~fspl_gateway.core.jobsig.check_decrypted`),
-   and the plaintext is what is linked into ``jobs/``.  Why at the boundary: the header of
+   an identity (``--identity``): streamed through ``age -d`` (flat memory) *while it is
+   downloaded* (:class:`~fspl_gateway.core.agecrypt.StreamDecryptor`, so the download,
+   the hashing and age overlap), into a second staging file, its plaintext hashed as age
+   writes it.  That plaintext is only a candidate: it is used once the ciphertext's
+   signature verified (else removed and the ciphertext quarantined), its header checked
+   against the signed seq (:func:`~fspl_gateway.core.jobsig.check_decrypted_head`), and
+   then it is what is linked into ``jobs/``.  Nothing decrypted is ever linked before the
+   signature over the ciphertext verified.  Why at the boundary: the header of
    an encrypted job cannot be read before decryption, and a queue of plain packets keeps
    ``queue-process``, ``status``, ordering by seq and every fspl-compatible tool working as
-   they do; the payload was authenticated before a byte reached age.  Without an identity
+   they do.  Without an identity
    an encrypted job is linked as it is and needs ``--decoder 'age -d -i KEY'`` (fspl's own
    recipe) for sync and processing; its decoded header must carry the signed seq;
 4. only then does the normal pull path (fsync, link into ``jobs/``, journal) go on.  A
@@ -35,8 +43,8 @@ transport (sync, ``import`` of media, the watch service):
    nothing unverified is ever visible in ``jobs/``.  The ``.minisig`` is deleted from the
    remote together with its job under ``--after-fetch delete``.
 
-A kill during verification leaves only a staging file, which the next run removes and
-fetches again.
+A kill during verification or decryption leaves only staging files, which the next run
+removes and fetches again.
 
 **Routing** (:func:`routed_passes`): ``routes`` maps a key (id or one-line public key) to a
 local queue.  ``sync`` then runs one pull per target queue, each taking only the jobs of
@@ -70,9 +78,11 @@ from fspl_gateway.core.errors import (
     UsageError,
 )
 from fspl_gateway.core.fsutil import AtomicWriter, tmp_name
+from fspl_gateway.core.hashing import MultiHasher, feed_fd
 from fspl_gateway.core.jobsig import (
+    HEAD_BYTES,
     VerifiedJob,
-    check_decrypted,
+    check_decrypted_head,
     check_queue_id,
     sign_job,
     verify_job,
@@ -238,12 +248,16 @@ def policy_from(settings: Mapping[str, Any], *, trust: Sequence[str] = (),
 @dataclass
 class Admitted:
     """A staged job that passed the gate: ``path`` (the plaintext when it was
-    decrypted), the verified signature, and whether the header is still to be checked
-    against the signed seq (an encrypted job read through a decoder)."""
+    decrypted) with its sha256, size and first bytes, the verified signature, and whether
+    the header is still to be checked against the signed seq (an encrypted job read
+    through a decoder)."""
 
     path: str
     verified: VerifiedJob
     check_header: bool
+    sha256: str
+    size: int
+    head: bytes
 
 
 class ReceiveGate:
@@ -337,53 +351,86 @@ class ReceiveGate:
         self.waiting += 1
         return None
 
-    def admit(self, path: str, e: RemoteEntry, sig: Signature, journal: Any,
-              decoder: str | None) -> Admitted:
-        """Verify a staged job; claim (key, seq, sha256); decrypt it when we can.
-        TrustRefused for any failure (``path`` is then still the staged file, for the
-        quarantine)."""
+    def decryptor(self, staged: str, e: RemoteEntry) -> agecrypt.StreamDecryptor | None:
+        """The tap that decrypts job ``e`` while it is fetched into ``staged`` (its
+        plaintext goes to a new staging file), when this receiver has identities; None
+        otherwise.  Its plaintext is used only once :meth:`admit` verified the
+        ciphertext."""
+        if not self.p.identities:
+            return None
+        out = os.path.join(os.path.dirname(staged), tmp_name(e.name[:64]))
+        return agecrypt.StreamDecryptor(self.p.identities, out,
+                                        MultiHasher(("sha256",), head=HEAD_BYTES))
+
+    def admit(self, path: str, e: RemoteEntry, sig: Signature, decoder: str | None,
+              fetched: MultiHasher) -> Admitted:
+        """Verify a staged job (``fetched``: its digests and first bytes, taken while it
+        was fetched, and the decryptor that ran meanwhile, if any); take its plaintext
+        when it was decrypted.  Its (key, seq, sha256) is claimed by :meth:`claim` with
+        its batch, before it is linked.  TrustRefused for any failure
+        (``path`` is then still the staged file, for the quarantine; a plaintext is
+        removed)."""
+        dec = fetched.tap if isinstance(fetched.tap, agecrypt.StreamDecryptor) else None
         try:
-            v = verify_job(path, sig, self.p.keys, self.p.queue_id)
+            adm = self._admit(path, e, sig, decoder, fetched, dec)
+        except BaseException:
+            if dec is not None:
+                dec.abort()
+                _unlink_quiet(dec.out_path)
+            raise
+        if adm.path != path:
+            os.unlink(path)
+        elif dec is not None:
+            dec.abort()
+        return adm
+
+    def _admit(self, path: str, e: RemoteEntry, sig: Signature, decoder: str | None,
+               fetched: MultiHasher,
+               dec: agecrypt.StreamDecryptor | None) -> Admitted:
+        try:
+            v = verify_job(path, sig, self.p.keys, self.p.queue_id,
+                           sha256=fetched.hexdigest(), size=fetched.size, head=fetched.head)
         except SignatureError as err:
             raise TrustRefused(err.reason, str(err)) from None
-        other = journal.claim_signed(v.key_id, v.seq, v.sha256, self.remote, e.name)
-        if other is not None:
-            raise TrustRefused("replay", f"key {v.key_id} already signed seq {v.seq} with "
-                               f"other bytes (sha256 {other}): a replay or a forked sender")
-        journal.forget_wait(self.remote, e.name)
+        same = Admitted(path, v, False, fetched.hexdigest(), fetched.size, fetched.head)
         if not v.encrypted:
-            return Admitted(path, v, False)
+            return same
         if not self.p.identities:
             if decoder is None:
                 raise TrustRefused("encrypted", "the job is encrypted (age) and this receiver "
                                    "has no --identity (or --decoder) to read it")
-            return Admitted(path, v, True)
-        plain = self._decrypt(path, e, v)
-        os.unlink(path)
-        return Admitted(plain, v, False)
-
-    def _decrypt(self, path: str, e: RemoteEntry, v: VerifiedJob) -> str:
-        out = os.path.join(os.path.dirname(path), tmp_name(e.name[:64]))
-        src = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-        try:
-            dst = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+            same.check_header = True
+            return same
+        if dec is None:  # not decrypted while fetched (a caller without the tap)
+            dec = self.decryptor(path, e)
+            assert dec is not None
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
             try:
-                agecrypt.decrypt_stream(src, dst, self.p.identities)
+                feed_fd(fd, dec)
             finally:
-                os.close(dst)
-            check_decrypted(v, out)
+                os.close(fd)
+        try:
+            if not dec.finish():
+                raise TrustRefused("decrypt", "cannot decrypt: not an age file")
+            check_decrypted_head(v, dec.hasher.head, dec.out_path)
         except agecrypt.AgeError as err:
-            _unlink_quiet(out)
             raise TrustRefused("decrypt", f"cannot decrypt: {err}") from None
         except SignatureError as err:
-            _unlink_quiet(out)
             raise TrustRefused(err.reason, str(err)) from None
-        except BaseException:
-            _unlink_quiet(out)
-            raise
-        finally:
-            os.close(src)
-        return out
+        pt = dec.hasher
+        return Admitted(dec.out_path, v, False, pt.hexdigest(), pt.size, pt.head)
+
+    def claim(self, journal: Any, jobs: Sequence[tuple[str, VerifiedJob]]
+              ) -> list[TrustRefused | None]:
+        """Claim (key id, seq, sha256) of verified jobs (name, verification) in the
+        journal, in one transaction, before they are linked: per job None, or a
+        TrustRefused for a (key, seq) already signed with other bytes (a replay)."""
+        others = journal.claim_signed_many([(v.key_id, v.seq, v.sha256, self.remote, name)
+                                            for name, v in jobs])
+        return [None if other is None else TrustRefused(
+                    "replay", f"key {v.key_id} already signed seq {v.seq} with other bytes "
+                    f"(sha256 {other}): a replay or a forked sender")
+                for (_, v), other in zip(jobs, others, strict=True)]
 
     @staticmethod
     def check_header(adm: Admitted, meta: Meta) -> None:

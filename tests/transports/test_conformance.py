@@ -291,6 +291,33 @@ def test_fetch_to_path(backend: Backend, remote: Transport, tmp_path: Path) -> N
     assert (tmp_path / "taken").read_bytes() == b"mine"
 
 
+def test_fetch_to_path_hashes_while_it_fetches(backend: Backend, remote: Transport,
+                                                tmp_path: Path) -> None:
+    """With a hasher, every transport feeds it the file's bytes as it fetches them (the
+    base path through a HashingWriter, the local one while copying or after linking):
+    digests, size and first bytes without reading the file again; a retried fetch starts
+    the hasher over."""
+    import hashlib
+
+    from fspl_gateway.core.hashing import MultiHasher
+
+    data = os.urandom(5 << 20)
+    backend.put(remote, "fspl-hash.fspl", data)
+    entry = _listing(remote)["fspl-hash.fspl"]
+    want = (hashlib.sha256(data).hexdigest(), hashlib.blake2b(data).hexdigest())
+    for i, link in enumerate((False, True, False)):
+        h = MultiHasher(("sha256", "blake2b"), head=1000)
+        if i == 2:
+            h.update(b"left over from a failed attempt")
+        dst = tmp_path / f"h{i}"
+        assert remote.fetch_to_path("fspl-hash.fspl", str(dst), entry, link=link,
+                                    hasher=h) == len(data)
+        assert (h.hexdigest("sha256"), h.hexdigest("blake2b")) == want
+        assert (h.size, h.head) == (len(data), data[:1000])
+        assert dst.read_bytes() == data
+    assert _read(remote, "fspl-hash.fspl") == data
+
+
 def test_set_concurrency(remote: Transport) -> None:
     for n in (1, 4, 16):
         got = remote.set_concurrency(n)

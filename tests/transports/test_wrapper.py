@@ -32,7 +32,7 @@ ARGS: dict[str, Any] = {
     "name": "fspl-a.fspl", "dst": io.BytesIO(), "src": io.BytesIO(b""), "size": 0,
     "entry": RemoteEntry("fspl-a.fspl", 0), "path": "/nonexistent/fspl-a.fspl",
     "link": True, "names": ["fspl-a.fspl", "fspl-b.fspl"], "n": 7, "timeout": 0.25,
-    "area": "receipts",
+    "area": "receipts", "hasher": None,
 }
 
 

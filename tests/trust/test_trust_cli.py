@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -152,18 +153,27 @@ def test_kill_9_during_verification_leaves_nothing_visible(tmp_path: Path) -> No
     q = _queue(tmp_path, "inbox")
     argv = [*FSPL_GW, "sync", "-r", str(remote), "-t", "local", "-q", str(q), "--after-fetch",
             "keep", "--trust", key.public_key.to_base64(), "--queue-id", "site-b"]
-    staging = q / ".fspl-gw" / "staging"
     full = (remote / "jobs" / job_name(1)).stat().st_size
+    # downloaded whole: verification begins
+    _kill_9_then_rerun(argv, q, lambda sizes: full in sizes, "the job was never staged")
+
+
+def _kill_9_then_rerun(argv: list[str], q: Path, ready: Callable[[list[int]], bool],
+                       never: str) -> None:
+    """Run ``argv`` (a sync of job 1 into ``q``), kill -9 it once ``ready(sizes of the
+    staging files)``; nothing may be in jobs/; a second run gets the job in and leaves
+    staging empty."""
+    staging = q / ".fspl-gw" / "staging"
     p = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:  # downloaded whole: verification begins
+        while time.monotonic() < deadline:
             sizes = [f.stat().st_size for f in staging.iterdir()] if staging.exists() else []
-            if full in sizes:
+            if ready(sizes):
                 break
             time.sleep(0.005)
         else:
-            pytest.fail("the job was never staged")
+            pytest.fail(never)
         os.kill(p.pid, signal.SIGKILL)
     finally:
         p.wait()
@@ -172,6 +182,56 @@ def test_kill_9_during_verification_leaves_nothing_visible(tmp_path: Path) -> No
     assert r.returncode == 0, r.stderr
     assert os.listdir(q / "jobs") == [job_name(1)]
     assert os.listdir(staging) == []
+
+
+def test_kill_9_while_decrypting_during_the_fetch_leaves_nothing_visible(
+        tmp_path: Path) -> None:
+    """An encrypted job is decrypted while it is fetched, into a second staging file:
+    killed then, nothing is in jobs/ (the plaintext is linked only after the ciphertext
+    verified), and the next run cleans staging and gets the job in."""
+    from fspl_gateway.core import minisign as ms
+
+    key = ms.generate_keypair()
+    ident, recipient = age_identity(tmp_path)
+    remote = tmp_path / "remote"
+    (remote / "jobs").mkdir(parents=True)
+    job, sig = signed(key, 1, tmp_path, payload=os.urandom(1 << 20) * 384,
+                      recipients=[recipient])
+    (remote / "jobs" / job_name(1)).write_bytes(job)
+    (remote / "jobs" / (job_name(1) + ".minisig")).write_bytes(sig)
+    del job
+    q = _queue(tmp_path, "inbox")
+    argv = [*FSPL_GW, "sync", "-r", str(remote), "-t", "local", "-q", str(q), "--after-fetch",
+            "keep", "--trust", key.public_key.to_base64(), "--queue-id", "site-b",
+            "--identity", ident]
+    # ciphertext and plaintext both growing in staging
+    _kill_9_then_rerun(argv, q, lambda sizes: len(sizes) == 2 and min(sizes) > 8 * MiB,
+                       "the job was never decrypted while fetched")
+
+
+def test_an_altered_encrypted_job_leaves_no_plaintext_anywhere(tmp_path: Path) -> None:
+    """Decrypted while fetched, refused by its signature: the plaintext is removed, the
+    ciphertext quarantined, nothing linked."""
+    from fspl_gateway.core import minisign as ms
+
+    key = ms.generate_keypair()
+    ident, recipient = age_identity(tmp_path)
+    remote = tmp_path / "remote"
+    (remote / "jobs").mkdir(parents=True)
+    job, sig = signed(key, 1, tmp_path, payload=b"x" * 100_000, recipients=[recipient])
+    other, _ = signed(key, 1, tmp_path, payload=b"y" * 100_000, recipients=[recipient])
+    (remote / "jobs" / job_name(1)).write_bytes(other)  # decrypts fine, not what was signed
+    (remote / "jobs" / (job_name(1) + ".minisig")).write_bytes(sig)
+    q = _queue(tmp_path, "inbox")
+    r = run_gw("sync", "-r", str(remote), "-t", "local", "-q", str(q), "--trust",
+               key.public_key.to_base64(), "--queue-id", "site-b", "--identity", ident)
+    assert r.returncode == 3, r.stderr
+    assert os.listdir(q / "jobs") == []
+    assert os.listdir(q / ".fspl-gw" / "staging") == []
+    qd = q / ".fspl-gw" / "quarantine"
+    kept = [p for p in qd.iterdir() if not p.name.endswith(".reason")]
+    assert [p.read_bytes() for p in kept] == [other]  # the ciphertext, as it came
+    assert "bad-signature" in next(qd.glob("*.reason")).read_text()
 
 
 def test_big_encrypted_job_syncs_in_flat_memory(tmp_path: Path) -> None:
