@@ -421,17 +421,11 @@ class _Puller:
                 return None
         for attempt in (1, 2):
             # One pass: the fetch itself hashes the file (and keeps its first bytes for
-            # the header); with trust and an identity an age file is decrypted as it
-            # arrives (its plaintext used only once the ciphertext is verified).
+            # the header).  An age file is decrypted only after its ciphertext verified
+            # (ReceiveGate.admit): age never reads bytes a store writer made up.
             path = os.path.join(self.staging, tmp_name(e.name[:64]))
-            tap = self.gate.decryptor(path, e) if sig is not None and self.gate else None
-            fetched = MultiHasher(("sha256",), head=HEAD_BYTES, tap=tap)
-            try:
-                size = self._stage(e, path, fetched)
-            except BaseException:
-                if tap is not None:
-                    tap.abort()
-                raise
+            fetched = MultiHasher(("sha256",), head=HEAD_BYTES)
+            size = self._stage(e, path, fetched)
             sha, head = fetched.hexdigest(), fetched.head
             try:
                 adm = None

@@ -25,13 +25,13 @@ transport (sync, ``import`` of media, the watch service):
    transaction per batch) before anything is linked: the same (key, seq) seen before with
    other bytes is a replay (or a forked sender) → quarantined;
 3. an encrypted job (age) is decrypted at the boundary, in staging, when the receiver has
-   an identity (``--identity``): streamed through ``age -d`` (flat memory) *while it is
-   downloaded* (:class:`~fspl_gateway.core.agecrypt.StreamDecryptor`, so the download,
-   the hashing and age overlap), into a second staging file, its plaintext hashed as age
-   writes it.  That plaintext is only a candidate: it is used once the ciphertext's
-   signature verified (else removed and the ciphertext quarantined), its header checked
-   against the signed seq (:func:`~fspl_gateway.core.jobsig.check_decrypted_head`), and
-   then it is what is linked into ``jobs/``.  Nothing decrypted is ever linked before the
+   an identity (``--identity``), and only after its ciphertext verified: streamed from the
+   staged file through ``age -d`` (flat memory;
+   :class:`~fspl_gateway.core.agecrypt.StreamDecryptor`) into a second staging file, its
+   plaintext hashed as age writes it, its header checked against the signed seq
+   (:func:`~fspl_gateway.core.jobsig.check_decrypted_head`); then it is what is linked
+   into ``jobs/``.  age never reads bytes that no trusted key signed, and nothing
+   decrypted is ever linked before the
    signature over the ciphertext verified.  Why at the boundary: the header of
    an encrypted job cannot be read before decryption, and a queue of plain packets keeps
    ``queue-process``, ``status``, ordering by seq and every fspl-compatible tool working as
@@ -401,7 +401,7 @@ class ReceiveGate:
                                    "has no --identity (or --decoder) to read it")
             same.check_header = True
             return same
-        if dec is None:  # not decrypted while fetched (a caller without the tap)
+        if dec is None:  # verified: decrypt the staged ciphertext now
             dec = self.decryptor(path, e)
             assert dec is not None
             fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)

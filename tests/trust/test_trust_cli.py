@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -184,11 +185,10 @@ def _kill_9_then_rerun(argv: list[str], q: Path, ready: Callable[[list[int]], bo
     assert os.listdir(staging) == []
 
 
-def test_kill_9_while_decrypting_during_the_fetch_leaves_nothing_visible(
-        tmp_path: Path) -> None:
-    """An encrypted job is decrypted while it is fetched, into a second staging file:
-    killed then, nothing is in jobs/ (the plaintext is linked only after the ciphertext
-    verified), and the next run cleans staging and gets the job in."""
+def test_kill_9_while_decrypting_leaves_nothing_visible(tmp_path: Path) -> None:
+    """An encrypted job is decrypted (after its ciphertext verified) into a second
+    staging file: killed then, nothing is in jobs/, and the next run cleans staging and
+    gets the job in."""
     from fspl_gateway.core import minisign as ms
 
     key = ms.generate_keypair()
@@ -206,12 +206,13 @@ def test_kill_9_while_decrypting_during_the_fetch_leaves_nothing_visible(
             "--identity", ident]
     # ciphertext and plaintext both growing in staging
     _kill_9_then_rerun(argv, q, lambda sizes: len(sizes) == 2 and min(sizes) > 8 * MiB,
-                       "the job was never decrypted while fetched")
+                       "the job was never being decrypted")
 
 
-def test_an_altered_encrypted_job_leaves_no_plaintext_anywhere(tmp_path: Path) -> None:
-    """Decrypted while fetched, refused by its signature: the plaintext is removed, the
-    ciphertext quarantined, nothing linked."""
+def test_an_altered_encrypted_job_is_never_decrypted(tmp_path: Path) -> None:
+    """Refused by its signature, an encrypted job is never handed to age (a store writer
+    cannot make us run age on their bytes): the ciphertext quarantined, no plaintext
+    anywhere, nothing linked."""
     from fspl_gateway.core import minisign as ms
 
     key = ms.generate_keypair()
@@ -223,9 +224,17 @@ def test_an_altered_encrypted_job_leaves_no_plaintext_anywhere(tmp_path: Path) -
     (remote / "jobs" / job_name(1)).write_bytes(other)  # decrypts fine, not what was signed
     (remote / "jobs" / (job_name(1) + ".minisig")).write_bytes(sig)
     q = _queue(tmp_path, "inbox")
+    bin_dir, calls = tmp_path / "bin", tmp_path / "age-calls"
+    bin_dir.mkdir()
+    spy = bin_dir / "age"  # records each run, then is the real age
+    spy.write_text(f"#!/bin/sh\necho \"$@\" >> {calls}\nexec {shutil.which('age')} \"$@\"\n")
+    spy.chmod(0o755)
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"}
     r = run_gw("sync", "-r", str(remote), "-t", "local", "-q", str(q), "--trust",
-               key.public_key.to_base64(), "--queue-id", "site-b", "--identity", ident)
+               key.public_key.to_base64(), "--queue-id", "site-b", "--identity", ident,
+               env=env)
     assert r.returncode == 3, r.stderr
+    assert not calls.exists(), calls.read_text()
     assert os.listdir(q / "jobs") == []
     assert os.listdir(q / ".fspl-gw" / "staging") == []
     qd = q / ".fspl-gw" / "quarantine"
