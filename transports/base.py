@@ -222,6 +222,11 @@ class Transport(abc.ABC):
                 errors[name] = e
         return errors
 
+    def default_concurrency(self) -> int:
+        """Parallel transfers when the user sets none (``--concurrency``): what wins on
+        this kind of store over loopback and slow links alike.  Default: 4."""
+        return 4
+
     def set_concurrency(self, n: int) -> int:
         """The caller means to use this transport from up to ``n`` threads at once; the
         answer is how many it should use (at most ``n``).  A transport may size its

@@ -145,6 +145,9 @@ class DelegatingTransport(Transport):
             return errors
         return {**refused, **errors}
 
+    def default_concurrency(self) -> int:
+        return self.inner.default_concurrency()
+
     def set_concurrency(self, n: int) -> int:
         return self.inner.set_concurrency(n)
 

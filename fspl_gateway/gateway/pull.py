@@ -98,6 +98,7 @@ from fspl_gateway.gateway.runframe import (
     clean_remote_temporaries,
     fmt_seconds,
     run_engine,
+    threads_for,
 )
 from fspl_gateway.gateway.settle import wait_settled
 from fspl_gateway.gateway.trust import ReceiveGate, TrustPolicy, TrustRefused
@@ -320,11 +321,7 @@ class _Puller:
             else:
                 self.res.known += 1
         progress = Progress(self.opts.progress, len(todo), f"sync {self.remote}")
-        threads = max(1, min(self.opts.concurrency,
-                             self.t.set_concurrency(self.opts.concurrency)))
-        if threads < self.opts.concurrency:
-            log.debug("%s: %d thread(s) (the transport gains nothing from more)",
-                      self.remote, threads)
+        threads = threads_for(self.t, self.opts.concurrency, self.remote)
         self.par = par = ParallelMap(threads, self.stop, progress.advance)
         try:
             if done and self.opts.after_fetch == "delete" and self.can_delete:

@@ -65,6 +65,7 @@ from fspl_gateway.gateway.runframe import (
     clean_remote_temporaries,
     fmt_seconds,
     run_engine,
+    threads_for,
 )
 from fspl_gateway.gateway.trust import Outgoing, SignPolicy
 from fspl_gateway.transports.base import RemoteEntry, Transport, is_safe_name
@@ -226,8 +227,7 @@ class _Pusher:
             self.listing = {e.name: e for e in self.opts.retry.call(
                 lambda: list(self.t.list()), f"listing {self.remote}", self.stop)}
         progress = Progress(self.opts.progress, len(todo), f"push {self.remote}")
-        threads = max(1, min(self.opts.concurrency,
-                             self.t.set_concurrency(self.opts.concurrency)))
+        threads = threads_for(self.t, self.opts.concurrency, self.remote)
         try:
             with ParallelMap(threads, self.stop, progress.advance) as par:
                 par.map(self._one, todo)

@@ -53,8 +53,9 @@ class RunOptions:
     dry_run: bool = False
     #: Move at most this many new jobs in this run.
     max_jobs: int | None = None
-    #: Parallel transfers (threads).
-    concurrency: int = 4
+    #: Parallel transfers (threads); None: the transport's default
+    #: (:meth:`~fspl_gateway.transports.base.Transport.default_concurrency`).
+    concurrency: int | None = None
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     #: None: a busy lock returns at once (locked_out); else wait that many seconds.
     wait_lock: float | None = None
@@ -115,12 +116,22 @@ def clean_remote_temporaries(t: Transport, retry: RetryPolicy, stop: threading.E
         log.debug("removed %d stale remote temporaries in %s", n, remote)
 
 
-def check_options(cleanup: str, policies: type[StrEnum], concurrency: int,
+def threads_for(t: Transport, concurrency: int | None, remote: str) -> int:
+    """How many threads a run uses: ``concurrency`` (None: the transport's default), or
+    fewer where the transport gains nothing from more."""
+    n = concurrency or t.default_concurrency()
+    threads = max(1, min(n, t.set_concurrency(n)))
+    if threads < n:
+        log.debug("%s: %d thread(s) (the transport gains nothing from more)", remote, threads)
+    return threads
+
+
+def check_options(cleanup: str, policies: type[StrEnum], concurrency: int | None,
                   max_jobs: int | None, attempts: int) -> None:
     """UsageError for options that no run can use."""
     if cleanup not in set(policies):
         raise UsageError(f"bad clean-up policy {cleanup!r} ({' or '.join(policies)})")
-    if concurrency < 1:
+    if concurrency is not None and concurrency < 1:
         raise UsageError("concurrency must be at least 1")
     if max_jobs is not None and max_jobs < 0:
         raise UsageError("max-jobs must not be negative")

@@ -675,3 +675,15 @@ def test_lean_get_on_s3rver(s3rver: S3rver) -> None:
     assert calls[0] == 1 and t._lean
     with pytest.raises(RemoteNotFoundError):
         t.fetch("fspl-9.fspl", io.BytesIO())
+
+
+def test_default_concurrency_is_the_transports(s3_bucket: S3Bucket) -> None:
+    """No --concurrency: a run on S3 uses 16 threads and a pool of 16 connections (the
+    local transport keeps 4); a user's number wins."""
+    from fspl_gateway.gateway.runframe import threads_for
+    from fspl_gateway.transports.local import LocalTransport
+
+    t = S3Transport(f"{s3_bucket.name}/q", s3_bucket.options)
+    assert threads_for(t, None, "s3") == 16 and t._pool_size >= 16
+    assert threads_for(t, 2, "s3") == 2
+    assert LocalTransport(str(s3_bucket.name)).default_concurrency() == 4

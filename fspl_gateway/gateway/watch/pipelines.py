@@ -22,7 +22,7 @@ by that module); this module reads two more tables::
                                        # keep-until-ran|-delivered: receipts fetched each
                                        # round, confirmed jobs pruned)
     decoder = "gpg -q -d"              # optional, as --decoder
-    concurrency = 4
+    concurrency = 4                    # default: the transport's (16 on S3, else 4)
     retries = 5
     # run the queue's jobs (pull pipelines and local-only queues):
     process = ["my-handler", "--flag"] # command and fixed arguments
@@ -78,7 +78,8 @@ class Pipeline:
     #: AfterFetch for a pull pipeline, AfterPush for a push pipeline.
     after: AfterFetch | AfterPush = AfterFetch.DELETE
     decoder: str | None = None
-    concurrency: int = 4
+    #: None: the transport's default.
+    concurrency: int | None = None
     retries: int = 5
     #: queue-process: command and its fixed arguments (empty: do not process).
     process: tuple[str, ...] = ()
@@ -183,6 +184,10 @@ class _Table:
         return tuple(v)
 
 
+def _int_or_none(v: float | None) -> int | None:
+    return None if v is None else int(v)
+
+
 def _path(p: str, base: str) -> str:
     p = os.path.expanduser(p)
     return p if os.path.isabs(p) else os.path.normpath(os.path.join(base, p))
@@ -227,7 +232,7 @@ def _pipeline(path: str, name: str, data: Any, remotes: Mapping[str, Any]) -> Pi
         after=t.enum_("after", AfterPush.DELETE if direction == Direction.PUSH
                       else AfterFetch.DELETE),
         decoder=t.str_("decoder"),
-        concurrency=int(t.num("concurrency", 4, minimum=1, integer=True) or 4),
+        concurrency=_int_or_none(t.num("concurrency", None, minimum=1, integer=True)),
         retries=int(t.num("retries", 5, minimum=1, integer=True) or 5),
         process=process,
         on_error=t.enum_("on_error", OnError.RETRY),

@@ -135,7 +135,7 @@ class RemotePoller:
         from fspl_gateway.gateway.retry import RetryPolicy
 
         p = self.pipe
-        batch = max(8, p.concurrency * 2)
+        batch = max(8, (p.concurrency or t.default_concurrency()) * 2)
         while not self.stop.is_set():
             opts = PushOptions(after_push=AfterPush(p.after), decoder=p.decoder, max_jobs=batch,
                                concurrency=p.concurrency, retry=RetryPolicy(attempts=p.retries),
