@@ -154,18 +154,15 @@ PIPE_BYTES = 1 << 20
 
 
 class StreamDecryptor:
-    """Decrypts an age file *while it is fetched*: a tap of the fetch's
-    :class:`~fspl_gateway.core.hashing.MultiHasher` (every fetched chunk is passed to
-    :meth:`update`).  Once the first bytes show an age file, ``age -d`` is started with
-    the identities; the fetched bytes go to its stdin, and a thread reads its stdout,
+    """Decrypts an age file streamed into :meth:`update` (the trust gate feeds it a
+    verified ciphertext).  Once the first bytes show an age file, ``age -d`` is started
+    with the identities; the bytes go to its stdin, and a thread reads its stdout,
     feeds ``hasher`` (the plaintext's digests and first bytes) and writes the plaintext
     to the new file ``out_path``.  A file that is not
     an age file is left alone (:meth:`finish` returns False).
 
-    The plaintext is a candidate only: the caller verifies the ciphertext's signature
-    and calls :meth:`finish` (age's verdict; the plaintext whole) before it uses
-    ``out_path``, and :meth:`abort` (age killed, ``out_path`` removed) otherwise.
-    :meth:`reset` (a fetch retried from its first byte) aborts and starts over."""
+    The caller calls :meth:`finish` (age's verdict; the plaintext whole) before it uses
+    ``out_path``, and :meth:`abort` (age killed, ``out_path`` removed) otherwise."""
 
     def __init__(self, identity_files: str | Sequence[str], out_path: str,
                  hasher: MultiHasher) -> None:
@@ -185,12 +182,6 @@ class StreamDecryptor:
     def active(self) -> bool:
         """Whether an age file is being decrypted."""
         return self._state == "age"
-
-    def reset(self) -> None:
-        self.abort()
-        self._state = "undecided"
-        self._pending = bytearray()
-        self.hasher.reset()
 
     def update(self, data: memoryview) -> None:
         if self._state == "plain":

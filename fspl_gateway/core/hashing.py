@@ -5,8 +5,7 @@ Nothing is held in memory: files are read in :data:`CHUNK` pieces into one reusa
 buffer.  Digests are lowercase hex; sizes are byte counts.
 
 * :class:`MultiHasher` — several digests of one stream at once (``update``), keeping its
-  first bytes (a job's header) and passing every chunk on to an optional *tap* (the
-  trust gate's decryptor); the fetch paths of the transports fill one while they write
+  first bytes (a job's header); the fetch paths of the transports fill one while they write
   (:meth:`Transport.fetch_to_path`), so a fetched file is never read a second time;
 * :func:`hash_fd` / :func:`feed_fd` — digests of a whole file by ``pread`` (the
   descriptor's offset is left alone), e.g. ``hash_fd(fd, ("sha256", "md5"))``;
@@ -29,7 +28,7 @@ import queue
 import stat
 import threading
 from collections.abc import Sequence
-from typing import Any, BinaryIO, Protocol
+from typing import Any, BinaryIO
 
 from fspl_gateway.core.fsutil import write_all
 
@@ -46,26 +45,16 @@ def _new(algorithm: str) -> Any:
     return hashlib.new(algorithm, usedforsecurity=False)
 
 
-class Tap(Protocol):
-    """What a :class:`MultiHasher` passes every chunk on to, after hashing it."""
-
-    def update(self, data: memoryview, /) -> None: ...
-
-    def reset(self) -> None: ...
-
-
 class MultiHasher:
     """Several digests of one stream, fed in order by :meth:`update`; also keeps the
-    stream's first ``head`` bytes and passes every chunk on to ``tap``.  :meth:`reset`
+    stream's first ``head`` bytes.  :meth:`reset`
     starts over (a fetch that is retried from its first byte)."""
 
-    def __init__(self, algorithms: Sequence[str] = ("sha256",), *, head: int = 0,
-                 tap: Tap | None = None) -> None:
+    def __init__(self, algorithms: Sequence[str] = ("sha256",), *, head: int = 0) -> None:
         if not algorithms:
             raise ValueError("MultiHasher needs at least one algorithm")
         self.algorithms = tuple(algorithms)
         self.head_max = head
-        self.tap = tap
         self.reset()
 
     def reset(self) -> None:
@@ -74,8 +63,6 @@ class MultiHasher:
         self._head_bytes: bytes | None = None
         #: Bytes hashed so far.
         self.size = 0
-        if self.tap is not None:
-            self.tap.reset()
 
     def update(self, data: Any) -> None:
         view = memoryview(data).cast("B")
@@ -84,8 +71,6 @@ class MultiHasher:
         if len(self._head) < self.head_max:
             self._head += view[:self.head_max - len(self._head)]
         self.size += len(view)
-        if self.tap is not None:
-            self.tap.update(view)
 
     @property
     def head(self) -> bytes:
@@ -247,7 +232,7 @@ def copy_hashing(src_fd: int, dst_fd: int, hasher: MultiHasher | None = None, *,
 
 class _HashThread:
     """Hashes the buffers handed to it in a second thread; :meth:`finish` waits for it
-    and re-raises what the hasher (or its tap) raised."""
+    and re-raises what the hasher raised."""
 
     def __init__(self, h: Any) -> None:
         self.h = h

@@ -351,42 +351,14 @@ class ReceiveGate:
         self.waiting += 1
         return None
 
-    def decryptor(self, staged: str, e: RemoteEntry) -> agecrypt.StreamDecryptor | None:
-        """The tap that decrypts job ``e`` while it is fetched into ``staged`` (its
-        plaintext goes to a new staging file), when this receiver has identities; None
-        otherwise.  Its plaintext is used only once :meth:`admit` verified the
-        ciphertext."""
-        if not self.p.identities:
-            return None
-        out = os.path.join(os.path.dirname(staged), tmp_name(e.name[:64]))
-        return agecrypt.StreamDecryptor(self.p.identities, out,
-                                        MultiHasher(("sha256",), head=HEAD_BYTES))
-
     def admit(self, path: str, e: RemoteEntry, sig: Signature, decoder: str | None,
               fetched: MultiHasher) -> Admitted:
         """Verify a staged job (``fetched``: its digests and first bytes, taken while it
-        was fetched, and the decryptor that ran meanwhile, if any); take its plaintext
-        when it was decrypted.  Its (key, seq, sha256) is claimed by :meth:`claim` with
-        its batch, before it is linked.  TrustRefused for any failure
-        (``path`` is then still the staged file, for the quarantine; a plaintext is
-        removed)."""
-        dec = fetched.tap if isinstance(fetched.tap, agecrypt.StreamDecryptor) else None
-        try:
-            adm = self._admit(path, e, sig, decoder, fetched, dec)
-        except BaseException:
-            if dec is not None:
-                dec.abort()
-                _unlink_quiet(dec.out_path)
-            raise
-        if adm.path != path:
-            os.unlink(path)
-        elif dec is not None:
-            dec.abort()
-        return adm
-
-    def _admit(self, path: str, e: RemoteEntry, sig: Signature, decoder: str | None,
-               fetched: MultiHasher,
-               dec: agecrypt.StreamDecryptor | None) -> Admitted:
+        was fetched); then, an age file with identities here, decrypt it (only now: age
+        never reads bytes no trusted key signed) and take its plaintext.  Its (key, seq,
+        sha256) is claimed by :meth:`claim` with its batch, before it is linked.
+        TrustRefused for any failure (``path`` is then still the staged file, for the
+        quarantine; a plaintext is removed)."""
         try:
             v = verify_job(path, sig, self.p.keys, self.p.queue_id,
                            sha256=fetched.hexdigest(), size=fetched.size, head=fetched.head)
@@ -401,22 +373,33 @@ class ReceiveGate:
                                    "has no --identity (or --decoder) to read it")
             same.check_header = True
             return same
-        if dec is None:  # verified: decrypt the staged ciphertext now
-            dec = self.decryptor(path, e)
-            assert dec is not None
+        adm = self._decrypt(path, e, v)
+        os.unlink(path)
+        return adm
+
+    def _decrypt(self, path: str, e: RemoteEntry, v: VerifiedJob) -> Admitted:
+        """Stream the verified ciphertext ``path`` through ``age -d`` into a new staging
+        file, hashing the plaintext as age writes it; its header must carry the signed
+        seq.  TrustRefused (the plaintext removed) when it cannot be decrypted."""
+        out = os.path.join(os.path.dirname(path), tmp_name(e.name[:64]))
+        dec = agecrypt.StreamDecryptor(self.p.identities, out,
+                                       MultiHasher(("sha256",), head=HEAD_BYTES))
+        try:
             fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
             try:
                 feed_fd(fd, dec)
             finally:
                 os.close(fd)
-        try:
             if not dec.finish():
                 raise TrustRefused("decrypt", "cannot decrypt: not an age file")
             check_decrypted_head(v, dec.hasher.head, dec.out_path)
-        except agecrypt.AgeError as err:
-            raise TrustRefused("decrypt", f"cannot decrypt: {err}") from None
-        except SignatureError as err:
-            raise TrustRefused(err.reason, str(err)) from None
+        except BaseException as err:
+            dec.abort()
+            if isinstance(err, agecrypt.AgeError):
+                raise TrustRefused("decrypt", f"cannot decrypt: {err}") from None
+            if isinstance(err, SignatureError):
+                raise TrustRefused(err.reason, str(err)) from None
+            raise
         pt = dec.hasher
         return Admitted(dec.out_path, v, False, pt.hexdigest(), pt.size, pt.head)
 
