@@ -419,7 +419,7 @@ class _Puller:
         for attempt in (1, 2):
             # One pass: the fetch itself hashes the file (and keeps its first bytes for
             # the header).  An age file is decrypted only after its ciphertext verified
-            # (ReceiveGate.admit): age never reads bytes a store writer made up.
+            # (ReceiveGate.admit): no decryptor reads bytes a store writer made up.
             path = os.path.join(self.staging, tmp_name(e.name[:64]))
             fetched = MultiHasher(("sha256",), head=HEAD_BYTES)
             size = self._stage(e, path, fetched)

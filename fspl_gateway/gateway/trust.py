@@ -2,7 +2,7 @@
 
 The formats are in :mod:`fspl_gateway.core.jobsig` (a detached minisign signature
 ``fspl-….fspl.minisig`` beside each job, whose trusted comment binds queue id, seq and
-sha256) and :mod:`fspl_gateway.core.agecrypt` (age files, through the ``age`` binary).
+sha256) and :mod:`fspl_gateway.core.agecrypt` (age files).
 This module is the policy the engines call: small hooks in
 :mod:`~fspl_gateway.gateway.pull` and :mod:`~fspl_gateway.gateway.push` call into it.
 
@@ -26,11 +26,11 @@ transport (sync, ``import`` of media, the watch service):
    other bytes is a replay (or a forked sender) → quarantined;
 3. an encrypted job (age) is decrypted at the boundary, in staging, when the receiver has
    an identity (``--identity``), and only after its ciphertext verified: streamed from the
-   staged file through ``age -d`` (flat memory;
-   :class:`~fspl_gateway.core.agecrypt.StreamDecryptor`) into a second staging file, its
-   plaintext hashed as age writes it, its header checked against the signed seq
+   staged file (flat memory; :func:`~fspl_gateway.core.agecrypt.decrypt_file`: in process
+   for X25519 identities, else through ``age -d``) into a second staging file, its
+   plaintext hashed as it is written, its header checked against the signed seq
    (:func:`~fspl_gateway.core.jobsig.check_decrypted_head`); then it is what is linked
-   into ``jobs/``.  age never reads bytes that no trusted key signed, and nothing
+   into ``jobs/``.  No decryptor reads bytes that no trusted key signed, and nothing
    decrypted is ever linked before the
    signature over the ciphertext verified.  Why at the boundary: the header of
    an encrypted job cannot be read before decryption, and a queue of plain packets keeps
@@ -78,7 +78,7 @@ from fspl_gateway.core.errors import (
     UsageError,
 )
 from fspl_gateway.core.fsutil import AtomicWriter, tmp_name
-from fspl_gateway.core.hashing import MultiHasher, feed_fd
+from fspl_gateway.core.hashing import MultiHasher
 from fspl_gateway.core.jobsig import (
     HEAD_BYTES,
     VerifiedJob,
@@ -378,30 +378,24 @@ class ReceiveGate:
         return adm
 
     def _decrypt(self, path: str, e: RemoteEntry, v: VerifiedJob) -> Admitted:
-        """Stream the verified ciphertext ``path`` through ``age -d`` into a new staging
-        file, hashing the plaintext as age writes it; its header must carry the signed
-        seq.  TrustRefused (the plaintext removed) when it cannot be decrypted."""
+        """Decrypt the verified ciphertext ``path`` into a new staging file, hashing the
+        plaintext as it is written (:func:`~fspl_gateway.core.agecrypt.decrypt_file`); its
+        header must carry the signed seq.  TrustRefused (the plaintext removed) when it
+        cannot be decrypted."""
         out = os.path.join(os.path.dirname(path), tmp_name(e.name[:64]))
-        dec = agecrypt.StreamDecryptor(self.p.identities, out,
-                                       MultiHasher(("sha256",), head=HEAD_BYTES))
+        pt = MultiHasher(("sha256",), head=HEAD_BYTES)
         try:
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-            try:
-                feed_fd(fd, dec)
-            finally:
-                os.close(fd)
-            if not dec.finish():
+            if not agecrypt.decrypt_file(path, out, self.p.identities, pt):
                 raise TrustRefused("decrypt", "cannot decrypt: not an age file")
-            check_decrypted_head(v, dec.hasher.head, dec.out_path)
+            check_decrypted_head(v, pt.head, out)
         except BaseException as err:
-            dec.abort()
+            _unlink_quiet(out)
             if isinstance(err, agecrypt.AgeError):
                 raise TrustRefused("decrypt", f"cannot decrypt: {err}") from None
             if isinstance(err, SignatureError):
                 raise TrustRefused(err.reason, str(err)) from None
             raise
-        pt = dec.hasher
-        return Admitted(dec.out_path, v, False, pt.hexdigest(), pt.size, pt.head)
+        return Admitted(out, v, False, pt.hexdigest(), pt.size, pt.head)
 
     def claim(self, journal: Any, jobs: Sequence[tuple[str, VerifiedJob]]
               ) -> list[TrustRefused | None]:

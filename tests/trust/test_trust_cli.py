@@ -212,11 +212,15 @@ def test_kill_9_while_decrypting_leaves_nothing_visible(tmp_path: Path) -> None:
 def test_an_altered_encrypted_job_is_never_decrypted(tmp_path: Path) -> None:
     """Refused by its signature, an encrypted job is never handed to age (a store writer
     cannot make us run age on their bytes): the ciphertext quarantined, no plaintext
-    anywhere, nothing linked."""
+    anywhere, nothing linked.  An ssh identity, so that the ``age`` binary is the
+    decryptor (X25519 ones decrypt in process: test_trust_sync's
+    test_the_in_process_decryptor_sees_only_verified_ciphertext)."""
     from fspl_gateway.core import minisign as ms
 
     key = ms.generate_keypair()
-    ident, recipient = age_identity(tmp_path)
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(tmp_path / "ssh")],
+                   check=True)
+    ident, recipient = str(tmp_path / "ssh"), (tmp_path / "ssh.pub").read_text().strip()
     remote = tmp_path / "remote"
     (remote / "jobs").mkdir(parents=True)
     job, sig = signed(key, 1, tmp_path, payload=b"x" * 100_000, recipients=[recipient])
@@ -241,6 +245,14 @@ def test_an_altered_encrypted_job_is_never_decrypted(tmp_path: Path) -> None:
     kept = [p for p in qd.iterdir() if not p.name.endswith(".reason")]
     assert [p.read_bytes() for p in kept] == [other]  # the ciphertext, as it came
     assert "bad-signature" in next(qd.glob("*.reason")).read_text()
+    (remote / "jobs" / job_name(1)).write_bytes(job)  # the signed bytes: age runs on them
+    q2 = _queue(tmp_path, "inbox2")
+    r = run_gw("sync", "-r", str(remote), "-t", "local", "-q", str(q2), "--trust",
+               key.public_key.to_base64(), "--queue-id", "site-b", "--identity", ident,
+               env=env)
+    assert r.returncode == 0, r.stderr
+    assert calls.exists() and "-d" in calls.read_text()
+    assert os.listdir(q2 / "jobs") == [job_name(1)]
 
 
 def test_big_encrypted_job_syncs_in_flat_memory(tmp_path: Path) -> None:

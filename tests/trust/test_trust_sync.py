@@ -183,3 +183,35 @@ def test_routes_send_each_origin_to_its_queue_in_one_sync(tmp_path: Path) -> Non
     assert sorted(os.listdir(drop / "jobs")) == sorted(
         n for i in (1, 2, 3) for n in (job_name(i, 3), job_name(i, 3) + SIG))
     assert [s[0] for s in jr.signers(str(qa))] == [a.key_id]
+
+
+def test_the_in_process_decryptor_sees_only_verified_ciphertext(
+        key: ms.SecretKey, qdir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """X25519 identities decrypt in process (core.agefile): like age, it is never handed a
+    job whose signature does not verify; a good job in the same run does go through it."""
+    from fspl_gateway.core import agefile
+    from fspl_gateway.transports.local import LocalTransport
+    from tests.trust.util import age_identity
+
+    ident, recipient = age_identity(tmp_path)
+    seen: list[bytes] = []
+    real = agefile.decrypt
+
+    def spy(src_fd: int, *a: object, **kw: object) -> int:
+        seen.append(os.pread(src_fd, 1 << 20, 0))
+        return real(src_fd, *a, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(agefile, "decrypt", spy)
+    remote = tmp_path / "remote"
+    (remote / "jobs").mkdir(parents=True)
+    good, good_sig = signed(key, 1, tmp_path, payload=b"g" * 70_000, recipients=[recipient])
+    _, sig2 = signed(key, 2, tmp_path, payload=b"x" * 70_000, recipients=[recipient])
+    other, _ = signed(key, 2, tmp_path, payload=b"y" * 70_000, recipients=[recipient])
+    for n, data in ((job_name(1), good), (job_name(1) + SIG, good_sig),
+                    (job_name(2), other), (job_name(2) + SIG, sig2)):
+        (remote / "jobs" / n).write_bytes(data)
+    res = pull(LocalTransport(str(remote)), qdir, opts(policy(key, identities=[ident])))
+    assert (res.fetched, res.quarantined) == (1, 1), res.summary()
+    assert seen == [good]
+    assert (qdir / "jobs" / job_name(1)).read_bytes().startswith(b"*FILESPOOLER")
+    assert "bad-signature" in reasons(qdir)[job_name(2)]
