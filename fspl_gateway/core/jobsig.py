@@ -212,7 +212,7 @@ def sign_job(path: str | os.PathLike[str], seckey: SecretKey, queue_id: str, *,
 def verify_job(path: str | os.PathLike[str], sig_bytes: bytes | Signature,
                trusted_keys: PublicKey | Iterable[PublicKey], queue_id: str, *,
                sha256: str | None = None, size: int | None = None,
-               head: bytes | None = None) -> VerifiedJob:
+               head: bytes | None = None, comment_key: PublicKey | None = None) -> VerifiedJob:
     """Check a job file against its signature: known key, prehashed, the comment
     signature, a job binding for ``queue_id``, the file's sha256, and the header's seq
     (plain packets; see :meth:`VerifiedJob.check_meta` for encrypted ones).  Every refusal
@@ -220,7 +220,9 @@ def verify_job(path: str | os.PathLike[str], sig_bytes: bytes | Signature,
 
     ``sha256``/``size``/``head`` (the file's digest, length and first bytes, taken while
     it was fetched: :class:`~fspl_gateway.core.hashing.MultiHasher`) spare reading the
-    file; without them it is read once.
+    file; without them it is read once.  ``comment_key``: the trusted key with which this
+    very ``sig``'s comment signature was already verified (read ahead of the fetch), so
+    it is not verified twice.
 
     **What is checked, and why that is enough.**  The trusted comment — queue id, seq and
     the file's SHA-256 — is covered by the global signature, which is verified.  The
@@ -251,7 +253,7 @@ def verify_job(path: str | os.PathLike[str], sig_bytes: bytes | Signature,
             os.close(fd)
         sha256, size, head = h.hexdigest(), h.size, h.head
     try:
-        key = verify_comment(sig, keys)
+        key = comment_key if comment_key is not None else verify_comment(sig, keys)
         binding = Binding.parse(sig.trusted_comment)
         metas: list[Meta] = []
 

@@ -303,13 +303,20 @@ class Journal:
                 db = self._db
                 db.execute("BEGIN IMMEDIATE")
                 try:
-                    for key_id, seq, sha256, remote, name in claims:
-                        db.execute("INSERT OR IGNORE INTO signers (key_id, seq, sha256, remote,"
+                    db.executemany("INSERT OR IGNORE INTO signers (key_id, seq, sha256, remote,"
                                    " name, time) VALUES (?, ?, ?, ?, ?, ?)",
-                                   (key_id, seq, sha256, remote, _key(name), now))
-                        row = db.execute("SELECT sha256 FROM signers WHERE key_id=? AND seq=?",
-                                         (key_id, seq)).fetchone()
-                        out.append(None if row is None or row[0] == sha256 else str(row[0]))
+                                   [(k, seq, sha, remote, _key(name), now)
+                                    for k, seq, sha, remote, name in claims])
+                    held: dict[tuple[str, int], str] = {}
+                    for i in range(0, len(claims), 400):
+                        part = claims[i:i + 400]
+                        held.update(((k, s), h) for k, s, h in db.execute(
+                            "SELECT key_id, seq, sha256 FROM signers WHERE (key_id, seq) IN"
+                            f" (VALUES {', '.join(['(?, ?)'] * len(part))})",
+                            [v for k, seq, *_ in part for v in (k, seq)]))
+                    for key_id, seq, sha256, _, _ in claims:
+                        other = held.get((key_id, seq))
+                        out.append(None if other is None or other == sha256 else str(other))
                     db.executemany("DELETE FROM signature_waits WHERE remote=? AND name=?",
                                    [(remote, _key(name)) for _, _, _, remote, name in claims])
                 except BaseException:

@@ -52,6 +52,7 @@ HostKeyError abort too; other per-file transport errors count as failed (exit 3)
 
 from __future__ import annotations
 
+import functools
 import os
 import threading
 from dataclasses import dataclass
@@ -83,7 +84,7 @@ from fspl_gateway.core.hashing import sha256_hex as sha256_path
 from fspl_gateway.core.jobsig import HEAD_BYTES, VerifiedJob, head_meta
 from fspl_gateway.core.layout import QueueLayout
 from fspl_gateway.core.log import TRACE, log
-from fspl_gateway.core.minisign import Signature
+from fspl_gateway.core.minisign import SIG_SUFFIX, Signature
 from fspl_gateway.core.packet import Meta, read_header_file
 from fspl_gateway.core.queue import OpenJob, is_job_filename, read_meta
 from fspl_gateway.gateway.concurrency import ParallelMap
@@ -334,19 +335,31 @@ class _Puller:
             # measured slower: the I/O thread waits for the GIL after every fsync and
             # unlink while the other thread computes.)
             for i in range(0, len(todo), BATCH):
+                if self.gate is not None and threads == 1:
+                    # One thread (a local disk): this batch's signatures (if not yet) and
+                    # the next's are read and checked in the background meanwhile.  With
+                    # more threads each fetch thread reads its own, in parallel.
+                    self.gate.prefetch(todo[i:i + 2 * BATCH])
                 staged = par.map(self._one, todo[i:i + BATCH])
                 try:
                     clean = self._commit(staged)
                 except BaseException as e:
                     par.fail(e)
                     break
-                self._cleanup_remote_many(clean)
+                if self.gate is not None and self.gate.sigs:
+                    # Each job also frees its signature file: those deletions overlap the
+                    # next batch in the background thread.  (Without them the thread's
+                    # GIL hand-offs cost more than the unlinks: measured, docs/benchmarks.md.)
+                    par.later(functools.partial(self._cleanup_remote_many, clean))
+                else:
+                    self._cleanup_remote_many(clean)
                 if self.stop.is_set():
                     break
         finally:
             par.close()
             progress.close()
             if self.gate is not None:
+                self.gate.close()
                 self.res.waiting = self.gate.waiting
         par.raise_error()
 
@@ -723,9 +736,10 @@ class _Puller:
                 attempt += 1
                 pending = retry
         finally:
-            if deleted:
+            jobs = [n for n in deleted if not n.endswith(SIG_SUFFIX)]  # signatures: not journaled
+            if jobs:
                 assert self.journal is not None
-                self.journal.mark_remote_deleted_many("pull", self.remote, deleted)
+                self.journal.mark_remote_deleted_many("pull", self.remote, jobs)
 
 
 @dataclass

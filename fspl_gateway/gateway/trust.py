@@ -66,6 +66,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -98,6 +99,7 @@ from fspl_gateway.core.minisign import (
     load_public_key,
     read_secret_key,
     secret_key_is_encrypted,
+    verify_comment,
 )
 from fspl_gateway.core.packet import Meta
 from fspl_gateway.transports.base import RemoteEntry, Transport, is_job_name
@@ -260,6 +262,26 @@ class Admitted:
     head: bytes
 
 
+@dataclass(slots=True)
+class _SigRead:
+    """What a job's listed ``.minisig`` says, read ahead of its fetch (:meth:`ReceiveGate.prefetch`)."""
+
+    #: The file's bytes; None when no signature is listed (or it vanished).
+    data: bytes | None = None
+    #: Refused unread (too big).
+    refused: TrustRefused | None = None
+    sig: Signature | None = None
+    #: Why it does not parse.
+    bad: SignatureError | None = None
+    #: The trusted key whose comment signature verified (None: not checked, or it failed
+    #: and :func:`verify_job` finds out why).
+    key: PublicKey | None = None
+
+
+#: Signatures read and checked per background task (:meth:`ReceiveGate.prefetch`).
+PREFETCH_CHUNK = 16
+
+
 class ReceiveGate:
     """The trust hooks of one pull run (see the module doc)."""
 
@@ -273,6 +295,10 @@ class ReceiveGate:
         self.call = call
         self.sigs: dict[str, RemoteEntry] = {}
         self.waiting = 0
+        self._pool: ThreadPoolExecutor | None = None
+        self._ahead: dict[str, Future[dict[str, _SigRead]]] = {}
+        #: Job name → the key its comment signature verified with (before_fetch → admit).
+        self._keys: dict[str, PublicKey] = {}
 
     def index(self, entries: Iterable[RemoteEntry]) -> None:
         """Note the signature files of a listing (by the name of their job)."""
@@ -283,6 +309,57 @@ class ReceiveGate:
     def companions(self, names: Iterable[str]) -> list[str]:
         """The listed signature files of ``names``: removed from the remote with them."""
         return [sig_name(n) for n in names if n in self.sigs]
+
+    def prefetch(self, entries: Sequence[RemoteEntry]) -> None:
+        """Read, parse and check the comment signatures of ``entries`` (the next batch)
+        in a background thread while the caller fetches: the reads and the Ed25519
+        verifications run outside the GIL, on another core.  :meth:`before_fetch` takes
+        the results (and does the work itself for a job not prefetched); a read error
+        comes out there, as it would have inline."""
+        todo = [e for e in entries if e.name in self.sigs and e.name not in self._ahead]
+        if not todo:
+            return
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(1, thread_name_prefix="fspl-gw-sig")
+        for i in range(0, len(todo), PREFETCH_CHUNK):
+            part = todo[i:i + PREFETCH_CHUNK]
+            fut = self._pool.submit(self._check_many, part)
+            for e in part:
+                self._ahead[e.name] = fut
+
+    def _check_many(self, entries: Sequence[RemoteEntry]) -> dict[str, _SigRead]:
+        return {e.name: self._check(e) for e in entries}
+
+    def close(self) -> None:
+        """Stop the background reads (pending ones are dropped)."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
+        self._ahead.clear()
+
+    def _check(self, e: RemoteEntry) -> _SigRead:
+        r = _SigRead()
+        sig_e = self.sigs.get(e.name)
+        if sig_e is None:
+            return r
+        try:
+            r.data = self._read_sig(sig_e)
+        except RemoteNotFoundError:
+            return r
+        except TrustRefused as refused:
+            r.refused = refused
+            return r
+        try:
+            r.sig = Signature.parse(r.data)
+        except SignatureError as err:
+            r.bad = err
+            return r
+        if r.sig.prehashed and r.sig.key_id in self.p.key_ids:
+            try:
+                r.key = verify_comment(r.sig, self.p.keys)
+            except SignatureError:
+                pass  # verify_job classifies it with minisign's complete check
+        return r
 
     def _read_sig(self, e: RemoteEntry) -> bytes:
         with self.p._lock:
@@ -309,21 +386,16 @@ class ReceiveGate:
         """Whether to fetch job ``e``: its parsed signature (fetch and verify it), a
         TrustRefused (fetch it into the quarantine), or None (leave it: it waits for its
         signature, or another routing pass takes it)."""
-        sig_e = self.sigs.get(e.name)
-        data = None
-        if sig_e is not None:
-            try:
-                data = self._read_sig(sig_e)
-            except RemoteNotFoundError:
-                data = None
-            except TrustRefused as r:
-                return r if self.p.main else None
-        if data is None:
+        fut = self._ahead.pop(e.name, None)
+        r = fut.result()[e.name] if fut is not None else self._check(e)
+        if r.refused is not None:
+            return r.refused if self.p.main else None
+        if r.data is None:
             return self._unsigned(e, journal)
-        try:
-            sig = Signature.parse(data)
-        except SignatureError as err:
-            return TrustRefused(err.reason, f"bad signature file: {err}") if self.p.main else None
+        if r.bad is not None:
+            return TrustRefused(r.bad.reason, f"bad signature file: {r.bad}") if self.p.main else None
+        sig = r.sig
+        assert sig is not None
         kid = sig.key_id
         if kid not in self.p.key_ids:
             if not self.p.main:
@@ -336,6 +408,8 @@ class ReceiveGate:
                                 "sends to a queue")
         if self.p.accept is not None and kid not in self.p.accept:
             return None
+        if r.key is not None:
+            self._keys[e.name] = r.key
         return sig
 
     def _unsigned(self, e: RemoteEntry, journal: Any) -> TrustRefused | None:
@@ -361,7 +435,8 @@ class ReceiveGate:
         quarantine; a plaintext is removed)."""
         try:
             v = verify_job(path, sig, self.p.keys, self.p.queue_id,
-                           sha256=fetched.hexdigest(), size=fetched.size, head=fetched.head)
+                           sha256=fetched.hexdigest(), size=fetched.size, head=fetched.head,
+                           comment_key=self._keys.pop(e.name, None))
         except SignatureError as err:
             raise TrustRefused(err.reason, str(err)) from None
         same = Admitted(path, v, False, fetched.hexdigest(), fetched.size, fetched.head)

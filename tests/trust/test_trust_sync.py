@@ -215,3 +215,38 @@ def test_the_in_process_decryptor_sees_only_verified_ciphertext(
     assert seen == [good]
     assert (qdir / "jobs" / job_name(1)).read_bytes().startswith(b"*FILESPOOLER")
     assert "bad-signature" in reasons(qdir)[job_name(2)]
+
+
+def test_many_batches_signatures_read_ahead_and_deleted_behind(
+        key: ms.SecretKey, qdir: Path, tmp_path: Path) -> None:
+    """A local remote (one thread) with more than two batches: the signatures are read and
+    checked ahead of the fetch, and deleted with their jobs behind it (a background
+    thread).  Refusals in a later batch are still exact; every job taken is journaled as
+    removed from the remote, and the run ends only after its deletions."""
+    from fspl_gateway.gateway.runframe import BATCH
+    from fspl_gateway.transports.local import LocalTransport
+
+    stranger = ms.generate_keypair()
+    remote = tmp_path / "remote"
+    jobs = remote / "jobs"
+    jobs.mkdir(parents=True)
+    n = 2 * BATCH + 40
+    bad = {BATCH + 5: "bad-signature", 2 * BATCH + 7: "unknown-key", 2 * BATCH + 9: "unsigned"}
+    for i in range(1, n + 1):
+        job, sig = signed(stranger if bad.get(i) == "unknown-key" else key, i, tmp_path)
+        if bad.get(i) == "bad-signature":
+            job = job[:-1] + bytes([job[-1] ^ 1])
+        (jobs / job_name(i)).write_bytes(job)
+        if bad.get(i) != "unsigned":
+            (jobs / (job_name(i) + SIG)).write_bytes(sig)
+    res = pull(LocalTransport(str(remote)), qdir, opts(policy(key)))
+    assert (res.fetched, res.quarantined) == (n - 3, 3), res.summary()
+    got = reasons(qdir)
+    for i, why in bad.items():
+        assert why in got[job_name(i)], (i, got)
+    assert sorted(os.listdir(jobs)) == sorted(  # refused: left alone, with their signatures
+        [job_name(i) for i in bad] + [job_name(i) + SIG for i, w in bad.items() if w != "unsigned"])
+    rec = jr.known_files(str(qdir), "pull", res.remote)
+    taken = [name for name, r in rec.items() if r.state == jr.JournalState.FETCHED]
+    assert len(taken) == n - 3
+    assert all(rec[name].remote_deleted for name in taken)
