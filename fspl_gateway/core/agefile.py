@@ -293,6 +293,13 @@ def decrypt(src_fd: int, dst_fd: int, identities: Sequence[X25519Identity],
         raise AgeFormatError("truncated or damaged payload (a last chunk must hold data)")
     aead = ChaCha20Poly1305(_hkdf(key, nonce, b"payload"))
     plain_size = payload - chunks * TAG
+    into = getattr(aead, "decrypt_into", None)  # cryptography >= 45; else one more copy
+
+    def open_chunk(nonce: bytes, enc: memoryview, out: memoryview) -> None:
+        if into is not None:
+            into(nonce, enc, None, out)
+        else:
+            out[:] = aead.decrypt(nonce, enc, None)
 
     def part(cview: memoryview, pview: memoryview, first: int, n: int, count: int) -> None:
         """Decrypt chunks ``first``..``first+n`` of a block starting at chunk ``count``."""
@@ -300,8 +307,8 @@ def decrypt(src_fd: int, dst_fd: int, identities: Sequence[X25519Identity],
             c = count + i
             enc = cview[i * ENC_CHUNK:(i + 1) * ENC_CHUNK]
             try:
-                aead.decrypt_into(_nonce(c, c == chunks - 1), enc, None,
-                                  pview[i * CHUNK:i * CHUNK + len(enc) - TAG])
+                open_chunk(_nonce(c, c == chunks - 1), enc,
+                           pview[i * CHUNK:i * CHUNK + len(enc) - TAG])
             except InvalidTag:
                 raise AgeFormatError(f"damaged payload: chunk {c} does not authenticate") from None
 

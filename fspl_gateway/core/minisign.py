@@ -510,7 +510,7 @@ class Signature:
     def prehashed(self) -> bool:
         return self.algorithm == SIG_ALG_HASHED
 
-    @property
+    @functools.cached_property
     def key_id(self) -> str:
         return key_id_hex(self.keynum)
 
@@ -612,6 +612,15 @@ def select_key(sig: Signature, keys: PublicKey | Iterable[PublicKey]) -> list[Pu
 @functools.lru_cache(maxsize=64)
 def _ed_public(raw: bytes) -> Any:
     return _need_cryptography().Ed25519PublicKey.from_public_bytes(raw)
+
+
+def load_verifier(keys: Iterable[PublicKey]) -> None:
+    """Import the Ed25519 code and make the key objects now (e.g. before a fork, so that
+    the child does not do it on its first verification)."""
+    from cryptography.exceptions import InvalidSignature  # noqa: F401
+
+    for key in keys:
+        _ed_public(key.key)
 
 
 def _ed_verify(key: PublicKey, signature: bytes, message: bytes) -> bool:

@@ -1,8 +1,7 @@
 """The one parallel map of the pull and push engines.
 
 A :class:`ParallelMap` runs a function over items with up to N threads (one pool for a
-whole run, shared by its batches), and steps that need not hold up the next batch in one
-background thread (:meth:`ParallelMap.later`).  The first exception stops the run: it is kept in
+whole run, shared by its batches).  The first exception stops the run: it is kept in
 :attr:`ParallelMap.error`, ``stop`` is set, items not yet started are skipped, and
 :meth:`ParallelMap.raise_error` re-raises it once the caller has cleaned up.
 """
@@ -31,7 +30,6 @@ class ParallelMap:
         self._lock = threading.Lock()
         self._pool = (ThreadPoolExecutor(threads, thread_name_prefix="fspl-gw")
                       if threads > 1 else None)
-        self._bg: ThreadPoolExecutor | None = None
 
     def fail(self, exc: BaseException) -> None:
         """Stop the run because of ``exc`` (kept if it is the first error)."""
@@ -65,32 +63,15 @@ class ParallelMap:
             done = list(self._pool.map(one, items))
         return [cast(R, r) for ok, r in done if ok]
 
-    def later(self, fn: Callable[[], object]) -> None:
-        """Run ``fn`` in the run's background thread (one at a time, in order) while the
-        caller goes on: for a step that must follow a batch but need not hold up the next
-        one (its remote deletions, whose system calls then overlap the next downloads).
-        An exception stops the run as an item's does; :meth:`close` waits for the queue.
-        What is queued still runs after a stop: it belongs to work already done."""
-        def run() -> None:
-            try:
-                fn()
-            except BaseException as e:
-                self.fail(e)
-
-        if self._bg is None:
-            self._bg = ThreadPoolExecutor(1, thread_name_prefix="fspl-gw-bg")
-        self._bg.submit(run)
-
     def raise_error(self) -> None:
         """Re-raise the error that stopped the run, if any."""
         if self.error is not None:
             raise self.error
 
     def close(self) -> None:
-        for pool in (self._pool, self._bg):
-            if pool is not None:
-                pool.shutdown(wait=True)
-        self._pool = self._bg = None
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
 
     def __enter__(self) -> ParallelMap:
         return self

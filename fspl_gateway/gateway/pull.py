@@ -52,7 +52,6 @@ HostKeyError abort too; other per-file transport errors count as failed (exit 3)
 
 from __future__ import annotations
 
-import functools
 import os
 import threading
 from dataclasses import dataclass
@@ -336,8 +335,8 @@ class _Puller:
             # unlink while the other thread computes.)
             for i in range(0, len(todo), BATCH):
                 if self.gate is not None and threads == 1:
-                    # One thread (a local disk): this batch's signatures (if not yet) and
-                    # the next's are read and checked in the background meanwhile.  With
+                    # One thread (a local disk): the signature worker reads and checks
+                    # this batch's signatures (if not yet) and the next's meanwhile.  With
                     # more threads each fetch thread reads its own, in parallel.
                     self.gate.prefetch(todo[i:i + 2 * BATCH])
                 staged = par.map(self._one, todo[i:i + BATCH])
@@ -346,20 +345,16 @@ class _Puller:
                 except BaseException as e:
                     par.fail(e)
                     break
-                if self.gate is not None and self.gate.sigs:
-                    # Each job also frees its signature file: those deletions overlap the
-                    # next batch in the background thread.  (Without them the thread's
-                    # GIL hand-offs cost more than the unlinks: measured, docs/benchmarks.md.)
-                    par.later(functools.partial(self._cleanup_remote_many, clean))
-                else:
-                    self._cleanup_remote_many(clean)
+                self._cleanup_remote_many(clean)
                 if self.stop.is_set():
                     break
         finally:
             par.close()
             progress.close()
             if self.gate is not None:
-                self.gate.close()
+                left = self.gate.close()
+                if left and par.error is None:
+                    self._cleanup_remote_many(left)  # what the worker could not delete
                 self.res.waiting = self.gate.waiting
         par.raise_error()
 
@@ -695,7 +690,11 @@ class _Puller:
         name that cannot be removed stays: the next run removes it."""
         if not names or self.opts.after_fetch != "delete" or not self.can_delete:
             return
-        pending = list(names) + (self.gate.companions(names) if self.gate else [])
+        pending = list(names)
+        if self.gate is not None:
+            sigs = self.gate.companions(names)
+            if not self.gate.delete_behind(sigs):  # else the signature worker does it
+                pending += sigs
         deleted: list[str] = []
         attempt = 1
         try:

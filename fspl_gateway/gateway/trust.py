@@ -16,7 +16,10 @@ transport (sync, ``import`` of media, the watch service):
    (``signature_wait``, default :data:`DEFAULT_SIGNATURE_WAIT` s) has passed since; then it
    is quarantined as unsigned.  Remotes may list in any order, and a sender writes the
    signature first, so a receiver normally finds both.  An unparsable signature, a key that
-   is not trusted, or (with routes) a trusted key that no route names → quarantined;
+   is not trusted, or (with routes) a trusted key that no route names → quarantined.  In a
+   run with one thread (a local disk or medium) the signatures are read, parsed and their
+   comment signatures verified one batch ahead by the signature worker, a forked process
+   (:mod:`~fspl_gateway.gateway.sigworker`), which also deletes them behind the run;
 2. the job is downloaded into staging and verified there (:func:`~fspl_gateway.core.jobsig.verify_job`),
    from the digests the download itself took (one pass over the file,
    :class:`~fspl_gateway.core.hashing.MultiHasher`): the signature over the trusted
@@ -61,12 +64,12 @@ signed, and the signature is written to the remote *before* the job.
 
 from __future__ import annotations
 
+import functools
 import io
 import os
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -97,11 +100,13 @@ from fspl_gateway.core.minisign import (
     Signature,
     SignatureError,
     load_public_key,
+    load_verifier,
     read_secret_key,
     secret_key_is_encrypted,
     verify_comment,
 )
 from fspl_gateway.core.packet import Meta
+from fspl_gateway.gateway.sigworker import SigWorker
 from fspl_gateway.transports.base import RemoteEntry, Transport, is_job_name
 
 #: Seconds a job may wait for its signature before it is quarantined as unsigned.
@@ -190,7 +195,7 @@ class TrustPolicy:
         if self.signature_wait < 0:
             raise UsageError("signature wait must not be negative")
 
-    @property
+    @functools.cached_property
     def key_ids(self) -> frozenset[str]:
         return frozenset(k.key_id for k in self.keys)
 
@@ -278,10 +283,6 @@ class _SigRead:
     key: PublicKey | None = None
 
 
-#: Signatures read and checked per background task (:meth:`ReceiveGate.prefetch`).
-PREFETCH_CHUNK = 16
-
-
 class ReceiveGate:
     """The trust hooks of one pull run (see the module doc)."""
 
@@ -295,8 +296,10 @@ class ReceiveGate:
         self.call = call
         self.sigs: dict[str, RemoteEntry] = {}
         self.waiting = 0
-        self._pool: ThreadPoolExecutor | None = None
-        self._ahead: dict[str, Future[dict[str, _SigRead]]] = {}
+        self._worker: SigWorker | None = None
+        self._no_worker = False
+        #: Job names whose signature the worker was asked to check.
+        self._ahead: set[str] = set()
         #: Job name → the key its comment signature verified with (before_fetch → admit).
         self._keys: dict[str, PublicKey] = {}
 
@@ -310,36 +313,86 @@ class ReceiveGate:
         """The listed signature files of ``names``: removed from the remote with them."""
         return [sig_name(n) for n in names if n in self.sigs]
 
+    # -- the signature worker (one-thread runs) ---------------------------------------
     def prefetch(self, entries: Sequence[RemoteEntry]) -> None:
-        """Read, parse and check the comment signatures of ``entries`` (the next batch)
-        in a background thread while the caller fetches: the reads and the Ed25519
-        verifications run outside the GIL, on another core.  :meth:`before_fetch` takes
-        the results (and does the work itself for a job not prefetched); a read error
-        comes out there, as it would have inline."""
-        todo = [e for e in entries if e.name in self.sigs and e.name not in self._ahead]
+        """For a run in one thread (a local disk): have the signatures of ``entries``
+        (this batch and the next) read, parsed and their comment signatures verified
+        by the signature worker, a forked process
+        (:mod:`~fspl_gateway.gateway.sigworker`), while this process fetches.
+        :meth:`before_fetch` takes the answers, and does the work itself where there is
+        none (no worker: forking was not safe, or it ended)."""
+        todo = [e.name for e in entries if e.name in self.sigs and e.name not in self._ahead]
         if not todo:
             return
-        if self._pool is None:
-            self._pool = ThreadPoolExecutor(1, thread_name_prefix="fspl-gw-sig")
-        for i in range(0, len(todo), PREFETCH_CHUNK):
-            part = todo[i:i + PREFETCH_CHUNK]
-            fut = self._pool.submit(self._check_many, part)
-            for e in part:
-                self._ahead[e.name] = fut
+        if self._worker is None:
+            if self._no_worker:
+                return
+            load_verifier(self.p.keys)  # once, here, not in the worker for its first job
+            self._worker = SigWorker.start(self._check_packed, self._delete_sigs)
+            if self._worker is None:
+                self._no_worker = True
+                return
+        if self._worker.ask(todo):
+            self._ahead.update(todo)
 
-    def _check_many(self, entries: Sequence[RemoteEntry]) -> dict[str, _SigRead]:
-        return {e.name: self._check(e) for e in entries}
+    def delete_behind(self, sig_names: Sequence[str]) -> bool:
+        """Have the worker delete these signature files (their jobs are durable and
+        journaled): True, or False when the caller must delete them itself."""
+        return self._worker is not None and self._worker.delete(sig_names)
 
-    def close(self) -> None:
-        """Stop the background reads (pending ones are dropped)."""
-        if self._pool is not None:
-            self._pool.shutdown(wait=True, cancel_futures=True)
-            self._pool = None
+    def close(self) -> list[str]:
+        """End the worker; the signature files it could not delete (the caller deletes
+        them itself, with its retries and warnings)."""
+        worker, self._worker = self._worker, None
         self._ahead.clear()
+        if worker is None:
+            return []
+        return [name for name, _ in worker.close()]
 
-    def _check(self, e: RemoteEntry) -> _SigRead:
+    def _check_packed(self, name: str) -> list[Any] | None:
+        """In the worker: :meth:`_check` as msgpack-able values (None: an unexpected
+        error; the parent does that one itself)."""
+        try:
+            r = self._check(name)
+        except Exception:  # noqa: BLE001 - redone in the parent, where it surfaces
+            return None
+        sig = r.sig
+        return [r.data,
+                None if r.refused is None else [r.refused.reason, str(r.refused)],
+                None if sig is None else [sig.algorithm, sig.keynum, sig.signature,
+                                          sig.trusted_comment, sig.global_signature,
+                                          sig.untrusted_comment],
+                None if r.bad is None else [r.bad.reason, str(r.bad)],
+                -1 if r.key is None else next(i for i, k in enumerate(self.p.keys)
+                                              if k is r.key)]
+
+    def _unpack(self, name: str, ans: list[Any]) -> _SigRead:
+        data, refused, sig, bad, key = ans
+        r = _SigRead(data=data)
+        if refused is not None:
+            r.refused = TrustRefused(refused[0], refused[1])
+        if sig is not None:
+            r.sig = Signature(*sig)
+        if bad is not None:
+            r.bad = SignatureError(bad[1])
+            r.bad.reason = bad[0]
+        if key >= 0:
+            r.key = self.p.keys[key]
+        sig_e = self.sigs.get(name)
+        if data is not None and refused is None and sig_e is not None:
+            with self.p._lock:  # as _read_sig keeps it, for the other routing passes
+                self.p.cache[sig_e.name] = (sig_e.tag, sig_e.size, data)
+        return r
+
+    def _delete_sigs(self, names: Sequence[str]) -> list[tuple[str, str]]:
+        """In the worker: delete signature files; the failures (gone already is fine)."""
+        errors = self.t.delete_many(names)
+        return [(n, str(err)) for n, err in errors.items()
+                if not isinstance(err, RemoteNotFoundError)]
+
+    def _check(self, name: str) -> _SigRead:
         r = _SigRead()
-        sig_e = self.sigs.get(e.name)
+        sig_e = self.sigs.get(name)
         if sig_e is None:
             return r
         try:
@@ -386,8 +439,14 @@ class ReceiveGate:
         """Whether to fetch job ``e``: its parsed signature (fetch and verify it), a
         TrustRefused (fetch it into the quarantine), or None (leave it: it waits for its
         signature, or another routing pass takes it)."""
-        fut = self._ahead.pop(e.name, None)
-        r = fut.result()[e.name] if fut is not None else self._check(e)
+        r = None
+        if e.name in self._ahead and self._worker is not None:
+            self._ahead.discard(e.name)
+            ans = self._worker.answer(e.name)
+            if ans is not None:
+                r = self._unpack(e.name, ans)
+        if r is None:
+            r = self._check(e.name)
         if r.refused is not None:
             return r.refused if self.p.main else None
         if r.data is None:

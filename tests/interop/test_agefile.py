@@ -212,3 +212,26 @@ def test_flat_memory(tmp_path: Path, ident: tuple[Path, str]) -> None:
         tracemalloc.stop()
     assert h.size == 64 << 20
     assert peak < 16 << 20, f"{peak} bytes for a 64 MiB file"
+
+
+def test_without_decrypt_into(tmp_path: Path, ident: tuple[Path, str],
+                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """cryptography before decrypt_into: the same bytes through decrypt() and a copy."""
+    from cryptography.hazmat.primitives.ciphers import aead
+
+    real = aead.ChaCha20Poly1305
+
+    class Older:
+        def __init__(self, key: bytes) -> None:
+            self._c = real(key)
+
+        def decrypt(self, nonce: bytes, data: bytes, ad: bytes | None) -> bytes:
+            return self._c.decrypt(nonce, data, ad)
+
+    monkeypatch.setattr(aead, "ChaCha20Poly1305", Older)
+    identity, recipient = ident
+    plain = tmp_path / "plain"
+    plain.write_bytes(os.urandom(3 * C + 7))
+    _encrypt(plain, tmp_path / "enc", recipient)
+    _ours(tmp_path / "enc", identity, tmp_path / "out")
+    assert (tmp_path / "out").read_bytes() == plain.read_bytes()

@@ -85,30 +85,3 @@ def test_parallel_map_first_error_stops_the_run(threads: int) -> None:
     with pytest.raises(ValueError, match="three"):
         par.raise_error()
 
-
-def test_parallel_map_later_runs_in_order_after_a_stop_and_close_waits() -> None:
-    """later(): one background thread, in order; a failure stops the run like an item's
-    (the first error is kept); what was queued before still runs; close() waits."""
-    import threading
-    import time
-
-    done: list[int] = []
-    gate = threading.Event()
-
-    def step(i: int) -> None:
-        gate.wait(5)
-        time.sleep(0.01)
-        done.append(i)
-        if i == 1:
-            raise OSError("disk gone")
-
-    par = ParallelMap(1)
-    for i in range(4):
-        par.later(lambda i=i: step(i))
-    assert done == [] and not par.stop.is_set()  # the caller went on
-    gate.set()
-    par.close()
-    assert done == [0, 1, 2, 3]
-    assert par.stop.is_set()
-    with pytest.raises(OSError, match="disk gone"):
-        par.raise_error()
