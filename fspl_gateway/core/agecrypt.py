@@ -14,8 +14,9 @@ in this process by :mod:`~fspl_gateway.core.agefile`, from age's specification w
 ``cryptography``'s primitives, two threads decrypting while a third hashes the plaintext.
 Why: the receiver verifies the signature over the ciphertext *before* decrypting, then
 makes the plaintext durable, so ``age -d`` is a third pass over the file behind the fetch,
-on one core; in process it runs at more than twice age's speed and the sync's
-decryption costs less than ``age -d`` alone (``docs/benchmarks.md``, Trust).  ssh and
+on one core; in process it is faster than ``age -d`` even while it hashes the plaintext,
+and decryption adds 1.2× ``age -d``'s time to a sync instead of 2.0× (``docs/benchmarks.md``,
+Trust).  ssh and
 passphrase-protected identities, plugins and armored files keep using the binary.
 
 Why not pyrage (decided for issue 13, measured on this project's 2-core machine with
