@@ -104,7 +104,8 @@ def test_lock_busy_fails_at_once(tmp_path: Path) -> None:
     finally:
         os.killpg(holder.pid, 9)  # flock(1) and its sleep child
         holder.wait()
-    with SeqFile(p) as sf:  # released with the process
+    # released with the process (its exit may still be closing the descriptor: wait a bit)
+    with SeqFile(p, wait=5) as sf:
         assert sf.next == 1
 
 
