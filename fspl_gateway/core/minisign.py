@@ -242,7 +242,7 @@ class PublicKey:
     keynum: bytes
     key: bytes
 
-    @property
+    @functools.cached_property
     def key_id(self) -> str:
         return key_id_hex(self.keynum)
 
