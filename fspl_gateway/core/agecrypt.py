@@ -42,9 +42,7 @@ read, for a one-line error.
 age authenticates the plaintext per 64 KiB chunk and reports a truncated or altered file
 only when it reaches the bad chunk: what was written before may be partial.  Callers
 decrypt into a temporary file and use it only if :func:`decrypt_stream` /
-:func:`decrypt_file` returned (:class:`StreamDecryptor`, the binary's path of
-:func:`decrypt_file`, reads age's stdout in a thread that hashes the plaintext as it is
-written).
+:func:`decrypt_file` returned.
 """
 
 from __future__ import annotations
@@ -57,14 +55,12 @@ import shlex
 import shutil
 import subprocess
 import tempfile
-import threading
 from collections.abc import Iterable, Sequence
 
 from fspl_gateway.core import agefile
 from fspl_gateway.core.agefile import X25519Identity
 from fspl_gateway.core.errors import EXIT_USAGE, FsplError
-from fspl_gateway.core.fsutil import write_all
-from fspl_gateway.core.hashing import CHUNK, MultiHasher, feed_fd
+from fspl_gateway.core.hashing import MultiHasher, copy_hashing
 
 #: The first bytes of an age file (binary, and ASCII-armored).
 AGE_MAGIC = b"age-encryption.org/v1\n"
@@ -172,8 +168,9 @@ def decrypt_file(src_path: str, out_path: str, identity_files: str | Sequence[st
     the new file ``out_path``, feeding ``hasher`` the plaintext: True; False (nothing
     written) when ``src_path`` is not an age file.  A binary age file for X25519
     identities is decrypted in this process (:mod:`~fspl_gateway.core.agefile`, two
-    threads), anything else by the ``age`` binary (:class:`StreamDecryptor`).  AgeError
-    (or the OSError of writing) when it fails; ``out_path`` is then removed."""
+    threads); anything else by ``age -d``, which reads the file itself while this
+    thread hashes and writes what it prints.  AgeError (or the OSError of writing) when it
+    fails; ``out_path`` is then removed."""
     files = [identity_files] if isinstance(identity_files, str) else list(identity_files)
     fd = os.open(src_path, os.O_RDONLY | os.O_CLOEXEC)
     try:
@@ -181,17 +178,13 @@ def decrypt_file(src_path: str, out_path: str, identity_files: str | Sequence[st
         if not is_encrypted(head):
             return False
         native = _native_identities(files) if head.startswith(AGE_MAGIC) else None
-        if native is None:
-            dec = StreamDecryptor(files, out_path, hasher)
-            try:
-                feed_fd(fd, dec)
-                return dec.finish()
-            except BaseException:
-                dec.abort()
-                raise
+        argv = decrypt_argv(files) if native is None else []
         out = os.open(out_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
         try:
-            agefile.decrypt(fd, out, native, hasher.update)
+            if native is not None:
+                agefile.decrypt(fd, out, native, hasher)
+            else:
+                _decrypt_through_age(argv, fd, out, hasher)
         except BaseException as e:
             os.close(out)
             with contextlib.suppress(OSError):
@@ -205,6 +198,36 @@ def decrypt_file(src_path: str, out_path: str, identity_files: str | Sequence[st
         os.close(fd)
 
 
+#: Pipe buffer asked for age's stdout (the kernel's default is 64 KiB).
+PIPE_BYTES = 1 << 20
+
+
+def _decrypt_through_age(argv: list[str], src_fd: int, out_fd: int, hasher: MultiHasher) -> None:
+    """``age -d`` reads ``src_fd`` (from offset 0) as its stdin; what it prints is hashed
+    and written to ``out_fd`` (:func:`~fspl_gateway.core.hashing.copy_hashing`)."""
+    os.lseek(src_fd, 0, os.SEEK_SET)
+    with tempfile.TemporaryFile() as err:
+        try:
+            proc = subprocess.Popen(argv, stdin=src_fd, stdout=subprocess.PIPE, stderr=err,
+                                    close_fds=True)
+        except OSError as e:
+            raise AgeError(f"cannot run {argv[0]}: {e.strerror}") from None
+        assert proc.stdout is not None
+        try:
+            with contextlib.suppress(OSError):
+                fcntl.fcntl(proc.stdout.fileno(), fcntl.F_SETPIPE_SZ, PIPE_BYTES)
+            copy_hashing(proc.stdout.fileno(), out_fd, hasher)
+        except BaseException:
+            proc.kill()
+            raise
+        finally:
+            proc.stdout.close()
+            rc = proc.wait()
+        if rc != 0:
+            err.seek(0)
+            raise AgeError(f"age decryption failed: {_age_message(err.read(_STDERR_MAX))}")
+
+
 def encrypt_stream(src_fd: int, dst_fd: int, recipients: Iterable[str]) -> None:
     """Encrypt from ``src_fd`` to ``dst_fd`` (each from its current offset) to every
     recipient; age reads and writes the descriptors itself."""
@@ -215,158 +238,3 @@ def decrypt_stream(src_fd: int, dst_fd: int, identity_files: str | Sequence[str]
     """Decrypt from ``src_fd`` to ``dst_fd`` with the identities in ``identity_files``.
     On AgeError ``dst_fd`` may hold a partial plaintext: discard it."""
     _run(decrypt_argv(identity_files), src_fd, dst_fd, "decryption")
-
-
-#: Pipe buffer asked for age's stdin and stdout (the kernel's default is 64 KiB).
-PIPE_BYTES = 1 << 20
-
-
-class StreamDecryptor:
-    """Decrypts an age file streamed into :meth:`update` (the trust gate feeds it a
-    verified ciphertext).  Once the first bytes show an age file, ``age -d`` is started
-    with the identities; the bytes go to its stdin, and a thread reads its stdout,
-    feeds ``hasher`` (the plaintext's digests and first bytes) and writes the plaintext
-    to the new file ``out_path``.  A file that is not
-    an age file is left alone (:meth:`finish` returns False).
-
-    The caller calls :meth:`finish` (age's verdict; the plaintext whole) before it uses
-    ``out_path``, and :meth:`abort` (age killed, ``out_path`` removed) otherwise."""
-
-    def __init__(self, identity_files: str | Sequence[str], out_path: str,
-                 hasher: MultiHasher) -> None:
-        self.argv = decrypt_argv(identity_files)
-        self.out_path = out_path
-        self.hasher = hasher
-        self._proc: subprocess.Popen[bytes] | None = None
-        self._pump: threading.Thread | None = None
-        self._out = -1
-        self._err: object = None
-        self._pending = bytearray()
-        self._state = "undecided"  # → "age" or "plain"
-        self._broken = False
-        self._error: BaseException | None = None
-
-    @property
-    def active(self) -> bool:
-        """Whether an age file is being decrypted."""
-        return self._state == "age"
-
-    def update(self, data: memoryview) -> None:
-        if self._state == "plain":
-            return
-        if self._state == "age":
-            self._feed(data)
-            return
-        self._pending += data
-        p = bytes(self._pending[:len(AGE_ARMOR_MAGIC)])
-        if is_encrypted(p):
-            self._start()
-        elif not (AGE_MAGIC.startswith(p) or AGE_ARMOR_MAGIC.startswith(p)):
-            self._state = "plain"
-            self._pending = bytearray()
-
-    def _start(self) -> None:
-        self._state = "age"
-        self._out = os.open(self.out_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC,
-                            0o644)
-        err = tempfile.TemporaryFile()
-        self._err = err
-        try:
-            self._proc = subprocess.Popen(self.argv, stdin=subprocess.PIPE,
-                                          stdout=subprocess.PIPE, stderr=err, close_fds=True)
-        except OSError as e:
-            raise AgeError(f"cannot run {self.argv[0]}: {e.strerror}") from None
-        assert self._proc.stdin is not None and self._proc.stdout is not None
-        for f in (self._proc.stdin, self._proc.stdout):
-            with contextlib.suppress(OSError):
-                fcntl.fcntl(f.fileno(), fcntl.F_SETPIPE_SZ, PIPE_BYTES)
-        self._pump = threading.Thread(target=self._run_pump, name="fspl-gw-age", daemon=True)
-        self._pump.start()
-        pending, self._pending = self._pending, bytearray()
-        self._feed(memoryview(pending))
-
-    def _feed(self, data: memoryview) -> None:
-        if self._broken or not data:
-            return
-        assert self._proc is not None and self._proc.stdin is not None
-        try:
-            write_all(self._proc.stdin.fileno(), data)
-        except BrokenPipeError:
-            self._broken = True  # age stopped reading: its exit status says why
-
-    def _run_pump(self) -> None:
-        assert self._proc is not None and self._proc.stdout is not None
-        src = self._proc.stdout.fileno()
-        buf = bytearray(CHUNK)
-        view = memoryview(buf)
-        try:
-            while True:
-                k = os.readv(src, [buf])
-                if not k:
-                    return
-                self.hasher.update(view[:k])
-                write_all(self._out, view[:k])
-        except BaseException as e:  # handed to finish()
-            self._error = e
-            with contextlib.suppress(OSError):
-                self._proc.kill()
-
-    def finish(self) -> bool:
-        """Wait for age to end: True when the file was an age file and its plaintext is
-        whole in ``out_path``; False when it was not an age file; AgeError (or the
-        OSError of writing the plaintext) when decryption failed — call :meth:`abort`."""
-        if self._state == "undecided" and is_encrypted(bytes(self._pending)):
-            self._start()  # a very short file that still starts like one: age decides
-        if self._state != "age":
-            return False
-        proc = self._proc
-        assert proc is not None and proc.stdin is not None
-        with contextlib.suppress(OSError):
-            proc.stdin.close()
-        if self._pump is not None:
-            self._pump.join()
-        rc = proc.wait()
-        if self._error is not None:
-            raise self._error
-        if rc != 0:
-            err = self._err
-            assert hasattr(err, "seek") and hasattr(err, "read")
-            err.seek(0)
-            raise AgeError(f"age decryption failed: {_age_message(err.read(_STDERR_MAX))}")
-        os.close(self._out)
-        self._out = -1
-        self._close_pipes()
-        return True
-
-    def abort(self) -> None:
-        """Stop age and remove the partial plaintext (idempotent)."""
-        proc = self._proc
-        if proc is not None:
-            with contextlib.suppress(OSError):
-                proc.kill()
-            assert proc.stdin is not None
-            with contextlib.suppress(OSError):
-                proc.stdin.close()
-            if self._pump is not None:
-                self._pump.join()
-            proc.wait()
-            self._close_pipes()
-        self._pump = None
-        self._proc = None
-        if self._out >= 0:
-            os.close(self._out)
-            self._out = -1
-            with contextlib.suppress(OSError):
-                os.unlink(self.out_path)
-        self._error = None
-        self._broken = False
-
-    def _close_pipes(self) -> None:
-        proc = self._proc
-        if proc is not None and proc.stdout is not None:
-            with contextlib.suppress(OSError):
-                proc.stdout.close()
-        err = self._err
-        if err is not None and hasattr(err, "close"):
-            err.close()
-        self._err = None

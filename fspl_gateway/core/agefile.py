@@ -39,13 +39,14 @@ import base64
 import hmac
 import os
 import re
-from collections.abc import Callable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
 from fspl_gateway.core.errors import FsplError
 from fspl_gateway.core.fsutil import write_all
+from fspl_gateway.core.hashing import HashThread
 
 MAGIC = b"age-encryption.org/v1\n"
 #: Plaintext bytes per payload chunk, and the tag that follows each.
@@ -271,11 +272,12 @@ def _nonce(counter: int, last: bool) -> bytes:
 
 
 def decrypt(src_fd: int, dst_fd: int, identities: Sequence[X25519Identity],
-            on_plain: Callable[[memoryview], None]) -> int:
+            hasher: Any) -> int:
     """Decrypt the age file ``src_fd`` (a regular file, read with ``pread`` from offset
-    0; its size must not change) into ``dst_fd`` (written at its offset);
-    ``on_plain`` gets the plaintext in order (a hasher: run in a thread of its own, so
-    it must not touch what the caller does).  The plaintext's size; AgeFormatError."""
+    0; its size must not change) into ``dst_fd`` (written at its offset); ``hasher``
+    (anything with ``update``, e.g. a :class:`~fspl_gateway.core.hashing.MultiHasher`)
+    gets the plaintext in order, in a thread of its own.  The plaintext's size;
+    AgeFormatError."""
     from cryptography.exceptions import InvalidTag
     from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 
@@ -315,13 +317,13 @@ def decrypt(src_fd: int, dst_fd: int, identities: Sequence[X25519Identity],
             except InvalidTag:
                 raise AgeFormatError(f"damaged payload: chunk {c} does not authenticate") from None
 
+    # The plaintext buffers are the hash thread's ring: a block is handed to it once it
+    # is written, while the next one decrypts; a buffer comes back once it is hashed.
     cbufs = [bytearray(BLOCK_CHUNKS * ENC_CHUNK) for _ in range(2)]
-    pbufs = [bytearray(BLOCK_CHUNKS * CHUNK) for _ in range(3)]
-    hashed: list[Future[None] | None] = [None, None, None]
-    with ThreadPoolExecutor(2, thread_name_prefix="fspl-gw-age") as pool, \
-            ThreadPoolExecutor(1, thread_name_prefix="fspl-gw-age-hash") as hasher:
-        try:
-            pending: memoryview | None = None
+    pump = HashThread(hasher, BLOCK_CHUNKS * CHUNK)
+    try:
+        with ThreadPoolExecutor(2, thread_name_prefix="fspl-gw-age") as pool:
+            pending: tuple[bytearray, int] | None = None
             for b, count in enumerate(range(0, chunks, BLOCK_CHUNKS)):
                 n = min(BLOCK_CHUNKS, chunks - count)
                 off = start + count * ENC_CHUNK
@@ -329,28 +331,26 @@ def decrypt(src_fd: int, dst_fd: int, identities: Sequence[X25519Identity],
                 cview = memoryview(cbufs[b % 2])[:want]
                 if os.preadv(src_fd, [cview], off) != want:
                     raise AgeFormatError("the file shrank while it was decrypted")
-                slot = b % 3
-                prev = hashed[slot]
-                if prev is not None:
-                    prev.result()  # its buffer is free again
+                pbuf = pump.free_buffer()
                 plain_n = want - n * TAG
-                pview = memoryview(pbufs[slot])[:plain_n]
+                pview = memoryview(pbuf)[:plain_n]
                 half = n // 2
                 halves = [pool.submit(part, cview, pview, 0, half, count),
                           pool.submit(part, cview, pview, half, n - half, count)]
-                if pending is not None:
-                    write_all(dst_fd, pending)  # the previous block, while this decrypts
-                for f in halves:
-                    f.result()
-                pending = pview
-                hashed[slot] = hasher.submit(on_plain, pview)
+                if pending is not None:  # the previous block, while this one decrypts
+                    write_all(dst_fd, memoryview(pending[0])[:pending[1]])
+                    pump.hash(*pending)
+                    pending = None
+                try:
+                    for f in halves:
+                        f.result()
+                except BaseException:
+                    pump.give_back(pbuf)
+                    raise
+                pending = (pbuf, plain_n)
             if pending is not None:
-                write_all(dst_fd, pending)
-        finally:
-            for h in hashed:
-                if h is not None:
-                    h.exception()  # wait: the hasher must be done with the buffers
-    for h in hashed:
-        if h is not None:
-            h.result()
+                write_all(dst_fd, memoryview(pending[0])[:pending[1]])
+                pump.hash(*pending)
+    finally:
+        pump.finish()
     return plain_size

@@ -96,7 +96,7 @@ def feed_fd(fd: int, sink: Any, *, offset: int = 0) -> int:
     descriptor's own offset is untouched); the bytes read.  A big file
     (:data:`THREAD_MIN`) is fed from a second thread while this one reads ahead."""
     size = _buffer_size(fd, offset)
-    pump = _HashThread(sink) if size >= CHUNK and _big(fd) else None
+    pump = HashThread(sink) if size >= CHUNK and _big(fd) else None
     buf = bytearray(size) if pump is None else None
     n = 0
     try:
@@ -207,7 +207,7 @@ def copy_hashing(src_fd: int, dst_fd: int, hasher: MultiHasher | None = None, *,
     big = _big(src_fd)
     if count is not None and count < THREAD_MIN:
         big = False
-    pump = _HashThread(h) if big else None
+    pump = HashThread(h) if big else None
     bufs = [bytearray(_buffer_size(src_fd))] if pump is None else pump.buffers()
     n = 0
     try:
@@ -230,16 +230,18 @@ def copy_hashing(src_fd: int, dst_fd: int, hasher: MultiHasher | None = None, *,
     return h.hexdigest(), n
 
 
-class _HashThread:
-    """Hashes the buffers handed to it in a second thread; :meth:`finish` waits for it
-    and re-raises what the hasher raised."""
+class HashThread:
+    """Hashes the buffers handed to it in a second thread (a ring of :data:`RING`
+    buffers of ``size`` bytes: take one with :meth:`free_buffer`, fill it, hand it over
+    with :meth:`hash`); :meth:`finish` waits for it and re-raises what the hasher
+    raised."""
 
-    def __init__(self, h: Any) -> None:
+    def __init__(self, h: Any, size: int = CHUNK) -> None:
         self.h = h
         self.error: BaseException | None = None
         self._free: queue.SimpleQueue[bytearray] = queue.SimpleQueue()
         self._full: queue.SimpleQueue[tuple[bytearray, int] | None] = queue.SimpleQueue()
-        self._bufs = [bytearray(CHUNK) for _ in range(RING)]
+        self._bufs = [bytearray(size) for _ in range(RING)]
         for b in self._bufs:
             self._free.put(b)
         self._t = threading.Thread(target=self._run, name="fspl-gw-hash", daemon=True)

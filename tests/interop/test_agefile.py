@@ -56,7 +56,7 @@ def _ours(enc: Path, identity: Path, out: Path) -> MultiHasher:
     assert ids is not None
     h = MultiHasher(("sha256",), head=64)
     with open(enc, "rb") as s, open(out, "wb") as d:
-        n = agefile.decrypt(s.fileno(), d.fileno(), ids, h.update)
+        n = agefile.decrypt(s.fileno(), d.fileno(), ids, h)
     assert n == h.size == out.stat().st_size
     return h
 
@@ -235,3 +235,20 @@ def test_without_decrypt_into(tmp_path: Path, ident: tuple[Path, str],
     _encrypt(plain, tmp_path / "enc", recipient)
     _ours(tmp_path / "enc", identity, tmp_path / "out")
     assert (tmp_path / "out").read_bytes() == plain.read_bytes()
+
+
+def test_a_failed_decryption_through_age_leaves_no_file(tmp_path: Path,
+                                                        ident: tuple[Path, str]) -> None:
+    """The binary's path (an armored file): age's one-line error, no plaintext left."""
+    identity, recipient = ident
+    plain = tmp_path / "plain"
+    plain.write_bytes(os.urandom(3 * C))
+    subprocess.run(["age", "-a", "-r", recipient, "-o", str(tmp_path / "armored"), str(plain)],
+                   check=True)
+    lines = (tmp_path / "armored").read_bytes().splitlines(keepends=True)
+    del lines[len(lines) // 2]  # a line of the payload gone
+    (tmp_path / "bad").write_bytes(b"".join(lines))
+    out = tmp_path / "out"
+    with pytest.raises(agecrypt.AgeError, match=r"^age decryption failed: \S"):
+        agecrypt.decrypt_file(str(tmp_path / "bad"), str(out), str(identity), MultiHasher())
+    assert not out.exists()
