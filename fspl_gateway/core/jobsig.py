@@ -209,10 +209,34 @@ def sign_job(path: str | os.PathLike[str], seckey: SecretKey, queue_id: str, *,
     return sig.to_bytes()
 
 
+@dataclass(frozen=True, slots=True)
+class CheckedComment:
+    """A job signature whose comment signature verified with ``key`` (a trusted key), and
+    the binding its trusted comment states (:func:`check_comment`): what can be checked
+    before the job's bytes are there."""
+
+    key: PublicKey
+    binding: Binding
+    comment: str
+
+
+def check_comment(sig: Signature, keys: PublicKey | Iterable[PublicKey]) -> CheckedComment:
+    """The first half of :func:`verify_job`, which needs only the signature: a trusted key,
+    prehashed, the comment signature, and a job binding in the trusted comment (any
+    queue: :func:`verify_job` compares it).  SignatureError otherwise — but only
+    :func:`verify_job` (its complete check) says *why* in minisign's order."""
+    select_key(sig, keys)
+    if not sig.prehashed:
+        raise LegacySignatureError("legacy (non-prehashed) signature: this needs a prehashed "
+                                   "one (minisign's default; do not sign with -l)")
+    key = verify_comment(sig, keys)
+    return CheckedComment(key, Binding.parse(sig.trusted_comment), sig.trusted_comment)
+
+
 def verify_job(path: str | os.PathLike[str], sig_bytes: bytes | Signature,
                trusted_keys: PublicKey | Iterable[PublicKey], queue_id: str, *,
                sha256: str | None = None, size: int | None = None,
-               head: bytes | None = None, comment_key: PublicKey | None = None) -> VerifiedJob:
+               head: bytes | None = None, checked: CheckedComment | None = None) -> VerifiedJob:
     """Check a job file against its signature: known key, prehashed, the comment
     signature, a job binding for ``queue_id``, the file's sha256, and the header's seq
     (plain packets; see :meth:`VerifiedJob.check_meta` for encrypted ones).  Every refusal
@@ -220,9 +244,9 @@ def verify_job(path: str | os.PathLike[str], sig_bytes: bytes | Signature,
 
     ``sha256``/``size``/``head`` (the file's digest, length and first bytes, taken while
     it was fetched: :class:`~fspl_gateway.core.hashing.MultiHasher`) spare reading the
-    file; without them it is read once.  ``comment_key``: the trusted key with which this
-    very ``sig``'s comment signature was already verified (read ahead of the fetch), so
-    it is not verified twice.
+    file; without them it is read once.  ``checked``: what :func:`check_comment` found
+    for this very signature (read ahead of the fetch, perhaps by another process), so it
+    is not parsed and verified twice; ``sig_bytes`` is then parsed only for a refusal.
 
     **What is checked, and why that is enough.**  The trusted comment — queue id, seq and
     the file's SHA-256 — is covered by the global signature, which is verified.  The
@@ -238,12 +262,15 @@ def verify_job(path: str | os.PathLike[str], sig_bytes: bytes | Signature,
     a key holder can make a comment signature over a file signature that does not
     verify; we would accept such a job where ``minisign -V`` would not — it is still
     exactly what the key holder signed for this queue and seq."""
-    sig = sig_bytes if isinstance(sig_bytes, Signature) else Signature.parse(sig_bytes)
     keys = [trusted_keys] if isinstance(trusted_keys, PublicKey) else list(trusted_keys)
-    select_key(sig, keys)  # an unknown key is refused before the file is read
-    if not sig.prehashed:
-        raise LegacySignatureError("legacy (non-prehashed) signature: this needs a prehashed "
-                                   "one (minisign's default; do not sign with -l)")
+    sig: Signature | None = None
+    if checked is None:
+        sig = sig_bytes if isinstance(sig_bytes, Signature) else Signature.parse(sig_bytes)
+        select_key(sig, keys)  # an unknown key is refused before the file is read
+        if not sig.prehashed:
+            raise LegacySignatureError("legacy (non-prehashed) signature: this needs a "
+                                       "prehashed one (minisign's default; do not sign "
+                                       "with -l)")
     if sha256 is None or size is None or head is None:
         h = MultiHasher(("sha256",), head=HEAD_BYTES)
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
@@ -253,8 +280,10 @@ def verify_job(path: str | os.PathLike[str], sig_bytes: bytes | Signature,
             os.close(fd)
         sha256, size, head = h.hexdigest(), h.size, h.head
     try:
-        key = comment_key if comment_key is not None else verify_comment(sig, keys)
-        binding = Binding.parse(sig.trusted_comment)
+        if checked is None:
+            assert sig is not None
+            checked = check_comment(sig, keys)
+        binding = checked.binding
         metas: list[Meta] = []
 
         def header_seq() -> int:
@@ -263,9 +292,11 @@ def verify_job(path: str | os.PathLike[str], sig_bytes: bytes | Signature,
 
         kind = _check_binding(binding, queue_id, sha256, header_seq, _kind_of(head))
     except SignatureError:
+        if sig is None:
+            sig = sig_bytes if isinstance(sig_bytes, Signature) else Signature.parse(sig_bytes)
         _verify_complete(path, sig, keys, queue_id)  # raises with minisign's reason
         raise
-    return VerifiedJob(key.key_id, binding.seq, binding.sha256, sig.trusted_comment,
+    return VerifiedJob(checked.key.key_id, binding.seq, binding.sha256, checked.comment,
                        binding.queue, kind == "age", size, metas[0] if metas else None)
 
 

@@ -119,6 +119,15 @@ CREATE TABLE IF NOT EXISTS signature_waits (
 
 #: Names per ``IN (…)`` query (SQLite allows 32,766 parameters since 3.32; 999 before).
 _IN_CHUNK = 900
+#: Claims per INSERT (six parameters each).
+_CLAIM_CHUNK = 150
+
+
+def _by_remote(claims: Sequence[tuple[str, int, str, str, str]]) -> dict[str, list[bytes]]:
+    out: dict[str, list[bytes]] = {}
+    for _, _, _, remote, name in claims:
+        out.setdefault(remote, []).append(_key(name))
+    return out
 
 
 def journal_path(qdir: str) -> str:
@@ -277,23 +286,13 @@ class Journal:
                    (direction, remote, _key(name)))
 
     # -- signers (trust) -------------------------------------------------------------
-    def claim_signed(self, key_id: str, seq: int, sha256: str, remote: str,
-                     name: str) -> str | None:
-        """Record that ``key_id`` signed ``seq`` as ``sha256`` (first claim wins); the
-        sha256 already on record when it differs (a replay with other bytes), else None.
-        INSERT OR IGNORE is atomic: of two claims at once, the second sees the first."""
-        self._exec("INSERT OR IGNORE INTO signers (key_id, seq, sha256, remote, name, time)"
-                   " VALUES (?, ?, ?, ?, ?, ?)",
-                   (key_id, seq, sha256, remote, _key(name), time.time()))
-        rows = self._exec("SELECT sha256 FROM signers WHERE key_id=? AND seq=?", (key_id, seq))
-        row = rows[0] if rows else None
-        return None if row is None or row[0] == sha256 else str(row[0])
-
     def claim_signed_many(self, claims: Sequence[tuple[str, int, str, str, str]]
                           ) -> list[str | None]:
-        """:meth:`claim_signed` for each (key id, seq, sha256, remote, name), in order and
-        in one transaction, each name's signature wait forgotten (:meth:`forget_wait`);
-        per claim the sha256 on record when it differs, else None."""
+        """Record that each key id signed its seq as that sha256 — (key id, seq, sha256,
+        remote, name) — in order and in one transaction, the first claim of a (key, seq)
+        winning, each name's signature wait forgotten (:meth:`forget_wait`); per claim the
+        sha256 already on record when it differs (a replay with other bytes), else None.
+        The statement is atomic: of two claims at once, the second sees the first."""
         out: list[str | None] = []
         if not claims:
             return out
@@ -303,22 +302,27 @@ class Journal:
                 db = self._db
                 db.execute("BEGIN IMMEDIATE")
                 try:
-                    db.executemany("INSERT OR IGNORE INTO signers (key_id, seq, sha256, remote,"
-                                   " name, time) VALUES (?, ?, ?, ?, ?, ?)",
-                                   [(k, seq, sha, remote, _key(name), now)
-                                    for k, seq, sha, remote, name in claims])
+                    # First claim wins: a (key, seq) already there keeps its row (the
+                    # no-op update makes RETURNING give it), and one statement per part
+                    # both claims and reads what is on record.
                     held: dict[tuple[str, int], str] = {}
-                    for i in range(0, len(claims), 400):
-                        part = claims[i:i + 400]
+                    for i in range(0, len(claims), _CLAIM_CHUNK):
+                        part = claims[i:i + _CLAIM_CHUNK]
                         held.update(((k, s), h) for k, s, h in db.execute(
-                            "SELECT key_id, seq, sha256 FROM signers WHERE (key_id, seq) IN"
-                            f" (VALUES {', '.join(['(?, ?)'] * len(part))})",
-                            [v for k, seq, *_ in part for v in (k, seq)]))
+                            "INSERT INTO signers (key_id, seq, sha256, remote, name, time) VALUES "
+                            f"{', '.join(['(?, ?, ?, ?, ?, ?)'] * len(part))} ON CONFLICT"
+                            " (key_id, seq) DO UPDATE SET key_id=key_id"
+                            " RETURNING key_id, seq, sha256",
+                            [v for k, seq, sha, remote, name in part
+                             for v in (k, seq, sha, remote, _key(name), now)]))
                     for key_id, seq, sha256, _, _ in claims:
                         other = held.get((key_id, seq))
                         out.append(None if other is None or other == sha256 else str(other))
-                    db.executemany("DELETE FROM signature_waits WHERE remote=? AND name=?",
-                                   [(remote, _key(name)) for _, _, _, remote, name in claims])
+                    for remote, names in _by_remote(claims).items():
+                        for i in range(0, len(names), _IN_CHUNK):
+                            chunk = names[i:i + _IN_CHUNK]
+                            db.execute("DELETE FROM signature_waits WHERE remote=? AND name IN"
+                                       f" ({','.join('?' * len(chunk))})", (remote, *chunk))
                 except BaseException:
                     db.execute("ROLLBACK")
                     raise

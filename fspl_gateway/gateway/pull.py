@@ -83,7 +83,7 @@ from fspl_gateway.core.hashing import sha256_hex as sha256_path
 from fspl_gateway.core.jobsig import HEAD_BYTES, VerifiedJob, head_meta
 from fspl_gateway.core.layout import QueueLayout
 from fspl_gateway.core.log import TRACE, log
-from fspl_gateway.core.minisign import SIG_SUFFIX, Signature
+from fspl_gateway.core.minisign import SIG_SUFFIX
 from fspl_gateway.core.packet import Meta, read_header_file
 from fspl_gateway.core.queue import OpenJob, is_job_filename, read_meta
 from fspl_gateway.gateway.concurrency import ParallelMap
@@ -101,7 +101,7 @@ from fspl_gateway.gateway.runframe import (
     threads_for,
 )
 from fspl_gateway.gateway.settle import wait_settled
-from fspl_gateway.gateway.trust import ReceiveGate, TrustPolicy, TrustRefused
+from fspl_gateway.gateway.trust import ReceiveGate, SignatureRead, TrustPolicy, TrustRefused
 from fspl_gateway.transports.base import (
     ListingChangedError,
     RemoteEntry,
@@ -222,8 +222,11 @@ class _Puller:
         """(to fetch, journal-known) among the listed entries."""
         todo: list[RemoteEntry] = []
         done: list[tuple[RemoteEntry, Any]] = []
+        sig_names = None if self.gate is None else self.gate.sig_names
         for e in sorted(entries, key=lambda e: e.name):
             if not is_job_name(e.name):
+                if sig_names is not None and e.name in sig_names:
+                    continue  # a job's signature (trust)
                 if not is_safe_name(e.name):
                     log.warning("refusing remote file with an unsafe name %s in %s (not "
                                 "fetched; rename it on the remote)", show_name(e.name),
@@ -303,13 +306,32 @@ class _Puller:
         self.journal.record_many("pull", self.remote, rows)
 
     def run(self) -> None:
+        threads = threads_for(self.t, self.opts.concurrency, self.remote)
+        try:
+            if self.gate is not None and threads == 1:
+                # One thread (a local disk): the signature worker reads and checks the
+                # signatures ahead of the fetch, and deletes them behind it; forked now,
+                # it gets ready while the remote is listed.  With more threads each fetch
+                # thread reads its own, in parallel.
+                self.gate.start_worker()
+            self._run(threads)
+        finally:
+            if self.gate is not None:
+                left = self.gate.close()
+                if left and (self.par is None or self.par.error is None):
+                    self._cleanup_remote_many(left)  # what the worker could not delete
+                self.res.waiting = self.gate.waiting
+        if self.par is not None:
+            self.par.raise_error()
+
+    def _run(self, threads: int) -> None:
         self._recover_linking()
         self._clean_staging()
         clean_remote_temporaries(self.t, self.opts.retry, self.stop, self.remote)
         assert self.journal is not None
         entries = self._list()
         todo, done = self._plan(entries, self.journal.known(
-            "pull", self.remote, names=[e.name for e in entries]))
+            "pull", self.remote, names=[e.name for e in entries if e.name.endswith(".fspl")]))
         todo = self._settled(todo)
         for e, rec in done:
             if rec.state == JournalState.QUARANTINED:
@@ -321,7 +343,6 @@ class _Puller:
             else:
                 self.res.known += 1
         progress = Progress(self.opts.progress, len(todo), f"sync {self.remote}")
-        threads = threads_for(self.t, self.opts.concurrency, self.remote)
         self.par = par = ParallelMap(threads, self.stop, progress.advance)
         try:
             if done and self.opts.after_fetch == "delete" and self.can_delete:
@@ -334,29 +355,20 @@ class _Puller:
             # measured slower: the I/O thread waits for the GIL after every fsync and
             # unlink while the other thread computes.)
             for i in range(0, len(todo), BATCH):
-                if self.gate is not None and threads == 1:
-                    # One thread (a local disk): the signature worker reads and checks
-                    # this batch's signatures (if not yet) and the next's meanwhile.  With
-                    # more threads each fetch thread reads its own, in parallel.
-                    self.gate.prefetch(todo[i:i + 2 * BATCH])
+                if self.gate is not None:
+                    self.gate.prefetch(todo[i:i + 2 * BATCH])  # the worker's, if any
                 staged = par.map(self._one, todo[i:i + BATCH])
                 try:
                     clean = self._commit(staged)
                 except BaseException as e:
                     par.fail(e)
                     break
-                self._cleanup_remote_many(clean)
+                self._cleanup_remote_many(clean, last=i + BATCH >= len(todo))
                 if self.stop.is_set():
                     break
         finally:
             par.close()
             progress.close()
-            if self.gate is not None:
-                left = self.gate.close()
-                if left and par.error is None:
-                    self._cleanup_remote_many(left)  # what the worker could not delete
-                self.res.waiting = self.gate.waiting
-        par.raise_error()
 
     def _settled(self, todo: list[RemoteEntry]) -> list[RemoteEntry]:
         """The entries of ``todo`` that have stopped changing (waiting once for young
@@ -404,7 +416,7 @@ class _Puller:
 
     def _fetch_one(self, e: RemoteEntry) -> _Staged | None:
         """Download and validate one file into staging (fsynced)."""
-        sig: Signature | None = None
+        sig: SignatureRead | None = None
         if self.gate is not None:  # trust: never a byte of an unsigned job in jobs/
             assert self.journal is not None
             pre = self.gate.before_fetch(e, self.journal)
@@ -683,18 +695,18 @@ class _Puller:
                   e.name, self.remote, reason, os.path.join(self.qdir_q, target))
         self._count("quarantined")
 
-    def _cleanup_remote_many(self, names: list[str]) -> None:
+    def _cleanup_remote_many(self, names: list[str], *, last: bool = False) -> None:
         """Apply the remote clean-up policy to ``names`` (all journaled already): one
         :meth:`Transport.delete_many` call, retrying the names that failed transiently
         with backoff; the ones removed are marked in the journal (one transaction).  A
-        name that cannot be removed stays: the next run removes it."""
+        name that cannot be removed stays: the next run removes it.  Their signature
+        files go too, most of them through the signature worker (``last``: the run's
+        last batch, see :meth:`ReceiveGate.delete_behind`)."""
         if not names or self.opts.after_fetch != "delete" or not self.can_delete:
             return
         pending = list(names)
         if self.gate is not None:
-            sigs = self.gate.companions(names)
-            if not self.gate.delete_behind(sigs):  # else the signature worker does it
-                pending += sigs
+            pending += self.gate.delete_behind(self.gate.companions(names), last=last)
         deleted: list[str] = []
         attempt = 1
         try:

@@ -4,13 +4,17 @@ one-thread pull run ahead of its fetch, and deletes signature files behind it.
 Why a process: a sync from a local directory (or a USB stick) runs in one thread — more
 threads only contend for one disk — and with trust every job adds work of its own: read
 and parse its ``.minisig``, verify an Ed25519 signature (~180 µs here), and later delete
-the ``.minisig`` (an unlink that frees a file: ~200 µs on this ext4).  In a thread, that
-work contends with the fetch for the GIL, and the hand-offs cost about what they save
+the ``.minisig`` (an unlink that frees a file: ~200 µs on this ext4, mounted with
+``discard``: the unlink waits for the TRIM of the freed block).  In a thread, that work
+contends with the fetch for the GIL, and the hand-offs cost about what they save
 (measured: ``docs/benchmarks.md``, Trust).  A forked child shares nothing with the parent
 at run time; it runs the gate's own code (:meth:`ReceiveGate._check
 <fspl_gateway.gateway.trust.ReceiveGate._check>` and the transport's ``delete_many``) on
 the second core, and the parent only exchanges a few bytes per job over two pipes
-(msgpack frames).
+(msgpack frames).  It is forked at the start of the run and loads its keys and the
+Ed25519 code while the parent lists the remote.  In the child, checks come first (the
+parent waits for them); deletions run in other threads of the child
+(:data:`DELETE_THREADS`), whose waits for the disk overlap.
 
 Safety: the child is forked only when the parent runs a single thread (a fork copies no
 other thread, so no lock can be left held — e.g. under the watch service it is not used,
@@ -18,17 +22,22 @@ and the gate does the work inline).  It never touches the journal or the queue, 
 not log, and it leaves with ``os._exit``.  It ends when the parent closes its pipe, or
 dies (kill -9: the pipe closes too).  When the child cannot answer — it died, or an item
 raised something unexpected — the parent does that item itself, so every error comes out
-exactly as it would inline.
+exactly as it would inline; a deletion it could not do is done by the parent.
 """
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import fcntl
 import os
+import queue
+import select
 import signal
+import sys
 import threading
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import msgpack
@@ -39,12 +48,18 @@ from fspl_gateway.core.fsutil import write_all
 PIPE_BYTES = 1 << 20
 #: Signatures per answer.
 ANSWER_CHUNK = 8
+#: Threads that delete signature files in the worker: an unlink that frees a file's
+#: blocks waits for the disk (on a file system mounted with ``discard`` it waits for a
+#: TRIM: ~200 µs here), and several such waits overlap.
+DELETE_THREADS = 4
 
 
 class SigWorker:
-    """One forked worker for one gate (see the module doc).  ``check_one(name)`` runs in
-    the child and returns a msgpack-able answer (None: "do it yourself");
-    ``delete_many(names)`` runs in the child and returns ``(name, error)`` pairs."""
+    """One forked worker for one gate (see the module doc).  ``check_one(item)`` runs in
+    the child and returns a msgpack-able answer (None: "do it yourself"), keyed by
+    ``item[0]``; ``delete_many(names)`` runs in the child and returns ``(name, error)``
+    pairs; ``init()`` runs in the child first (it loads what the checks need while the
+    parent goes on)."""
 
     def __init__(self, pid: int, wfd: int, rfd: int) -> None:
         self.pid = pid
@@ -52,7 +67,7 @@ class SigWorker:
         self._r = rfd
         self._unpacker = msgpack.Unpacker(raw=False, max_buffer_size=64 << 20)
         self._ready: dict[str, Any] = {}
-        #: Check requests sent, their answers not yet read (names).
+        #: Check requests sent, their answers not yet read.
         self._asked = 0
         #: Deletions asked for, not yet answered (oldest first).
         self._deleting: list[list[str]] = []
@@ -60,8 +75,9 @@ class SigWorker:
         self.alive = True
 
     @classmethod
-    def start(cls, check_one: Callable[[str], Any],
-              delete_many: Callable[[Sequence[str]], list[tuple[str, str]]]) -> SigWorker | None:
+    def start(cls, check_one: Callable[[list[Any]], Any],
+              delete_many: Callable[[Sequence[str]], list[tuple[str, str]]],
+              init: Callable[[], object] | None = None) -> SigWorker | None:
         """Fork the worker; None where forking is not safe (more than one thread) or fails."""
         if threading.active_count() != 1 or not hasattr(os, "fork"):
             return None
@@ -83,6 +99,8 @@ class SigWorker:
                 os.close(to_parent[0])
                 for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGPIPE):
                     signal.signal(sig, signal.SIG_DFL)
+                if init is not None:
+                    init()
                 _serve(to_child[0], to_parent[1], check_one, delete_many)
             except BaseException:  # noqa: BLE001 - the parent sees EOF and works inline
                 code = 1
@@ -105,10 +123,11 @@ class SigWorker:
             self.alive = False
             return False
 
-    def ask(self, names: Sequence[str]) -> bool:
-        """Have the child check ``names`` (in this order)."""
-        if self._send(["c", list(names)]):
-            self._asked += len(names)
+    def ask(self, items: Sequence[list[Any]]) -> bool:
+        """Have the child check ``items`` (in this order; each answer is keyed by the
+        item's first value)."""
+        if self._send(["c", list(items)]):
+            self._asked += len(items)
             return True
         return False
 
@@ -164,18 +183,56 @@ class SigWorker:
         return self.delete_failures
 
 
-def _serve(rfd: int, wfd: int, check_one: Callable[[str], Any],
+def _serve(rfd: int, wfd: int, check_one: Callable[[list[Any]], Any],
            delete_many: Callable[[Sequence[str]], list[tuple[str, str]]]) -> None:
+    """The child's loop.  Checks are answered by this thread, in small parts (the parent
+    waits for them); deletion requests by another one, in the order asked, each answered
+    whole once its parts are done by :data:`DELETE_THREADS` threads: an unlink that frees
+    a file mostly waits for the disk, and meanwhile this thread checks.  At the parent's
+    end (EOF) the checks still queued are dropped and the deletions finished."""
+    sys.setswitchinterval(0.0005)  # the deleting thread waits less for the checking one
     unpacker = msgpack.Unpacker(raw=False, max_buffer_size=64 << 20)
-    while True:
-        data = os.read(rfd, 1 << 16)
-        if not data:
-            return
-        unpacker.feed(data)
-        for kind, names in unpacker:
-            if kind == "c":  # answered in small parts: the parent needs the first soon
-                for i in range(0, len(names), ANSWER_CHUNK):
-                    out: list[Any] = [(n, check_one(n)) for n in names[i:i + ANSWER_CHUNK]]
-                    write_all(wfd, msgpack.packb(["c", out], use_bin_type=True))
-            else:
-                write_all(wfd, msgpack.packb(["d", delete_many(names)], use_bin_type=True))
+    lock = threading.Lock()
+
+    def send(msg: list[Any]) -> None:
+        frame = msgpack.packb(msg, use_bin_type=True)
+        with lock:
+            write_all(wfd, frame)
+
+    deletes: queue.SimpleQueue[list[str] | None] = queue.SimpleQueue()
+    pool = ThreadPoolExecutor(DELETE_THREADS, thread_name_prefix="sig-delete")
+
+    def deleter() -> None:
+        while (names := deletes.get()) is not None:
+            k = -(-len(names) // DELETE_THREADS)
+            try:
+                parts = pool.map(delete_many, [names[i:i + k] for i in range(0, len(names), k)])
+                failures = [failure for part in parts for failure in part]
+            except Exception as err:  # noqa: BLE001 - the parent deletes them itself
+                failures = [(n, str(err)) for n in names]
+            send(["d", failures])
+
+    thread = threading.Thread(target=deleter, name="sig-deletions", daemon=True)
+    thread.start()
+    checks: collections.deque[list[Any]] = collections.deque()
+    poll = select.poll()
+    poll.register(rfd, select.POLLIN)
+    try:
+        while True:
+            if not checks or poll.poll(0):  # idle: wait for a request
+                data = os.read(rfd, 1 << 16)
+                if not data:
+                    return
+                unpacker.feed(data)
+                for kind, body in unpacker:
+                    if kind == "c":
+                        checks.extend(body)
+                    else:
+                        deletes.put(body)
+            if checks:
+                part = [checks.popleft() for _ in range(min(ANSWER_CHUNK, len(checks)))]
+                send(["c", [(item[0], check_one(item)) for item in part]])
+    finally:
+        deletes.put(None)
+        thread.join()
+        pool.shutdown()

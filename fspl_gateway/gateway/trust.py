@@ -85,7 +85,10 @@ from fspl_gateway.core.fsutil import AtomicWriter, tmp_name
 from fspl_gateway.core.hashing import MultiHasher
 from fspl_gateway.core.jobsig import (
     HEAD_BYTES,
+    Binding,
+    CheckedComment,
     VerifiedJob,
+    check_comment,
     check_decrypted_head,
     check_queue_id,
     sign_job,
@@ -103,7 +106,6 @@ from fspl_gateway.core.minisign import (
     load_verifier,
     read_secret_key,
     secret_key_is_encrypted,
-    verify_comment,
 )
 from fspl_gateway.core.packet import Meta
 from fspl_gateway.gateway.sigworker import SigWorker
@@ -268,19 +270,29 @@ class Admitted:
 
 
 @dataclass(slots=True)
-class _SigRead:
-    """What a job's listed ``.minisig`` says, read ahead of its fetch (:meth:`ReceiveGate.prefetch`)."""
+class SignatureRead:
+    """What a job's listed ``.minisig`` says, read before the job is fetched (ahead of it
+    by the signature worker, :meth:`ReceiveGate.prefetch`, or by :meth:`ReceiveGate.before_fetch`)."""
 
     #: The file's bytes; None when no signature is listed (or it vanished).
     data: bytes | None = None
     #: Refused unread (too big).
     refused: TrustRefused | None = None
+    #: The parsed signature (None where the worker checked it: parsed again only for a
+    #: refusal).
     sig: Signature | None = None
     #: Why it does not parse.
     bad: SignatureError | None = None
-    #: The trusted key whose comment signature verified (None: not checked, or it failed
-    #: and :func:`verify_job` finds out why).
-    key: PublicKey | None = None
+    #: Its comment signature verified with a trusted key, and its binding (None: not
+    #: checked, or it failed and :func:`verify_job` finds out why).
+    checked: CheckedComment | None = None
+
+    @property
+    def key_id(self) -> str:
+        if self.checked is not None:
+            return self.checked.key.key_id
+        assert self.sig is not None
+        return self.sig.key_id
 
 
 class ReceiveGate:
@@ -294,51 +306,56 @@ class ReceiveGate:
         self.qdir = qdir
         #: ``retry.call`` bound to the run's stop event.
         self.call = call
+        #: The listed signature files, by the name of their job.
         self.sigs: dict[str, RemoteEntry] = {}
+        #: Their own names (not jobs: not planned, not warned about).
+        self.sig_names: set[str] = set()
         self.waiting = 0
         self._worker: SigWorker | None = None
-        self._no_worker = False
         #: Job names whose signature the worker was asked to check.
         self._ahead: set[str] = set()
-        #: Job name → the key its comment signature verified with (before_fetch → admit).
-        self._keys: dict[str, PublicKey] = {}
 
     def index(self, entries: Iterable[RemoteEntry]) -> None:
         """Note the signature files of a listing (by the name of their job)."""
         for e in entries:
             if e.name.endswith(SIG_SUFFIX) and is_job_name(e.name[:-len(SIG_SUFFIX)]):
                 self.sigs[e.name[:-len(SIG_SUFFIX)]] = e
+                self.sig_names.add(e.name)
 
     def companions(self, names: Iterable[str]) -> list[str]:
         """The listed signature files of ``names``: removed from the remote with them."""
         return [sig_name(n) for n in names if n in self.sigs]
 
     # -- the signature worker (one-thread runs) ---------------------------------------
-    def prefetch(self, entries: Sequence[RemoteEntry]) -> None:
-        """For a run in one thread (a local disk): have the signatures of ``entries``
-        (this batch and the next) read, parsed and their comment signatures verified
-        by the signature worker, a forked process
-        (:mod:`~fspl_gateway.gateway.sigworker`), while this process fetches.
-        :meth:`before_fetch` takes the answers, and does the work itself where there is
-        none (no worker: forking was not safe, or it ended)."""
-        todo = [e.name for e in entries if e.name in self.sigs and e.name not in self._ahead]
-        if not todo:
-            return
+    def start_worker(self) -> None:
+        """For a run in one thread (a local disk): fork the signature worker
+        (:mod:`~fspl_gateway.gateway.sigworker`) now, at the start of the run, so that it
+        loads its keys and the Ed25519 code while this process lists the remote.  Where
+        forking is not safe the gate does the work itself."""
         if self._worker is None:
-            if self._no_worker:
-                return
-            load_verifier(self.p.keys)  # once, here, not in the worker for its first job
-            self._worker = SigWorker.start(self._check_packed, self._delete_sigs)
-            if self._worker is None:
-                self._no_worker = True
-                return
-        if self._worker.ask(todo):
-            self._ahead.update(todo)
+            self._worker = SigWorker.start(self._check_packed, self._delete_sigs,
+                                           init=functools.partial(load_verifier, self.p.keys))
 
-    def delete_behind(self, sig_names: Sequence[str]) -> bool:
+    def prefetch(self, entries: Sequence[RemoteEntry]) -> None:
+        """Have the worker read, parse and check the signatures of ``entries`` (this batch
+        and the next) while this process fetches.  :meth:`before_fetch` takes the answers,
+        and does the work itself where there is none (no worker, or it ended)."""
+        if self._worker is None:
+            return
+        names = [e.name for e in entries if e.name in self.sigs and e.name not in self._ahead]
+        if names and self._worker.ask([[n, self.sigs[n].size, self.sigs[n].tag] for n in names]):
+            self._ahead.update(names)
+
+    def delete_behind(self, sig_names: Sequence[str], *, last: bool = False) -> list[str]:
         """Have the worker delete these signature files (their jobs are durable and
-        journaled): True, or False when the caller must delete them itself."""
-        return self._worker is not None and self._worker.delete(sig_names)
+        journaled); those the caller must delete itself: all of them without a worker,
+        and on the run's last batch (``last``) half of them, deleted meanwhile rather than
+        waited for at the end."""
+        keep = len(sig_names) // 2 if last else 0
+        theirs = sig_names[:len(sig_names) - keep]
+        if self._worker is None or not self._worker.delete(theirs):
+            return list(sig_names)
+        return list(sig_names[len(theirs):])
 
     def close(self) -> list[str]:
         """End the worker; the signature files it could not delete (the caller deletes
@@ -349,40 +366,33 @@ class ReceiveGate:
             return []
         return [name for name, _ in worker.close()]
 
-    def _check_packed(self, name: str) -> list[Any] | None:
-        """In the worker: :meth:`_check` as msgpack-able values (None: an unexpected
-        error; the parent does that one itself)."""
+    def _check_packed(self, item: list[Any]) -> list[Any] | None:
+        """In the worker: :meth:`_check` of one job's signature (``item``: job name, and
+        the size and tag of its listed ``.minisig``), as msgpack-able values: the bytes,
+        the key's index, and the comment and its binding of a signature whose comment
+        signature verified.  None in any other case: the parent does that one itself,
+        so that a refusal comes out exactly as inline."""
+        name, size, tag = item
+        self.sigs[name] = RemoteEntry(sig_name(name), size, tag)
         try:
             r = self._check(name)
         except Exception:  # noqa: BLE001 - redone in the parent, where it surfaces
             return None
-        sig = r.sig
-        return [r.data,
-                None if r.refused is None else [r.refused.reason, str(r.refused)],
-                None if sig is None else [sig.algorithm, sig.keynum, sig.signature,
-                                          sig.trusted_comment, sig.global_signature,
-                                          sig.untrusted_comment],
-                None if r.bad is None else [r.bad.reason, str(r.bad)],
-                -1 if r.key is None else next(i for i, k in enumerate(self.p.keys)
-                                              if k is r.key)]
+        c = r.checked
+        if c is None or r.data is None:
+            return None
+        b = c.binding
+        return [r.data, next(i for i, k in enumerate(self.p.keys) if k is c.key), c.comment,
+                b.queue, b.seq, b.sha256]
 
-    def _unpack(self, name: str, ans: list[Any]) -> _SigRead:
-        data, refused, sig, bad, key = ans
-        r = _SigRead(data=data)
-        if refused is not None:
-            r.refused = TrustRefused(refused[0], refused[1])
-        if sig is not None:
-            r.sig = Signature(*sig)
-        if bad is not None:
-            r.bad = SignatureError(bad[1])
-            r.bad.reason = bad[0]
-        if key >= 0:
-            r.key = self.p.keys[key]
+    def _unpack(self, name: str, ans: list[Any]) -> SignatureRead:
+        data, key, comment, queue, seq, sha = ans
         sig_e = self.sigs.get(name)
-        if data is not None and refused is None and sig_e is not None:
+        if sig_e is not None:
             with self.p._lock:  # as _read_sig keeps it, for the other routing passes
                 self.p.cache[sig_e.name] = (sig_e.tag, sig_e.size, data)
-        return r
+        return SignatureRead(data=data, checked=CheckedComment(
+            self.p.keys[key], Binding(queue, seq, sha), comment))
 
     def _delete_sigs(self, names: Sequence[str]) -> list[tuple[str, str]]:
         """In the worker: delete signature files; the failures (gone already is fine)."""
@@ -390,8 +400,8 @@ class ReceiveGate:
         return [(n, str(err)) for n, err in errors.items()
                 if not isinstance(err, RemoteNotFoundError)]
 
-    def _check(self, name: str) -> _SigRead:
-        r = _SigRead()
+    def _check(self, name: str) -> SignatureRead:
+        r = SignatureRead()
         sig_e = self.sigs.get(name)
         if sig_e is None:
             return r
@@ -407,9 +417,9 @@ class ReceiveGate:
         except SignatureError as err:
             r.bad = err
             return r
-        if r.sig.prehashed and r.sig.key_id in self.p.key_ids:
+        if r.sig.key_id in self.p.key_ids:
             try:
-                r.key = verify_comment(r.sig, self.p.keys)
+                r.checked = check_comment(r.sig, self.p.keys)
             except SignatureError:
                 pass  # verify_job classifies it with minisign's complete check
         return r
@@ -435,10 +445,10 @@ class ReceiveGate:
             self.p.cache[e.name] = (e.tag, e.size, data)
         return data
 
-    def before_fetch(self, e: RemoteEntry, journal: Any) -> Signature | TrustRefused | None:
-        """Whether to fetch job ``e``: its parsed signature (fetch and verify it), a
-        TrustRefused (fetch it into the quarantine), or None (leave it: it waits for its
-        signature, or another routing pass takes it)."""
+    def before_fetch(self, e: RemoteEntry, journal: Any) -> SignatureRead | TrustRefused | None:
+        """Whether to fetch job ``e``: what its signature says (fetch it and
+        :meth:`admit` it), a TrustRefused (fetch it into the quarantine), or None (leave
+        it: it waits for its signature, or another routing pass takes it)."""
         r = None
         if e.name in self._ahead and self._worker is not None:
             self._ahead.discard(e.name)
@@ -453,9 +463,7 @@ class ReceiveGate:
             return self._unsigned(e, journal)
         if r.bad is not None:
             return TrustRefused(r.bad.reason, f"bad signature file: {r.bad}") if self.p.main else None
-        sig = r.sig
-        assert sig is not None
-        kid = sig.key_id
+        kid = r.key_id
         if kid not in self.p.key_ids:
             if not self.p.main:
                 return None
@@ -467,9 +475,7 @@ class ReceiveGate:
                                 "sends to a queue")
         if self.p.accept is not None and kid not in self.p.accept:
             return None
-        if r.key is not None:
-            self._keys[e.name] = r.key
-        return sig
+        return r
 
     def _unsigned(self, e: RemoteEntry, journal: Any) -> TrustRefused | None:
         if not self.p.main:
@@ -484,7 +490,7 @@ class ReceiveGate:
         self.waiting += 1
         return None
 
-    def admit(self, path: str, e: RemoteEntry, sig: Signature, decoder: str | None,
+    def admit(self, path: str, e: RemoteEntry, read: SignatureRead, decoder: str | None,
               fetched: MultiHasher) -> Admitted:
         """Verify a staged job (``fetched``: its digests and first bytes, taken while it
         was fetched); then, an age file with identities here, decrypt it (only now: age
@@ -493,9 +499,11 @@ class ReceiveGate:
         TrustRefused for any failure (``path`` is then still the staged file, for the
         quarantine; a plaintext is removed)."""
         try:
+            sig = read.sig if read.sig is not None else read.data
+            assert sig is not None
             v = verify_job(path, sig, self.p.keys, self.p.queue_id,
                            sha256=fetched.hexdigest(), size=fetched.size, head=fetched.head,
-                           comment_key=self._keys.pop(e.name, None))
+                           checked=read.checked)
         except SignatureError as err:
             raise TrustRefused(err.reason, str(err)) from None
         same = Admitted(path, v, False, fetched.hexdigest(), fetched.size, fetched.head)

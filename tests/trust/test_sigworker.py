@@ -17,8 +17,9 @@ import pytest
 
 from fspl_gateway.core import minisign as ms
 from fspl_gateway.core import queue as q
+from fspl_gateway.core.errors import FsplError, TransportError
 from fspl_gateway.gateway import journal as jr
-from fspl_gateway.gateway import sigworker
+from fspl_gateway.gateway import sigworker, trust
 from fspl_gateway.gateway.pull import pull
 from fspl_gateway.gateway.runframe import BATCH
 from fspl_gateway.transports.local import LocalTransport
@@ -87,8 +88,8 @@ def _spy_start(monkeypatch: pytest.MonkeyPatch, after: Any = None) -> list[Any]:
     started: list[Any] = []
     real = sigworker.SigWorker.start
 
-    def start(*a: Any) -> Any:
-        w = real(*a)
+    def start(*a: Any, **kw: Any) -> Any:
+        w = real(*a, **kw)
         started.append(w)
         if w is not None and after is not None:
             after(w)
@@ -133,6 +134,73 @@ def test_a_worker_that_dies_changes_nothing(tmp_path: Path, drop: dict[str, byte
     res, remote, qdir = _sync(tmp_path, drop, key)
     assert started and started[0] is not None and not started[0].alive
     _check_outcome(res, remote, qdir, len([n for n in drop if not n.endswith(SIG)]))
+
+
+def _sigs_deleted_by_the_sync(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The signature files the sync's own process will delete (not its worker)."""
+    parent = os.getpid()
+    real_many = LocalTransport.delete_many
+    out: list[str] = []
+
+    def delete_many(self: Any, names: Any) -> Any:
+        if os.getpid() == parent:
+            out.extend(n for n in names if n.endswith(SIG))
+        return real_many(self, names)
+
+    monkeypatch.setattr(LocalTransport, "delete_many", delete_many)
+    return out
+
+
+def test_deletions_the_worker_cannot_do_are_done_by_the_sync(
+        tmp_path: Path, drop: dict[str, bytes], key: ms.SecretKey,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every deletion the worker is asked for fails there (an error of the whole call):
+    the sync deletes those signature files itself, with the same outcome."""
+    parent = os.getpid()
+    real = trust.ReceiveGate._delete_sigs
+
+    def delete_sigs(self: Any, names: Any) -> Any:
+        if os.getpid() != parent:
+            raise TransportError("the disk went away (test)")
+        return real(self, names)
+
+    monkeypatch.setattr(trust.ReceiveGate, "_delete_sigs", delete_sigs)
+    in_parent = _sigs_deleted_by_the_sync(monkeypatch)
+    started = _spy_start(monkeypatch)
+    res, remote, qdir = _sync(tmp_path, drop, key)
+    assert started and started[0] is not None
+    n = len([n for n in drop if not n.endswith(SIG)])
+    assert len(in_parent) == n - 3  # every signature of a fetched job, by the sync
+    _check_outcome(res, remote, qdir, n)
+
+
+def test_the_last_batch_s_deletions_are_shared(tmp_path: Path, drop: dict[str, bytes],
+                                               key: ms.SecretKey,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """The worker deletes the signatures behind the run; of the last batch's, the sync
+    deletes half itself rather than wait for the worker at the end."""
+    in_parent = _sigs_deleted_by_the_sync(monkeypatch)
+    res, remote, qdir = _sync(tmp_path, drop, key)
+    n = len([n for n in drop if not n.endswith(SIG)])
+    last = sorted(name for name in drop if not name.endswith(SIG))[2 * BATCH:]
+    fetched_last = [name for name in last if int(name.split("-")[1]) not in REFUSED]
+    assert sorted(in_parent) == sorted(name + SIG for name in fetched_last)[
+        len(fetched_last) - len(fetched_last) // 2:]
+    _check_outcome(res, remote, qdir, n)
+
+
+def test_a_failing_run_ends_its_worker(tmp_path: Path, key: ms.SecretKey,
+                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """The worker is forked before the remote is listed; a run that then fails (no
+    remote queue) ends and reaps it all the same."""
+    started = _spy_start(monkeypatch)
+    qdir = tmp_path / "q"
+    q.queue_init(str(qdir))
+    with pytest.raises(FsplError):
+        pull(LocalTransport(str(tmp_path / "nowhere")), qdir, opts(policy(key)))
+    assert len(started) == 1 and started[0] is not None and not started[0].alive
+    with pytest.raises(ChildProcessError):
+        os.waitpid(started[0].pid, os.WNOHANG)
 
 
 def test_no_fork_while_other_threads_run(tmp_path: Path, drop: dict[str, bytes],

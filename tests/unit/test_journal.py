@@ -200,3 +200,29 @@ def test_known_restricted_to_listed_names_and_to_a_state(tmp_path: Path) -> None
         assert sorted(linking) == sorted(f"fspl-{i}.fspl" for i in range(0, n, 100))
         assert set(j.known("pull", "r", names=listed, state=S.LINKING)) == {
             f"fspl-{i}.fspl" for i in range(0, n, 100)}
+
+
+def test_signer_claims_first_wins_in_and_across_batches(tmp_path: Path) -> None:
+    """(key, seq) is claimed by its first sha256: a later claim with other bytes — in the
+    same batch, past a statement's chunk, or in a later run — gets the one on record; the
+    same bytes again are no replay.  Claimed names stop waiting for a signature."""
+    a, b = "aa" * 32, "bb" * 32
+    n = jr._CLAIM_CHUNK + 7
+    with jr.Journal(str(tmp_path)) as j:
+        j.first_seen("r1", "fspl-1.fspl", 100.0)
+        j.first_seen("r2", "fspl-2.fspl", 100.0)
+        j.first_seen("r1", "fspl-w.fspl", 100.0)
+        claims = [("K1", i, a, "r1", f"fspl-{i}.fspl") for i in range(n)]
+        claims += [("K1", 3, b, "r1", "fspl-3b.fspl"),  # a replay inside the batch
+                   ("K2", 3, b, "r2", "fspl-2.fspl"),  # another key: its own seq 3
+                   ("K1", 5, a, "r1", "fspl-5c.fspl")]  # a copy: same bytes
+        got = j.claim_signed_many(claims)
+        assert got[:n] == [None] * n
+        assert got[n:] == [a, None, None]
+        assert j.claim_signed_many([("K1", n - 1, b, "r1", "x"), ("K2", 3, b, "r2", "y"),
+                                    ("K2", 4, a, "r2", "z")]) == [a, None, None]
+        assert [(k, c, s) for k, c, s, _ in j.signers()] == [("K1", n, n - 1), ("K2", 2, 4)]
+        # the claimed names' waits are forgotten, the others kept
+        assert j.first_seen("r1", "fspl-1.fspl", 200.0) == 200.0
+        assert j.first_seen("r2", "fspl-2.fspl", 200.0) == 200.0
+        assert j.first_seen("r1", "fspl-w.fspl", 200.0) == 100.0
