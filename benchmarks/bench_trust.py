@@ -83,6 +83,10 @@ def _variants(a: argparse.Namespace) -> list[tuple[str, dict[str, str] | None]]:
 def bench_small(tmp: str, a: argparse.Namespace, pub: str, key: object) -> list[Row]:
     rows: list[Row] = []
     pairs = []
+    # Context: what deleting the signature files costs on this disk by itself (one C
+    # loop of unlink, no Python), which a signed sync must do and an unsigned one not.
+    rm = Row("find -delete", f"the {a.jobs} signature files alone", [],
+             baseline=f"fspl-gw sync {a.jobs} unsigned jobs")
     for label, env in _variants(a):
         plain = Row(f"fspl-gw{label} sync", f"{a.jobs} unsigned jobs", [])
         signed = Row(f"fspl-gw{label} sync --trust", f"{a.jobs} signed jobs", [],
@@ -107,16 +111,37 @@ def bench_small(tmp: str, a: argparse.Namespace, pub: str, key: object) -> list[
             runs += [(plain, _sync(rem_a, qa, "--concurrency", str(a.concurrency)), qa, env, jb),
                      (signed, _sync(rem_b, qb, "--concurrency", str(a.concurrency),
                                     "--trust", pub, "--queue-id", QID), qb, env, jb)]
+        sigs = os.path.join(base, "sigs")
+        os.makedirs(sigs)
+        for name in os.listdir(jb):
+            if name.endswith(".minisig"):
+                shutil.copyfile(os.path.join(jb, name), os.path.join(sigs, name))
+        runs.append((rm, ["find", sigs, "-name", "*.minisig", "-delete"], "", None, sigs))
         os.sync()
         if r % 2:
             runs.reverse()  # neither side always goes first
         for row, cmd, qdir, env, _ in runs:
             row.add(timed_cpu(cmd, env))
-            assert len(os.listdir(os.path.join(qdir, "jobs"))) == a.jobs, row.tool
+            assert not qdir or len(os.listdir(os.path.join(qdir, "jobs"))) == a.jobs, row.tool
         for *_, jb in runs:
             assert os.listdir(jb) == [], "the signatures leave the remote with their jobs"
         shutil.rmtree(base)
-    return rows
+    return rows + [rm]
+
+
+def mount_of(path: str) -> str:
+    """The file system holding ``path`` and its mount options (from /proc/mounts)."""
+    best = ("", "?")
+    try:
+        with open("/proc/mounts") as f:
+            for line in f:
+                dev, point, kind, options, *_ = line.split()
+                if (path == point or path.startswith(point.rstrip("/") + "/")) \
+                        and len(point) >= len(best[0]):
+                    best = (point, f"{kind} ({options}) on {dev}")
+    except OSError:
+        pass
+    return best[1]
 
 
 # -- (b) -------------------------------------------------------------------------------
@@ -208,6 +233,7 @@ def main() -> None:
                  {"age": age_v}))
     with tempfile.TemporaryDirectory(prefix="bench-trust-", dir=a.dir) as tmp:
         os.chdir(tmp)  # not a checkout: `python -m` puts the working directory first
+        print(f"Inputs and queues on {mount_of(os.path.realpath(tmp))}.\n")
         if not a.skip_small:
             rows = bench_small(tmp, a, pub, key)
             print(f"Verification overhead: {a.jobs} jobs of ~{a.size} B, "

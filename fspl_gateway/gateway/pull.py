@@ -330,6 +330,9 @@ class _Puller:
         clean_remote_temporaries(self.t, self.opts.retry, self.stop, self.remote)
         assert self.journal is not None
         entries = self._list()
+        if self.gate is not None:  # the worker (if any) starts on the first jobs' signatures
+            self.gate.prefetch(sorted((e for e in entries if e.name in self.gate.sigs),
+                                      key=lambda e: e.name)[:2 * BATCH])
         todo, done = self._plan(entries, self.journal.known(
             "pull", self.remote, names=[e.name for e in entries if e.name.endswith(".fspl")]))
         todo = self._settled(todo)
@@ -363,7 +366,7 @@ class _Puller:
                 except BaseException as e:
                     par.fail(e)
                     break
-                self._cleanup_remote_many(clean, last=i + BATCH >= len(todo))
+                self._cleanup_remote_many(clean)
                 if self.stop.is_set():
                     break
         finally:
@@ -695,18 +698,17 @@ class _Puller:
                   e.name, self.remote, reason, os.path.join(self.qdir_q, target))
         self._count("quarantined")
 
-    def _cleanup_remote_many(self, names: list[str], *, last: bool = False) -> None:
+    def _cleanup_remote_many(self, names: list[str]) -> None:
         """Apply the remote clean-up policy to ``names`` (all journaled already): one
         :meth:`Transport.delete_many` call, retrying the names that failed transiently
         with backoff; the ones removed are marked in the journal (one transaction).  A
         name that cannot be removed stays: the next run removes it.  Their signature
-        files go too, most of them through the signature worker (``last``: the run's
-        last batch, see :meth:`ReceiveGate.delete_behind`)."""
+        files go too (through the signature worker, if there is one)."""
         if not names or self.opts.after_fetch != "delete" or not self.can_delete:
             return
         pending = list(names)
         if self.gate is not None:
-            pending += self.gate.delete_behind(self.gate.companions(names), last=last)
+            pending += self.gate.delete_behind(self.gate.companions(names))
         deleted: list[str] = []
         attempt = 1
         try:

@@ -73,6 +73,8 @@ class SigWorker:
         self._deleting: list[list[str]] = []
         self.delete_failures: list[tuple[str, str]] = []
         self.alive = True
+        #: Whether anything was asked of it (a worker never used is not waited for).
+        self.used = False
 
     @classmethod
     def start(cls, check_one: Callable[[list[Any]], Any],
@@ -118,6 +120,7 @@ class SigWorker:
             return False
         try:
             write_all(self._w, msgpack.packb(msg, use_bin_type=True))
+            self.used = True
             return True
         except OSError:
             self.alive = False
@@ -170,6 +173,9 @@ class SigWorker:
     def close(self) -> list[tuple[str, str]]:
         """End the child (its pending deletions done first); the deletions that failed,
         or that it never answered (it died): (name, why)."""
+        if not self.used:  # it may still be loading its keys: nothing to wait for
+            with contextlib.suppress(OSError):
+                os.kill(self.pid, signal.SIGKILL)
         with contextlib.suppress(OSError):
             os.close(self._w)
         while self.alive and self._read_one():

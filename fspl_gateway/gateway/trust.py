@@ -346,16 +346,12 @@ class ReceiveGate:
         if names and self._worker.ask([[n, self.sigs[n].size, self.sigs[n].tag] for n in names]):
             self._ahead.update(names)
 
-    def delete_behind(self, sig_names: Sequence[str], *, last: bool = False) -> list[str]:
+    def delete_behind(self, sig_names: Sequence[str]) -> list[str]:
         """Have the worker delete these signature files (their jobs are durable and
-        journaled); those the caller must delete itself: all of them without a worker,
-        and on the run's last batch (``last``) half of them, deleted meanwhile rather than
-        waited for at the end."""
-        keep = len(sig_names) // 2 if last else 0
-        theirs = sig_names[:len(sig_names) - keep]
-        if self._worker is None or not self._worker.delete(theirs):
+        journaled); those the caller must delete itself (all of them without a worker)."""
+        if self._worker is None or not self._worker.delete(sig_names):
             return list(sig_names)
-        return list(sig_names[len(theirs):])
+        return []
 
     def close(self) -> list[str]:
         """End the worker; the signature files it could not delete (the caller deletes
