@@ -217,8 +217,8 @@ def open_regular_nofollow(path: str, what: str) -> BinaryIO:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
             raise TransportError(f"{what}: not a regular file; refusing it")
-        flags = fcntl.fcntl(fd, fcntl.F_GETFL)
-        fcntl.fcntl(fd, fcntl.F_SETFL, flags & ~os.O_NONBLOCK)
+        # O_NONBLOCK (so that opening a FIFO does not hang) stays: it changes nothing
+        # for a regular file.
         return os.fdopen(fd, "rb", buffering=0)
     except BaseException:
         os.close(fd)

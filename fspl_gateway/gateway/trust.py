@@ -201,6 +201,10 @@ class TrustPolicy:
     def key_ids(self) -> frozenset[str]:
         return frozenset(k.key_id for k in self.keys)
 
+    @functools.cached_property
+    def keynums(self) -> frozenset[bytes]:
+        return frozenset(k.keynum for k in self.keys)
+
     def for_pass(self, accept: frozenset[str] | None, main: bool) -> TrustPolicy:
         """A copy for one routing pass (sharing the signature cache)."""
         p = TrustPolicy(self.keys, self.queue_id, self.identities, self.signature_wait,
@@ -384,7 +388,7 @@ class ReceiveGate:
     def _unpack(self, name: str, ans: list[Any]) -> SignatureRead:
         data, key, comment, queue, seq, sha = ans
         sig_e = self.sigs.get(name)
-        if sig_e is not None:
+        if sig_e is not None and self.p.routes:
             with self.p._lock:  # as _read_sig keeps it, for the other routing passes
                 self.p.cache[sig_e.name] = (sig_e.tag, sig_e.size, data)
         return SignatureRead(data=data, checked=CheckedComment(
@@ -413,7 +417,7 @@ class ReceiveGate:
         except SignatureError as err:
             r.bad = err
             return r
-        if r.sig.key_id in self.p.key_ids:
+        if r.sig.keynum in self.p.keynums:
             try:
                 r.checked = check_comment(r.sig, self.p.keys)
             except SignatureError:
@@ -494,15 +498,15 @@ class ReceiveGate:
         sha256) is claimed by :meth:`claim` with its batch, before it is linked.
         TrustRefused for any failure (``path`` is then still the staged file, for the
         quarantine; a plaintext is removed)."""
+        sha, head = fetched.hexdigest(), fetched.head
         try:
             sig = read.sig if read.sig is not None else read.data
             assert sig is not None
-            v = verify_job(path, sig, self.p.keys, self.p.queue_id,
-                           sha256=fetched.hexdigest(), size=fetched.size, head=fetched.head,
-                           checked=read.checked)
+            v = verify_job(path, sig, self.p.keys, self.p.queue_id, sha256=sha,
+                           size=fetched.size, head=head, checked=read.checked)
         except SignatureError as err:
             raise TrustRefused(err.reason, str(err)) from None
-        same = Admitted(path, v, False, fetched.hexdigest(), fetched.size, fetched.head)
+        same = Admitted(path, v, False, sha, fetched.size, head)
         if not v.encrypted:
             return same
         if not self.p.identities:
