@@ -338,7 +338,7 @@ class ReceiveGate:
         forking is not safe the gate does the work itself."""
         if self._worker is None:
             self._worker = SigWorker.start(self._check_packed, self._delete_sigs,
-                                           init=functools.partial(load_verifier, self.p.keys))
+                                           init=load_verifier)
 
     def prefetch(self, entries: Sequence[RemoteEntry]) -> None:
         """Have the worker read, parse and check the signatures of ``entries`` (this batch

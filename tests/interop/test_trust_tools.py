@@ -212,6 +212,26 @@ def test_tampering_is_refused_by_minisign_and_by_us(tmp_path: Path, data: Path) 
             ms.verify_file(f, ms.read_signature(s), key.public_key)
 
 
+def test_a_degenerate_key_is_refused_as_minisign_refuses_it(tmp_path: Path,
+                                                             data: Path) -> None:
+    """A "public key" that is the identity point (small order) and a signature with
+    R = identity, S = 0 pass the plain Ed25519 equation for *any* message.  minisign
+    (libsodium) refuses them, and so do we (OpenSSL's Ed25519, which we used before,
+    accepts them)."""
+    identity = bytes([1]) + bytes(31)
+    pub = ms.PublicKey(b"\x11" * 8, identity)
+    forged = ms.Signature(ms.SIG_ALG_HASHED, pub.keynum, identity + bytes(32), "anything",
+                          identity + bytes(32))
+    sig = tmp_path / "data.bin.minisig"
+    sig.write_bytes(forged.to_bytes())
+    r = _minisign_verify(pub.to_base64(), data, sig)
+    assert r.returncode != 0, r.stdout
+    with pytest.raises(ms.BadSignatureError):
+        ms.verify_file(data, ms.read_signature(sig), pub)
+    with pytest.raises(ms.BadCommentSignatureError):
+        ms.verify_comment(forged, pub)
+
+
 def test_shell_only_sender_recipe(tmp_path: Path, ms_plain: tuple[Path, Path]) -> None:
     """The recipe in jobsig's docstring, with fspl, age and minisign only, makes jobs
     that verify_job accepts; the decrypted packet carries the signed seq."""

@@ -189,7 +189,7 @@ def test_an_unused_worker_is_not_waited_for(tmp_path: Path, key: ms.SecretKey,
                                             monkeypatch: pytest.MonkeyPatch) -> None:
     """A remote with nothing signed on it: the worker, forked before the listing, is
     never asked anything, and the run does not wait for it to finish loading its keys."""
-    monkeypatch.setattr(trust, "load_verifier", lambda keys: time.sleep(60))
+    monkeypatch.setattr(trust, "load_verifier", lambda: time.sleep(60))
     started = _spy_start(monkeypatch)
     remote, qdir = _dirs(tmp_path, {})
     t0 = time.monotonic()
