@@ -21,13 +21,14 @@ never a second one.
 from __future__ import annotations
 
 import os
+import shutil
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from fspl_gateway.core import queue as q
 from fspl_gateway.core.errors import JobFailedError, QueueError
-from fspl_gateway.core.fsutil import AtomicWriter, copy_fd, fsync_dir, move_noclobber
+from fspl_gateway.core.fsutil import AtomicWriter, copy_fd, fsync_dir, move_noclobber, tmp_name
 from fspl_gateway.core.layout import QueueLayout
 from fspl_gateway.core.log import log
 from fspl_gateway.core.packet import ENV_PREFIX, Command, Meta
@@ -284,13 +285,29 @@ def disperse(opts: DisperseOpts) -> DisperseResult:
 
 
 def ensure_worker_queue(path: str) -> None:
-    if not os.path.isdir(q.jobs_dir(path)):
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        try:
-            q.queue_init(path)
-        except QueueError:
-            if not os.path.isdir(q.jobs_dir(path)):
-                raise
+    """Make the worker queue ``path`` unless it is there, whole or not at all: it is made
+    under a temporary name beside it and renamed into place, so that a run killed
+    meanwhile leaves no half-made queue (a directory without its ``jobs/``, which the next
+    run could neither use nor create).  An empty directory in its place — what such a
+    kill left before — is replaced."""
+    if os.path.isdir(q.jobs_dir(path)):
+        return
+    parent = os.path.dirname(os.path.abspath(path))
+    try:
+        os.makedirs(parent, exist_ok=True)
+    except OSError as e:
+        raise QueueError(f"cannot create {parent}: {e.strerror}") from None
+    tmp = os.path.join(parent, tmp_name(os.path.basename(path)))
+    q.queue_init(tmp)
+    fsync_dir(tmp)
+    try:
+        os.rename(tmp, path)  # replaces an empty directory, refuses any other
+    except OSError as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if not os.path.isdir(q.jobs_dir(path)):  # else made meanwhile by another process
+            raise QueueError(f"cannot create worker queue {path}: {e.strerror}") from None
+        return
+    fsync_dir(parent)
 
 
 def wait_interval(seconds: float, stop: list[bool]) -> None:

@@ -193,3 +193,36 @@ def test_interrupted_handoff_left_by_a_crash_is_run_exactly_once(tmp_path: Path)
     _check_exactly_once(log, work, range(1, 7))
     assert collections.Counter(e[1] for e in _read_log(log) if e[0] == "end")["1"] == 1
     assert not list(hand.iterdir())
+
+
+def test_a_half_made_worker_queue_is_replaced_whole(tmp_path: Path) -> None:
+    """A kill -9 while a worker queue was being made used to leave its directory without
+    jobs/, and every later run failed ("cannot create queue …: File exists").  Worker queues
+    are now made under a temporary name and renamed into place: such an empty directory is
+    replaced by a whole queue, a directory with other things in it is refused with one
+    line, and a queue that is there is left as it is."""
+    from fspl_gateway.core.errors import QueueError
+    from fspl_gateway.gateway.disperse import ensure_worker_queue
+
+    inc = tmp_path / "in"
+    q.queue_init(str(inc))
+    add_jobs(inc, range(1, 7))
+    work = tmp_path / "in.workers"
+    (work / "worker-2").mkdir(parents=True)  # what the kill left
+    log = tmp_path / "log"
+    r = subprocess.run(_workers_cmd(inc, 2, "--allow-job-params"), env=_env(log, 0.0),
+                       capture_output=True, timeout=120)
+    assert r.returncode == 0, r.stderr.decode()
+    assert sorted(int(rec[1]) for rec in _read_log(log) if rec[0] == "end") == list(range(1, 7))
+    for w in ("worker-1", "worker-2"):
+        assert (work / w / "jobs").is_dir() and (work / w / "nextseq").is_file()
+    assert sorted(os.listdir(work)) == ["worker-1", "worker-2"]  # no temporary left
+    odd = work / "worker-9"
+    (odd / "notes").mkdir(parents=True)
+    with pytest.raises(QueueError, match="cannot create worker queue .*worker-9"):
+        ensure_worker_queue(str(odd))
+    assert os.listdir(odd) == ["notes"] and sorted(os.listdir(work)) == [
+        "worker-1", "worker-2", "worker-9"]
+    (work / "worker-1" / "jobs" / "keep").write_text("x")
+    ensure_worker_queue(str(work / "worker-1"))
+    assert (work / "worker-1" / "jobs" / "keep").read_text() == "x"
