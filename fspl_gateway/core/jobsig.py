@@ -225,12 +225,16 @@ def check_comment(sig: Signature, keys: PublicKey | Iterable[PublicKey]) -> Chec
     prehashed, the comment signature, and a job binding in the trusted comment (any
     queue: :func:`verify_job` compares it).  SignatureError otherwise — but only
     :func:`verify_job` (its complete check) says *why* in minisign's order."""
+    _known_and_prehashed(sig, keys)
+    key = verify_comment(sig, keys)
+    return CheckedComment(key, Binding.parse(sig.trusted_comment), sig.trusted_comment)
+
+
+def _known_and_prehashed(sig: Signature, keys: PublicKey | Iterable[PublicKey]) -> None:
     select_key(sig, keys)
     if not sig.prehashed:
         raise LegacySignatureError("legacy (non-prehashed) signature: this needs a prehashed "
                                    "one (minisign's default; do not sign with -l)")
-    key = verify_comment(sig, keys)
-    return CheckedComment(key, Binding.parse(sig.trusted_comment), sig.trusted_comment)
 
 
 def verify_job(path: str | os.PathLike[str], sig_bytes: bytes | Signature,
@@ -266,11 +270,7 @@ def verify_job(path: str | os.PathLike[str], sig_bytes: bytes | Signature,
     sig: Signature | None = None
     if checked is None:
         sig = sig_bytes if isinstance(sig_bytes, Signature) else Signature.parse(sig_bytes)
-        select_key(sig, keys)  # an unknown key is refused before the file is read
-        if not sig.prehashed:
-            raise LegacySignatureError("legacy (non-prehashed) signature: this needs a "
-                                       "prehashed one (minisign's default; do not sign "
-                                       "with -l)")
+        _known_and_prehashed(sig, keys)  # an unknown key is refused before the file is read
     if sha256 is None or size is None or head is None:
         h = MultiHasher(("sha256",), head=HEAD_BYTES)
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
