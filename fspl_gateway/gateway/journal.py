@@ -31,7 +31,7 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -121,6 +121,13 @@ CREATE TABLE IF NOT EXISTS signature_waits (
 _IN_CHUNK = 900
 #: Claims per INSERT (six parameters each).
 _CLAIM_CHUNK = 150
+
+
+def _in_chunks(keys: Sequence[bytes]) -> Iterator[tuple[str, Sequence[bytes]]]:
+    """``keys`` a chunk at a time, each with its ``(?,?,…)`` for an ``IN`` clause."""
+    for i in range(0, len(keys), _IN_CHUNK):
+        chunk = keys[i:i + _IN_CHUNK]
+        yield f"({','.join('?' * len(chunk))})", chunk
 
 
 def _by_remote(claims: Sequence[tuple[str, int, str, str, str]]) -> dict[str, list[bytes]]:
@@ -230,10 +237,8 @@ class Journal:
         else:
             keys = [_key(n) for n in names]
             rows = []
-            for i in range(0, len(keys), _IN_CHUNK):  # by primary key, a chunk at a time
-                chunk = keys[i:i + _IN_CHUNK]
-                rows += self._exec(f"{sql} AND name IN ({','.join('?' * len(chunk))})",
-                                   (*base, *chunk))
+            for marks, chunk in _in_chunks(keys):  # by primary key, a chunk at a time
+                rows += self._exec(f"{sql} AND name IN {marks}", (*base, *chunk))
         return {r.name: r for r in map(_file_record, rows)}
 
     def record(self, direction: str, remote: str, name: str, *, state: JournalState,
@@ -319,10 +324,9 @@ class Journal:
                         other = held.get((key_id, seq))
                         out.append(None if other is None or other == sha256 else str(other))
                     for remote, names in _by_remote(claims).items():
-                        for i in range(0, len(names), _IN_CHUNK):
-                            chunk = names[i:i + _IN_CHUNK]
+                        for marks, chunk in _in_chunks(names):
                             db.execute("DELETE FROM signature_waits WHERE remote=? AND name IN"
-                                       f" ({','.join('?' * len(chunk))})", (remote, *chunk))
+                                       f" {marks}", (remote, *chunk))
                 except BaseException:
                     db.execute("ROLLBACK")
                     raise
