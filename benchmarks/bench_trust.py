@@ -21,7 +21,9 @@
 
 The two sides of each comparison run interleaved (A, B, A, B …), each from freshly built
 inputs on disk (``os.sync()`` before the timed runs), and the medians are reported: the
-machine may be shared.
+machine may be shared.  For (a), the signed sync's time over the unsigned one's of the
+same round is also given per round (median and quartiles), which a slow drift of the
+machine's speed disturbs less than the ratio of the two medians.
 
 Usage: ``python benchmarks/bench_trust.py [--jobs N] [--size BYTES] [--rounds R]
 [--big-mib MIB] [--skip-small] [--skip-big] [--base DIR]``.  Prints Markdown tables with
@@ -34,6 +36,7 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -127,6 +130,24 @@ def bench_small(tmp: str, a: argparse.Namespace, pub: str, key: object) -> list[
             assert os.listdir(jb) == [], "the signatures leave the remote with their jobs"
         shutil.rmtree(base)
     return rows + [rm]
+
+
+def paired(rows: list[Row]) -> str:
+    """Per round, each signed sync's time over the unsigned one's of the same round (they
+    ran back to back, on the same machine state): the median and quartiles of those
+    ratios, which slow drifts of a shared machine disturb less than the ratio of the two
+    medians."""
+    out = []
+    by_key = {f"{r.tool} {r.setting}": r for r in rows}
+    for r in rows:
+        base = by_key.get(r.baseline or "")
+        if r.target is None or base is None or len(r.times) != len(base.times) or not r.times:
+            continue
+        ratios = [s / u for s, u in zip(r.times, base.times, strict=True)]
+        q = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else ratios * 3
+        out.append(f"- {r.tool} ÷ {base.tool}, per round: median {statistics.median(ratios):.2f}× "
+                   f"(quartiles {q[0]:.2f}–{q[2]:.2f}, {len(ratios)} rounds)")
+    return "\n".join(out)
 
 
 def mount_of(path: str) -> str:
@@ -239,6 +260,7 @@ def main() -> None:
             print(f"Verification overhead: {a.jobs} jobs of ~{a.size} B, "
                   f"--concurrency {a.concurrency}\n")
             print(table(rows, a.jobs) + "\n")
+            print(paired(rows) + "\n")
         if not a.skip_big:
             rows = bench_big(tmp, a, pub, key)
             print(f"Decryption: one {a.big_mib} MiB job (age X25519), plaintext written "
