@@ -138,10 +138,15 @@ class Row:
         self.cpu.append(wall_cpu[1])
 
 
+def rows_by_key(rows: Sequence[Row]) -> dict[str, Row]:
+    """The rows by the key a :attr:`Row.baseline` names ("tool setting")."""
+    return {f"{r.tool} {r.setting}": r for r in rows}
+
+
 def table(rows: Sequence[Row], jobs: int) -> str:
     """A Markdown table of the rows (medians; the ratio of each row to its baseline by
     wall time, and by CPU time where measured)."""
-    by_key = {f"{r.tool} {r.setting}": r for r in rows}
+    by_key = rows_by_key(rows)
     cpu = any(r.cpu for r in rows)
     out = ["| tool | setting | seconds (median) | jobs/s | ratio | target met? |"
            + (" CPU s (median) | CPU ratio |" if cpu else ""),

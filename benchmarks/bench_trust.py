@@ -52,6 +52,7 @@ from bench_sync_local import (  # noqa: E402
     gw_cmd,
     header,
     make_jobs,
+    rows_by_key,
     table,
     timed_cpu,
     write_jobs,
@@ -138,7 +139,7 @@ def paired(rows: list[Row]) -> str:
     ratios, which slow drifts of a shared machine disturb less than the ratio of the two
     medians."""
     out = []
-    by_key = {f"{r.tool} {r.setting}": r for r in rows}
+    by_key = rows_by_key(rows)
     for r in rows:
         base = by_key.get(r.baseline or "")
         if r.target is None or base is None or len(r.times) != len(base.times) or not r.times:
