@@ -299,6 +299,20 @@ class SignatureRead:
         return self.sig.key_id
 
 
+class _SigBuffer(io.BytesIO):
+    """The bytes of one signature file, refused past :data:`MAX_SIG_BYTES`."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__()
+        self.name = name
+
+    def write(self, data: Any, /) -> int:
+        if self.tell() + len(data) > MAX_SIG_BYTES:
+            raise TrustRefused("bad-signature", f"signature file {self.name} is over "
+                               f"{MAX_SIG_BYTES} bytes")
+        return super().write(data)
+
+
 class ReceiveGate:
     """The trust hooks of one pull run (see the module doc)."""
 
@@ -434,13 +448,15 @@ class ReceiveGate:
                                f"(a job signature is under {MAX_SIG_BYTES})")
 
         def read() -> bytes:
-            with self.t.open(e.name) as s:
-                return s.read(MAX_SIG_BYTES + 1)
+            # fetch, not open: the transport's own way to take a whole file (one
+            # request: S3's lean GET, a pooled SFTP channel with the reads and the close
+            # in one round trip; a local file still being written is left for later),
+            # bounded by the listed size, and by the buffer where a listing has none.
+            buf = _SigBuffer(e.name)
+            self.t.fetch(e.name, buf, e)
+            return buf.getvalue()
 
         data: bytes = self.call(read, f"reading {e.name}")
-        if len(data) > MAX_SIG_BYTES:
-            raise TrustRefused("bad-signature", f"signature file {e.name} is over "
-                               f"{MAX_SIG_BYTES} bytes")
         with self.p._lock:
             self.p.cache[e.name] = (e.tag, e.size, data)
         return data

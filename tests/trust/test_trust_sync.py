@@ -109,6 +109,63 @@ def test_every_refusal_is_quarantined_with_its_reason_and_never_visible(
     assert os.listdir(qdir / "jobs") == [job_name(1)]
 
 
+def test_an_oversized_signature_file_is_refused_unread(
+        backend: Backend, key: ms.SecretKey, qdir: Path, tmp_path: Path) -> None:
+    """Over every transport: a ``.minisig`` bigger than any job signature is refused from
+    its listed size (never read), the job quarantined; a good one beside it gets in."""
+    t = backend.make()
+    _put(backend, t, job_name(1), *signed(key, 1, tmp_path))
+    job, sig = signed(key, 2, tmp_path)
+    _put(backend, t, job_name(2), job, sig + b"#" * 5000)
+    res = pull(t, qdir, opts(policy(key)))
+    assert (res.fetched, res.quarantined) == (1, 1), res.summary()
+    assert reasons(qdir)[job_name(2)].startswith("bad-signature"), reasons(qdir)
+
+
+def test_a_listing_without_sizes_still_reads_no_more_than_a_signature(
+        key: ms.SecretKey, qdir: Path, tmp_path: Path) -> None:
+    """A remote that lists no sizes: the signature is read through a capped buffer, so a
+    huge ``.minisig`` is refused after 4 KiB, not read whole."""
+    from fspl_gateway.gateway.trust import MAX_SIG_BYTES
+    from fspl_gateway.transports.base import RemoteEntry
+    from fspl_gateway.transports.local import LocalTransport
+
+    class NoSizes(LocalTransport):
+        def list(self):  # type: ignore[no-untyped-def]
+            return iter([RemoteEntry(e.name, None, e.tag, e.mtime) for e in super().list()])
+
+    remote = tmp_path / "remote"
+    (remote / "jobs").mkdir(parents=True)
+    job, sig = signed(key, 1, tmp_path)
+    (remote / "jobs" / job_name(1)).write_bytes(job)
+    (remote / "jobs" / (job_name(1) + SIG)).write_bytes(sig + b"#" * (64 << 20))
+    res = pull(NoSizes(str(remote)), qdir, opts(policy(key)))
+    assert (res.fetched, res.quarantined) == (0, 1), res.summary()
+    why = reasons(qdir)[job_name(1)]
+    assert why.startswith("bad-signature") and f"over {MAX_SIG_BYTES} bytes" in why, why
+
+
+def test_a_signature_still_being_written_is_left_for_a_later_run(
+        key: ms.SecretKey, qdir: Path, tmp_path: Path) -> None:
+    """A local ``.minisig`` that a process on this host still has open for writing (``cp``
+    half-way) is not read as a bad signature: the job waits for a later run, and gets in
+    once the writer is done."""
+    from fspl_gateway.transports.local import LocalTransport
+
+    remote = tmp_path / "remote"
+    (remote / "jobs").mkdir(parents=True)
+    job, sig = signed(key, 1, tmp_path)
+    (remote / "jobs" / job_name(1)).write_bytes(job)
+    with open(remote / "jobs" / (job_name(1) + SIG), "wb") as writer:
+        writer.write(sig[:40])
+        writer.flush()
+        res = pull(LocalTransport(str(remote)), qdir, opts(policy(key)))
+        assert (res.fetched, res.quarantined, res.unsettled) == (0, 0, 1), res.summary()
+        writer.write(sig[40:])
+    res = pull(LocalTransport(str(remote)), qdir, opts(policy(key)))
+    assert (res.fetched, res.quarantined) == (1, 0), res.summary()
+
+
 def test_a_job_waits_for_its_signature_then_gets_in(
         backend: Backend, key: ms.SecretKey, qdir: Path, tmp_path: Path) -> None:
     t = backend.make()
