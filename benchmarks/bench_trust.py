@@ -66,8 +66,93 @@ QID = "bench-site"
 MiB = 1 << 20
 
 
-def _sync(remote: str, qdir: str, *extra: str) -> list[str]:
-    return [*gw_cmd(), "-l", "warn", "sync", "-t", "local", "-r", remote, "-q", qdir, "--settle", "0", *extra]
+class Remote:
+    """Where part (a)'s remotes live: ``make(tag, files)`` puts the files of one remote
+    there and gives the ``sync`` arguments that reach it; ``left(tag)`` counts what a
+    sync left there.  A local directory here; S3 and SFTP below."""
+
+    name = "local"
+    env: dict[str, str] | None = None
+
+    def __init__(self, tmp: str) -> None:
+        self.tmp = tmp
+
+    def make(self, tag: str, files: list[tuple[str, bytes]]) -> list[str]:
+        write_jobs(os.path.join(self.tmp, tag, "jobs"), files)
+        return ["-t", "local", "-r", os.path.join(self.tmp, tag)]
+
+    def left(self, tag: str) -> int:
+        return len(os.listdir(os.path.join(self.tmp, tag, "jobs")))
+
+    def close(self) -> None:
+        pass
+
+
+class S3Remote(Remote):
+    """A bucket on the test fixture's moto server (real HTTP on 127.0.0.1)."""
+
+    name = "s3"
+
+    def __init__(self, tmp: str) -> None:
+        from bench_sync_s3 import env_for, upload
+
+        from tests.fixtures.s3server import start_moto
+        super().__init__(tmp)
+        self.server = start_moto()
+        self.env = env_for(self.server)
+        self.client = self.server.client()
+        self.bucket = "bench-trust"
+        self.client.create_bucket(Bucket=self.bucket)
+        self._upload = upload
+
+    def make(self, tag: str, files: list[tuple[str, bytes]]) -> list[str]:
+        self._upload(self.client, self.bucket, tag, files)
+        return ["-t", "s3", "-r", f"{self.bucket}/{tag}", "-o",
+                f"endpoint_url={self.server.endpoint}", "-o", "path_style=true"]
+
+    def left(self, tag: str) -> int:
+        from bench_sync_s3 import count_objects
+        return count_objects(self.client, self.bucket, f"{tag}/")
+
+    def close(self) -> None:
+        self.server.stop()
+
+
+class SftpRemote(Remote):
+    """A directory served by the test fixture's OpenSSH sshd (internal-sftp) on
+    127.0.0.1, reached through paramiko."""
+
+    name = "sftp"
+
+    def __init__(self, tmp: str) -> None:
+        from pathlib import Path
+
+        from tests.fixtures.sshd import make_sshd
+        super().__init__(tmp)
+        keys = Path(tmp) / "sshd"
+        keys.mkdir(parents=True)
+        self.sshd = make_sshd(keys)
+        self.sshd.start()
+        self.env = {k: v for k, v in os.environ.items() if k != "SSH_AUTH_SOCK"}
+        self.env["HOME"] = str(keys)  # no ~/.ssh of the developer's
+
+    def make(self, tag: str, files: list[tuple[str, bytes]]) -> list[str]:
+        s = self.sshd
+        return ["-t", "sftp", "-r", f"{s.user}@{s.host}:{s.port}"
+                f"{super().make(tag, files)[-1]}", "-o", f"identity_file={s.identity_file}",
+                "-o", f"known_hosts={s.known_hosts}", "-o", "ssh_config=none",
+                "-o", "allow_agent=false"]
+
+    def close(self) -> None:
+        self.sshd.stop()
+
+
+REMOTES: dict[str, type[Remote]] = {"local": Remote, "s3": S3Remote, "sftp": SftpRemote}
+
+
+def _sync(where: list[str], qdir: str, *extra: str) -> list[str]:
+    return [*gw_cmd(), "-l", "warn", "sync", *where, "-q", qdir, "--settle", "0",
+            "--no-progress", *extra]
 
 
 # -- (a) -------------------------------------------------------------------------------
@@ -84,53 +169,60 @@ def _variants(a: argparse.Namespace) -> list[tuple[str, dict[str, str] | None]]:
     return out
 
 
-def bench_small(tmp: str, a: argparse.Namespace, pub: str, key: object) -> list[Row]:
+def bench_small(tmp: str, a: argparse.Namespace, pub: str, key: object,
+                remote: Remote) -> list[Row]:
     rows: list[Row] = []
     pairs = []
+    where = "" if remote.name == "local" else f" -t {remote.name}"
     # Context: what deleting the signature files costs on this disk by itself (one C
     # loop of unlink, no Python), which a signed sync must do and an unsigned one not.
     rm = Row("find -delete", f"the {a.jobs} signature files alone", [],
-             baseline=f"fspl-gw sync {a.jobs} unsigned jobs")
+             baseline=f"fspl-gw sync{where} {a.jobs} unsigned jobs")
     for label, env in _variants(a):
-        plain = Row(f"fspl-gw{label} sync", f"{a.jobs} unsigned jobs", [])
-        signed = Row(f"fspl-gw{label} sync --trust", f"{a.jobs} signed jobs", [],
+        plain = Row(f"fspl-gw{label} sync{where}", f"{a.jobs} unsigned jobs", [])
+        signed = Row(f"fspl-gw{label} sync{where} --trust", f"{a.jobs} signed jobs", [],
                      baseline=f"{plain.tool} {plain.setting}", target=1.10)
         rows += [plain, signed]
+        if remote.env is not None:  # the server's credentials, and --base's PYTHONPATH
+            env = {**remote.env, **({} if env is None else {"PYTHONPATH": env["PYTHONPATH"]})}
         pairs.append((plain, signed, env))
     for r in range(a.rounds):
         base = os.path.join(tmp, f"small{r}")
+        os.makedirs(base)
         jobs = make_jobs(a.jobs, a.size)
+        signed_files = []
+        for name, data in jobs:
+            path = os.path.join(base, name)
+            with open(path, "wb") as f:
+                f.write(data)
+            signed_files += [(name, data), (name + ".minisig",
+                                            sign_job(path, key, QID))]  # type: ignore[arg-type]
+            os.unlink(path)
         runs = []
         for v, (plain, signed, env) in enumerate(pairs):
-            rem_a, rem_b = os.path.join(base, f"remote-a{v}"), os.path.join(base, f"remote-b{v}")
-            write_jobs(os.path.join(rem_a, "jobs"), jobs)
-            write_jobs(os.path.join(rem_b, "jobs"), jobs)
-            jb = os.path.join(rem_b, "jobs")
-            for name, _ in jobs:
-                with open(os.path.join(jb, name + ".minisig"), "wb") as f:
-                    f.write(sign_job(os.path.join(jb, name), key, QID))  # type: ignore[arg-type]
+            tag_a, tag_b = f"r{r}-a{v}", f"r{r}-b{v}"
             qa, qb = os.path.join(base, f"qa{v}"), os.path.join(base, f"qb{v}")
             q.queue_init(qa)
             q.queue_init(qb)
-            runs += [(plain, _sync(rem_a, qa, "--concurrency", str(a.concurrency)), qa, env, jb),
-                     (signed, _sync(rem_b, qb, "--concurrency", str(a.concurrency),
-                                    "--trust", pub, "--queue-id", QID), qb, env, jb)]
-        sigs = os.path.join(base, "sigs")
-        os.makedirs(sigs)
-        for name in os.listdir(jb):
-            if name.endswith(".minisig"):
-                shutil.copyfile(os.path.join(jb, name), os.path.join(sigs, name))
-        runs.append((rm, ["find", sigs, "-name", "*.minisig", "-delete"], "", None, sigs))
+            runs += [(plain, _sync(remote.make(tag_a, jobs), qa, "--concurrency",
+                                   str(a.concurrency)), qa, env, tag_a),
+                     (signed, _sync(remote.make(tag_b, signed_files), qb, "--concurrency",
+                                    str(a.concurrency), "--trust", pub, "--queue-id", QID),
+                      qb, env, tag_b)]
+        if remote.name == "local":
+            sigs = os.path.join(base, "sigs")
+            write_jobs(sigs, [f for f in signed_files if f[0].endswith(".minisig")])
+            runs.append((rm, ["find", sigs, "-name", "*.minisig", "-delete"], "", None, ""))
         os.sync()
         if r % 2:
             runs.reverse()  # neither side always goes first
         for row, cmd, qdir, env, _ in runs:
             row.add(timed_cpu(cmd, env))
             assert not qdir or len(os.listdir(os.path.join(qdir, "jobs"))) == a.jobs, row.tool
-        for *_, jb in runs:
-            assert os.listdir(jb) == [], "the signatures leave the remote with their jobs"
+        for *_, tag in runs:
+            assert not tag or remote.left(tag) == 0, "the signatures leave with their jobs"
         shutil.rmtree(base)
-    return rows + [rm]
+    return rows + ([rm] if rm.times else [])
 
 
 def paired(rows: list[Row]) -> str:
@@ -209,7 +301,7 @@ def bench_big(tmp: str, a: argparse.Namespace, pub: str, key: object) -> list[Ro
                 with open(os.path.join(jobs, name + ".minisig"), "wb") as f:
                     f.write(sig)
                 q.queue_init(qdir)
-                runs.append((row, _sync(remote, qdir, "--trust", pub, "--queue-id", QID, *extra),
+                runs.append((row, _sync(["-t", "local", "-r", remote], qdir, "--trust", pub, "--queue-id", QID, *extra),
                              env, qdir, remote))
         if r % 2:
             runs.reverse()
@@ -241,6 +333,9 @@ def main() -> None:
     ap.add_argument("--concurrency", type=int, default=4)
     ap.add_argument("--big-mib", type=int, default=1024)
     ap.add_argument("--skip-small", action="store_true")
+    ap.add_argument("--transports", nargs="+", default=["local"], choices=sorted(REMOTES),
+                    help="Where part (a)'s remotes are: a local directory (the default), "
+                         "a bucket on a moto server, an sshd's directory.")
     ap.add_argument("--skip-big", action="store_true")
     ap.add_argument("--dir", default=None, help="Where to build the inputs (default: $TMPDIR).")
     ap.add_argument("--base", default=None,
@@ -256,9 +351,13 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-trust-", dir=a.dir) as tmp:
         os.chdir(tmp)  # not a checkout: `python -m` puts the working directory first
         print(f"Inputs and queues on {mount_of(os.path.realpath(tmp))}.\n")
-        if not a.skip_small:
-            rows = bench_small(tmp, a, pub, key)
-            print(f"Verification overhead: {a.jobs} jobs of ~{a.size} B, "
+        for name in [] if a.skip_small else a.transports:
+            remote = REMOTES[name](os.path.join(tmp, f"remote-{name}"))
+            try:
+                rows = bench_small(tmp, a, pub, key, remote)
+            finally:
+                remote.close()
+            print(f"Verification overhead ({name}): {a.jobs} jobs of ~{a.size} B, "
                   f"--concurrency {a.concurrency}\n")
             print(table(rows, a.jobs) + "\n")
             print(paired(rows) + "\n")
