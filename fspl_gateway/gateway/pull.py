@@ -314,6 +314,11 @@ class _Puller:
                 # it gets ready while the remote is listed.  With more threads each fetch
                 # thread reads its own, in parallel.
                 self.gate.start_worker()
+            elif self.gate is not None and threads > 1:
+                # As many threads read the signatures ahead, beside the fetches: the
+                # transport sizes its connections (HTTP pool, SFTP channels) for both.
+                self.t.set_concurrency(2 * threads)
+                self.gate.start_readers(threads)
             self._run(threads)
         finally:
             if self.gate is not None:

@@ -19,7 +19,10 @@ transport (sync, ``import`` of media, the watch service):
    is not trusted, or (with routes) a trusted key that no route names → quarantined.  In a
    run with one thread (a local disk or medium) the signatures are read, parsed and their
    comment signatures verified one batch ahead by the signature worker, a forked process
-   (:mod:`~fspl_gateway.gateway.sigworker`), which also deletes them behind the run;
+   (:mod:`~fspl_gateway.gateway.sigworker`), which also deletes them behind the run.  In
+   a run with several threads (a network remote) a second pool of as many threads does
+   the same one batch ahead (as rclone's checkers do beside its transfers): a signature
+   is one more request per job, which then overlaps the fetches instead of preceding each;
 2. the job is downloaded into staging and verified there (:func:`~fspl_gateway.core.jobsig.verify_job`),
    from the digests the download itself took (one pass over the file,
    :class:`~fspl_gateway.core.hashing.MultiHasher`): the signature over the trusted
@@ -70,6 +73,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -332,6 +336,9 @@ class ReceiveGate:
         self._worker: SigWorker | None = None
         #: Job names whose signature the worker was asked to check.
         self._ahead: set[str] = set()
+        #: Several-thread runs: the pool reading signatures ahead, and its reads by job.
+        self._readers: ThreadPoolExecutor | None = None
+        self._reads: dict[str, Future[SignatureRead]] = {}
 
     def index(self, entries: Iterable[RemoteEntry]) -> None:
         """Note the signature files of a listing (by the name of their job)."""
@@ -354,11 +361,22 @@ class ReceiveGate:
             self._worker = SigWorker.start(self._check_packed, self._delete_sigs,
                                            init=load_verifier)
 
+    def start_readers(self, threads: int) -> None:
+        """For a run in ``threads`` threads (a network remote): start as many threads that
+        read and check signatures ahead of the fetch (:meth:`prefetch`)."""
+        if self._readers is None and threads > 1:
+            self._readers = ThreadPoolExecutor(threads, thread_name_prefix="sig-read")
+
     def prefetch(self, entries: Sequence[RemoteEntry]) -> None:
-        """Have the worker read, parse and check the signatures of ``entries`` (this batch
-        and the next) while this process fetches.  :meth:`before_fetch` takes the answers,
-        and does the work itself where there is none (no worker, or it ended)."""
+        """Have the worker (or the reading threads) read, parse and check the signatures
+        of ``entries`` (this batch and the next) while the run fetches.
+        :meth:`before_fetch` takes the answers, and does the work itself where there is
+        none (no worker, or it ended)."""
         if self._worker is None:
+            if self._readers is not None:
+                for e in entries:
+                    if e.name in self.sigs and e.name not in self._reads:
+                        self._reads[e.name] = self._readers.submit(self._check, e.name)
             return
         names = [e.name for e in entries if e.name in self.sigs and e.name not in self._ahead]
         if names and self._worker.ask([[n, self.sigs[n].size, self.sigs[n].tag] for n in names]):
@@ -372,8 +390,13 @@ class ReceiveGate:
         return []
 
     def close(self) -> list[str]:
-        """End the worker; the signature files it could not delete (the caller deletes
-        them itself, with its retries and warnings)."""
+        """End the reading threads (their reads not yet begun are dropped) and the worker;
+        the signature files it could not delete (the caller deletes them itself, with its
+        retries and warnings)."""
+        readers, self._readers = self._readers, None
+        if readers is not None:
+            readers.shutdown(wait=True, cancel_futures=True)
+            self._reads.clear()
         worker, self._worker = self._worker, None
         self._ahead.clear()
         if worker is None:
@@ -466,7 +489,10 @@ class ReceiveGate:
         :meth:`admit` it), a TrustRefused (fetch it into the quarantine), or None (leave
         it: it waits for its signature, or another routing pass takes it)."""
         r = None
-        if e.name in self._ahead and self._worker is not None:
+        read = self._reads.pop(e.name, None)
+        if read is not None:
+            r = read.result()  # what _check gave, or raised, in the reading thread
+        elif e.name in self._ahead and self._worker is not None:
             self._ahead.discard(e.name)
             ans = self._worker.answer(e.name)
             if ans is not None:

@@ -4,6 +4,7 @@ queue get in, over every transport; every refusal is quarantined with its reason
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -166,6 +167,21 @@ def test_a_signature_still_being_written_is_left_for_a_later_run(
     assert (res.fetched, res.quarantined) == (1, 0), res.summary()
 
 
+def _many_jobs(key: ms.SecretKey, n: int, bad: dict[int, str], tmp: Path,
+               put: Callable[[str, bytes], object]) -> None:
+    """Jobs 1..n signed by ``key`` (each signature put first), but for those in ``bad``:
+    "bad-signature" (its payload altered), "unknown-key" (signed by a stranger),
+    "unsigned" (no signature)."""
+    stranger = ms.generate_keypair()
+    for i in range(1, n + 1):
+        job, sig = signed(stranger if bad.get(i) == "unknown-key" else key, i, tmp)
+        if bad.get(i) == "bad-signature":
+            job = job[:-1] + bytes([job[-1] ^ 1])
+        if bad.get(i) != "unsigned":
+            put(job_name(i) + SIG, sig)
+        put(job_name(i), job)
+
+
 def test_a_job_waits_for_its_signature_then_gets_in(
         backend: Backend, key: ms.SecretKey, qdir: Path, tmp_path: Path) -> None:
     t = backend.make()
@@ -283,19 +299,12 @@ def test_many_batches_signatures_read_ahead_and_deleted_behind(
     from fspl_gateway.gateway.runframe import BATCH
     from fspl_gateway.transports.local import LocalTransport
 
-    stranger = ms.generate_keypair()
     remote = tmp_path / "remote"
     jobs = remote / "jobs"
     jobs.mkdir(parents=True)
     n = 2 * BATCH + 40
     bad = {BATCH + 5: "bad-signature", 2 * BATCH + 7: "unknown-key", 2 * BATCH + 9: "unsigned"}
-    for i in range(1, n + 1):
-        job, sig = signed(stranger if bad.get(i) == "unknown-key" else key, i, tmp_path)
-        if bad.get(i) == "bad-signature":
-            job = job[:-1] + bytes([job[-1] ^ 1])
-        (jobs / job_name(i)).write_bytes(job)
-        if bad.get(i) != "unsigned":
-            (jobs / (job_name(i) + SIG)).write_bytes(sig)
+    _many_jobs(key, n, bad, tmp_path, lambda name, data: (jobs / name).write_bytes(data))
     res = pull(LocalTransport(str(remote)), qdir, opts(policy(key)))
     assert (res.fetched, res.quarantined) == (n - 3, 3), res.summary()
     got = reasons(qdir)
@@ -307,3 +316,79 @@ def test_many_batches_signatures_read_ahead_and_deleted_behind(
     taken = [name for name, r in rec.items() if r.state == jr.JournalState.FETCHED]
     assert len(taken) == n - 3
     assert all(rec[name].remote_deleted for name in taken)
+
+
+@pytest.mark.parametrize("net", ["s3", "sftp"])
+def test_many_batches_over_the_network_signatures_read_ahead_by_threads(
+        net: str, request: pytest.FixtureRequest, key: ms.SecretKey, qdir: Path,
+        tmp_path: Path) -> None:
+    """A network remote (several threads): a second pool reads and checks the signatures
+    ahead of the fetches.  Refusals in later batches are still each job's own; every
+    good job gets in, and the signatures leave with their jobs."""
+    import threading
+
+    from fspl_gateway.gateway.runframe import BATCH
+    from fspl_gateway.gateway.trust import ReceiveGate
+
+    b = request.getfixturevalue(f"backend_{net}")
+    t = b.make()
+    n = 2 * BATCH + 10
+    bad = {BATCH + 3: "bad-signature", 2 * BATCH + 4: "unknown-key", 2 * BATCH + 6: "unsigned"}
+    _many_jobs(key, n, bad, tmp_path, lambda name, data: b.put(t, name, data))
+    readers: set[str] = set()
+    real = ReceiveGate._check
+
+    def seen(self: ReceiveGate, name: str) -> object:
+        if name in self.sigs:  # (an unsigned job's is no read: its fetch thread asks)
+            readers.add(threading.current_thread().name)
+        return real(self, name)
+
+    with pytest.MonkeyPatch.context() as mp:  # only to see which threads read them
+        mp.setattr(ReceiveGate, "_check", seen)
+        res = pull(t, qdir, opts(policy(key), concurrency=3))
+    assert (res.fetched, res.quarantined) == (n - 3, 3), res.summary()
+    got = reasons(qdir)
+    for i, why in bad.items():
+        assert why in got[job_name(i)], (i, got)
+    assert sorted(b.raw_names(t)) == sorted(
+        [job_name(i) for i in bad] + [job_name(i) + SIG for i, w in bad.items() if w != "unsigned"])
+    assert readers and all(r.startswith("sig-read") for r in readers), readers
+
+
+def test_a_server_down_during_the_signature_reads_quarantines_nothing(
+        s3_bucket: object, key: ms.SecretKey, qdir: Path, tmp_path: Path) -> None:
+    """S3 dies after the listing, while the reading threads read ahead: every read fails
+    (transient), so no job is refused for it; once the server is back a sync takes them
+    all."""
+    from fspl_gateway.gateway.trust import ReceiveGate
+    from fspl_gateway.transports.s3 import S3Transport
+    from tests.fixtures.s3server import S3Bucket
+    from tests.fixtures.tcpproxy import TcpProxy
+
+    assert isinstance(s3_bucket, S3Bucket)
+    port = s3_bucket.server.port
+    assert port is not None
+    with TcpProxy(port) as proxy:
+        o = {**s3_bucket.options, "endpoint_url": f"http://127.0.0.1:{proxy.port}",
+             "max_attempts": "1", "connect_timeout": "2"}
+        t = S3Transport(f"{s3_bucket.name}/q", o)
+        for i in range(1, 6):
+            job, sig = signed(key, i, tmp_path)
+            for name, data in ((job_name(i) + SIG, sig), (job_name(i), job)):
+                s3_bucket.client.put_object(Bucket=s3_bucket.name, Key=f"q/jobs/{name}",
+                                            Body=data)
+        real = ReceiveGate.prefetch
+
+        def then_down(self: ReceiveGate, entries: object) -> None:
+            proxy.refuse()  # the listing is done: the server dies as the reads begin
+            proxy.cut_all()
+            real(self, entries)  # type: ignore[arg-type]
+
+        with pytest.MonkeyPatch.context() as mp:  # only to time the fault
+            mp.setattr(ReceiveGate, "prefetch", then_down)
+            res = pull(t, qdir, opts(policy(key), concurrency=3))
+        assert (res.fetched, res.quarantined, res.failed) == (0, 0, 5), res.summary()
+        assert reasons(qdir) == {}
+        proxy.accept()
+        res = pull(t, qdir, opts(policy(key), concurrency=3))
+        assert (res.fetched, res.quarantined) == (5, 0), res.summary()
