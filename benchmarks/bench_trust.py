@@ -40,6 +40,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+from typing import Any
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 for p in (ROOT, os.path.join(ROOT, "benchmarks")):
@@ -74,8 +75,18 @@ class Remote:
     name = "local"
     env: dict[str, str] | None = None
 
-    def __init__(self, tmp: str) -> None:
+    def __init__(self, tmp: str, latency: float = 0.0) -> None:
         self.tmp = tmp
+        #: The TCP proxy adding ``latency`` seconds each way (network remotes), if any.
+        self.proxy: Any = None
+
+    def _through_proxy(self, port: int, latency: float) -> int:
+        """The port to reach ``port`` on: itself, or a proxy adding ``latency`` each way."""
+        if not latency:
+            return port
+        from tests.fixtures.tcpproxy import TcpProxy
+        self.proxy = TcpProxy(port, delay=latency)
+        return int(self.proxy.port)
 
     def make(self, tag: str, files: list[tuple[str, bytes]]) -> list[str]:
         write_jobs(os.path.join(self.tmp, tag, "jobs"), files)
@@ -85,7 +96,8 @@ class Remote:
         return len(os.listdir(os.path.join(self.tmp, tag, "jobs")))
 
     def close(self) -> None:
-        pass
+        if self.proxy is not None:
+            self.proxy.close()
 
 
 class S3Remote(Remote):
@@ -93,12 +105,13 @@ class S3Remote(Remote):
 
     name = "s3"
 
-    def __init__(self, tmp: str) -> None:
+    def __init__(self, tmp: str, latency: float = 0.0) -> None:
         from bench_sync_s3 import env_for, upload
 
         from tests.fixtures.s3server import start_moto
         super().__init__(tmp)
         self.server = start_moto()
+        self.endpoint = f"http://127.0.0.1:{self._through_proxy(self.server.port, latency)}"
         self.env = env_for(self.server)
         self.client = self.server.client()
         self.bucket = "bench-trust"
@@ -108,13 +121,14 @@ class S3Remote(Remote):
     def make(self, tag: str, files: list[tuple[str, bytes]]) -> list[str]:
         self._upload(self.client, self.bucket, tag, files)
         return ["-t", "s3", "-r", f"{self.bucket}/{tag}", "-o",
-                f"endpoint_url={self.server.endpoint}", "-o", "path_style=true"]
+                f"endpoint_url={self.endpoint}", "-o", "path_style=true"]
 
     def left(self, tag: str) -> int:
         from bench_sync_s3 import count_objects
         return count_objects(self.client, self.bucket, f"{tag}/")
 
     def close(self) -> None:
+        super().close()
         self.server.stop()
 
 
@@ -124,7 +138,7 @@ class SftpRemote(Remote):
 
     name = "sftp"
 
-    def __init__(self, tmp: str) -> None:
+    def __init__(self, tmp: str, latency: float = 0.0) -> None:
         from pathlib import Path
 
         from tests.fixtures.sshd import make_sshd
@@ -133,17 +147,23 @@ class SftpRemote(Remote):
         keys.mkdir(parents=True)
         self.sshd = make_sshd(keys)
         self.sshd.start()
+        s = self.sshd
+        self.port = self._through_proxy(s.port, latency)
+        self.known = keys / "known_hosts-bench"
+        self.known.write_text("".join(f"[{s.host}]:{self.port} {t} {b}\n"
+                                      for t, b in s.host_keys))
         self.env = {k: v for k, v in os.environ.items() if k != "SSH_AUTH_SOCK"}
         self.env["HOME"] = str(keys)  # no ~/.ssh of the developer's
 
     def make(self, tag: str, files: list[tuple[str, bytes]]) -> list[str]:
         s = self.sshd
-        return ["-t", "sftp", "-r", f"{s.user}@{s.host}:{s.port}"
+        return ["-t", "sftp", "-r", f"{s.user}@{s.host}:{self.port}"
                 f"{super().make(tag, files)[-1]}", "-o", f"identity_file={s.identity_file}",
-                "-o", f"known_hosts={s.known_hosts}", "-o", "ssh_config=none",
+                "-o", f"known_hosts={self.known}", "-o", "ssh_config=none",
                 "-o", "allow_agent=false"]
 
     def close(self) -> None:
+        super().close()
         self.sshd.stop()
 
 
@@ -336,6 +356,9 @@ def main() -> None:
     ap.add_argument("--transports", nargs="+", default=["local"], choices=sorted(REMOTES),
                     help="Where part (a)'s remotes are: a local directory (the default), "
                          "a bucket on a moto server, an sshd's directory.")
+    ap.add_argument("--latency-ms", type=float, default=0.0,
+                    help="s3 and sftp: reach the server through a TCP proxy that adds this "
+                         "latency each way (the test fixture's), as over a real network.")
     ap.add_argument("--skip-big", action="store_true")
     ap.add_argument("--dir", default=None, help="Where to build the inputs (default: $TMPDIR).")
     ap.add_argument("--base", default=None,
@@ -352,12 +375,14 @@ def main() -> None:
         os.chdir(tmp)  # not a checkout: `python -m` puts the working directory first
         print(f"Inputs and queues on {mount_of(os.path.realpath(tmp))}.\n")
         for name in [] if a.skip_small else a.transports:
-            remote = REMOTES[name](os.path.join(tmp, f"remote-{name}"))
+            remote = REMOTES[name](os.path.join(tmp, f"remote-{name}"),
+                                   a.latency_ms / 1000 if name != "local" else 0.0)
             try:
                 rows = bench_small(tmp, a, pub, key, remote)
             finally:
                 remote.close()
-            print(f"Verification overhead ({name}): {a.jobs} jobs of ~{a.size} B, "
+            link = f", {a.latency_ms:g} ms each way" if a.latency_ms and name != "local" else ""
+            print(f"Verification overhead ({name}{link}): {a.jobs} jobs of ~{a.size} B, "
                   f"--concurrency {a.concurrency}\n")
             print(table(rows, a.jobs) + "\n")
             print(paired(rows) + "\n")
