@@ -58,6 +58,7 @@ from __future__ import annotations
 import abc
 import builtins
 import contextlib
+import io
 import os
 import re
 from collections.abc import Iterator, Mapping, Sequence
@@ -110,6 +111,10 @@ class Capabilities:
     #: then fetches a file only once it has stopped changing
     #: (:meth:`Transport.settle_interval`, :mod:`fspl_gateway.gateway.settle`).
     atomic_appearance: bool = True
+    #: :meth:`Transport.fetch_small` takes many small files in a few round trips (SFTP:
+    #: pipelined on one channel), so a caller should hand it a batch rather than read
+    #: them one by one in parallel.
+    batch_reads: bool = False
 
 
 class Transport(abc.ABC):
@@ -205,6 +210,26 @@ class Transport(abc.ABC):
         with new_local_file(path) as fd, os.fdopen(fd, "wb", buffering=0, closefd=False) as f:
             dst = f if hasher is None else cast(BinaryIO, HashingWriter(f, hasher))
             return self.fetch(name, dst, entry)
+
+    def fetch_small(self, entries: Sequence[RemoteEntry]) -> dict[str, bytes | TransportError]:
+        """Take several small whole files (signatures: a few hundred bytes each), each no
+        more than its listed size: name → its bytes, or the error :meth:`fetch` would
+        raise for it (RemoteNotFoundError, ListingChangedError …).  An error of the whole
+        call (the connection is lost) may be raised instead; a caller then reads them
+        again.  Default: :meth:`fetch` of each into memory; a transport with
+        ``capabilities.batch_reads`` takes them together."""
+        out: dict[str, bytes | TransportError] = {}
+        for e in entries:
+            buf = io.BytesIO()
+            try:
+                self.fetch(e.name, buf, e)
+            except NotSupportedError:
+                raise
+            except TransportError as err:
+                out[e.name] = err
+                continue
+            out[e.name] = buf.getvalue()
+        return out
 
     def delete_many(self, names: Sequence[str]) -> dict[str, TransportError]:
         """Remove several files; return the error of each name that could not be removed

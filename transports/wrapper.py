@@ -54,6 +54,23 @@ class DelegatingTransport(Transport):
         """Called before ``op`` (``open``, ``fetch``, ``fetch_to_path``, ``write_new``,
         ``delete``) on ``name``; raise to refuse it.  Default: nothing."""
 
+    def _screened(self, op: str, names: Sequence[str]
+                  ) -> tuple[list[str], dict[str, TransportError]]:
+        """The names :meth:`before` lets ``op`` have, and the error of each one it
+        refuses (a NotSupportedError refuses the whole call)."""
+        ok: list[str] = []
+        refused: dict[str, TransportError] = {}
+        for name in names:
+            try:
+                self.before(op, name)
+            except NotSupportedError:
+                raise
+            except TransportError as e:
+                refused[name] = e
+                continue
+            ok.append(name)
+        return ok, refused
+
     def _overrides(self, method: str) -> bool:
         return getattr(type(self), method) is not getattr(DelegatingTransport, method)
 
@@ -126,20 +143,21 @@ class DelegatingTransport(Transport):
             return Transport.fetch_to_path(self, name, path, entry, link=link, hasher=hasher)
         return self.inner.fetch_to_path(name, path, entry, link=link, hasher=hasher)
 
+    def fetch_small(self, entries: Sequence[RemoteEntry]) -> dict[str, bytes | TransportError]:
+        if self._overrides("fetch"):
+            return Transport.fetch_small(self, entries)
+        ok, refused = self._screened("fetch", [e.name for e in entries])
+        allowed = set(ok)
+        todo = [e for e in entries if e.name in allowed]
+        got = self.inner.fetch_small(todo) if todo or not refused else {}
+        if not refused:
+            return got
+        return {**refused, **got}
+
     def delete_many(self, names: Sequence[str]) -> dict[str, TransportError]:
         if self._overrides("delete"):
             return Transport.delete_many(self, names)
-        refused: dict[str, TransportError] = {}
-        todo: list[str] = []
-        for name in names:
-            try:
-                self.before("delete", name)
-            except NotSupportedError:
-                raise
-            except TransportError as e:
-                refused[name] = e
-                continue
-            todo.append(name)
+        todo, refused = self._screened("delete", names)
         errors = self.inner.delete_many(todo) if todo or not refused else {}
         if not refused:
             return errors

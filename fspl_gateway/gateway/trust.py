@@ -83,6 +83,7 @@ from fspl_gateway.core.errors import (
     QueueError,
     RemoteExistsError,
     RemoteNotFoundError,
+    TransientError,
     UsageError,
 )
 from fspl_gateway.core.fsutil import AtomicWriter, tmp_name
@@ -119,6 +120,8 @@ from fspl_gateway.transports.base import RemoteEntry, Transport, is_job_name
 DEFAULT_SIGNATURE_WAIT = 120.0
 #: A job signature is a few hundred bytes; a bigger ``.minisig`` is refused unread.
 MAX_SIG_BYTES = 4096
+#: Signatures a reading thread takes in one request where the transport batches reads.
+READ_GROUP = 32
 #: The environment variable with the passphrase of an encrypted secret key.
 PASSPHRASE_ENV = "FSPL_GW_KEY_PASSPHRASE"
 
@@ -373,10 +376,17 @@ class ReceiveGate:
         :meth:`before_fetch` takes the answers, and does the work itself where there is
         none (no worker, or it ended)."""
         if self._worker is None:
-            if self._readers is not None:
-                for e in entries:
-                    if e.name in self.sigs and e.name not in self._reads:
-                        self._reads[e.name] = self._readers.submit(self._check, e.name)
+            if self._readers is None:
+                return
+            todo = [e.name for e in entries if e.name in self.sigs and e.name not in self._reads]
+            if not self.t.capabilities.batch_reads:
+                for name in todo:
+                    self._reads[name] = self._readers.submit(self._check, name)
+                return
+            for i in range(0, len(todo), READ_GROUP):  # a group a request (SFTP)
+                group = {name: Future[SignatureRead]() for name in todo[i:i + READ_GROUP]}
+                self._reads.update(group)
+                self._readers.submit(self._check_group, group)
             return
         names = [e.name for e in entries if e.name in self.sigs and e.name not in self._ahead]
         if names and self._worker.ask([[n, self.sigs[n].size, self.sigs[n].tag] for n in names]):
@@ -402,6 +412,35 @@ class ReceiveGate:
         if worker is None:
             return []
         return [name for name, _ in worker.close()]
+
+    def _check_group(self, group: dict[str, Future[SignatureRead]]) -> None:
+        """In a reading thread: the signatures of ``group``'s jobs taken with one
+        :meth:`Transport.fetch_small` (into the cache), then :meth:`_check` of each,
+        into its future.  One the batch did not bring (its own error, or the batch
+        failed) is read again by :meth:`_check`, as it would be inline."""
+        try:
+            want = [e for e in (self.sigs[n] for n in group)
+                    if e.size is not None and e.size <= MAX_SIG_BYTES]
+            try:
+                got = self.call(lambda: self.t.fetch_small(want),
+                                f"reading {len(want)} signatures")
+            except Exception:  # noqa: BLE001 - each one is read (and fails) on its own below
+                got = {}
+            with self.p._lock:
+                for e in want:
+                    data = got.get(e.name)
+                    if isinstance(data, bytes):
+                        self.p.cache[e.name] = (e.tag, e.size, data)
+            for name, fut in group.items():
+                if fut.set_running_or_notify_cancel():
+                    try:
+                        fut.set_result(self._check(name))
+                    except BaseException as err:  # noqa: BLE001 - raised where it is taken
+                        fut.set_exception(err)
+        finally:
+            for fut in group.values():  # never leave a fetch waiting
+                if not fut.done():
+                    fut.set_exception(TransientError("the signature read ended early"))
 
     def _check_packed(self, item: list[Any]) -> list[Any] | None:
         """In the worker: :meth:`_check` of one job's signature (``item``: job name, and

@@ -28,6 +28,7 @@ from pathlib import Path
 import pytest
 
 from fspl_gateway.core.errors import (
+    IntegrityError,
     NotSupportedError,
     RemoteExistsError,
     RemoteNotFoundError,
@@ -170,6 +171,32 @@ def test_open_and_fetch_identical(backend: Backend, remote: Transport, tmp_path:
         with open(dst, "wb", buffering=buffering) as f:
             assert remote.fetch("fspl-r.fspl", f) == len(data)
         assert dst.read_bytes() == data
+
+
+def test_fetch_small(backend: Backend, remote: Transport) -> None:
+    """Several small files in one call (SFTP: pipelined on one channel): each one's
+    bytes, or its own error — missing, changed since the listing (more or fewer bytes
+    than listed), an unsafe name — while the others are still taken; none of it
+    over its listed size."""
+    files = {f"fspl-s{i}.fspl.minisig": os.urandom(n) for i, n in enumerate((0, 1, 300, 4096))}
+    files["fspl-grew.fspl.minisig"] = b"x" * 100
+    files["fspl-shrank.fspl.minisig"] = b"y" * 100
+    for name, data in files.items():
+        backend.put(remote, name, data)
+    listed = _listing(remote)
+    entries = [listed[n] for n in files]
+    entries[4] = RemoteEntry(entries[4].name, 60, entries[4].tag, entries[4].mtime)
+    entries[5] = RemoteEntry(entries[5].name, 160, entries[5].tag, entries[5].mtime)
+    entries += [RemoteEntry("fspl-missing.fspl.minisig", 10), RemoteEntry("../x", 10)]
+    got = remote.fetch_small(entries)
+    assert set(got) == {e.name for e in entries}
+    for name in list(files)[:4]:
+        assert got[name] == files[name], name
+    for name in ("fspl-grew.fspl.minisig", "fspl-shrank.fspl.minisig"):
+        assert isinstance(got[name], IntegrityError), (name, got[name])
+    assert isinstance(got["fspl-missing.fspl.minisig"], RemoteNotFoundError)
+    assert isinstance(got["../x"], TransportError)
+    assert remote.fetch_small([]) == {}
 
 
 def test_open_missing(remote: Transport) -> None:

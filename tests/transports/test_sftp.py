@@ -826,3 +826,27 @@ def test_link_cut_mid_fetch(sftp_queue: SFTPQueue) -> None:
             assert POLICY.call(lambda: t.fetch("fspl-c.fspl", out, entry),  # type: ignore[arg-type]
                                "fetch") == size
             assert out.h.hexdigest() == _sha(data)
+
+
+def test_link_cut_mid_batch_of_small_reads(sftp_queue: SFTPQueue) -> None:
+    """fetch_small pipelines many small files on one channel: a link cut part-way is a
+    TransientError for the whole call (never a half-answer taken for a file), and a
+    retry reconnects and takes every file whole."""
+    from tests.fixtures.tcpproxy import TcpProxy
+
+    s = sftp_queue.sshd
+    files = {f"fspl-{i:03d}.fspl.minisig": os.urandom(300 + i) for i in range(200)}
+    for name, data in files.items():
+        (sftp_queue.jobs / name).write_bytes(data)
+    with TcpProxy(s.port) as proxy:
+        t = SFTPTransport(f"{s.user}@127.0.0.1:{proxy.port}{sftp_queue.path}",
+                          sftp_queue.options)
+        t.hostkeys.entry = f"[{s.host}]:{s.port}"  # the proxy's port is not in known_hosts
+        with t:
+            entries = sorted(t.list(), key=lambda e: e.name)
+            assert len(entries) == len(files)
+            proxy.cut_after(30_000)  # in the middle of the answers
+            with pytest.raises(TransientError):
+                t.fetch_small(entries)
+            got = POLICY.call(lambda: t.fetch_small(entries), "fetch_small")
+            assert got == files

@@ -33,6 +33,7 @@ ARGS: dict[str, Any] = {
     "entry": RemoteEntry("fspl-a.fspl", 0), "path": "/nonexistent/fspl-a.fspl",
     "link": True, "names": ["fspl-a.fspl", "fspl-b.fspl"], "n": 7, "timeout": 0.25,
     "area": "receipts", "hasher": None,
+    "entries": [RemoteEntry("fspl-a.fspl.minisig", 0), RemoteEntry("fspl-b.fspl.minisig", 0)],
 }
 
 

@@ -328,7 +328,7 @@ def test_many_batches_over_the_network_signatures_read_ahead_by_threads(
     import threading
 
     from fspl_gateway.gateway.runframe import BATCH
-    from fspl_gateway.gateway.trust import ReceiveGate
+    from fspl_gateway.gateway.trust import READ_GROUP, ReceiveGate
 
     b = request.getfixturevalue(f"backend_{net}")
     t = b.make()
@@ -343,8 +343,16 @@ def test_many_batches_over_the_network_signatures_read_ahead_by_threads(
             readers.add(threading.current_thread().name)
         return real(self, name)
 
-    with pytest.MonkeyPatch.context() as mp:  # only to see which threads read them
+    batches: list[int] = []
+    real_small = type(t).fetch_small
+
+    def small(self: Transport, entries: list[object]) -> object:
+        batches.append(len(entries))
+        return real_small(self, entries)  # type: ignore[arg-type]
+
+    with pytest.MonkeyPatch.context() as mp:  # only to see which threads read them, how
         mp.setattr(ReceiveGate, "_check", seen)
+        mp.setattr(type(t), "fetch_small", small)
         res = pull(t, qdir, opts(policy(key), concurrency=3))
     assert (res.fetched, res.quarantined) == (n - 3, 3), res.summary()
     got = reasons(qdir)
@@ -353,6 +361,10 @@ def test_many_batches_over_the_network_signatures_read_ahead_by_threads(
     assert sorted(b.raw_names(t)) == sorted(
         [job_name(i) for i in bad] + [job_name(i) + SIG for i, w in bad.items() if w != "unsigned"])
     assert readers and all(r.startswith("sig-read") for r in readers), readers
+    if t.capabilities.batch_reads:  # SFTP: a group of signatures per request
+        assert sum(batches) == n - 1 and max(batches) == READ_GROUP, batches
+    else:  # S3: one request each, in parallel
+        assert batches == []
 
 
 def test_a_server_down_during_the_signature_reads_quarantines_nothing(

@@ -409,6 +409,76 @@ class Protocol:
                     self.drain(ch, outstanding)
         return out
 
+    def read_small_many(self, ch: Channel, items: Sequence[tuple[str, str, int]]
+                        ) -> dict[str, list[bytes] | TransportError]:
+        """Whole small files (name, path, listed size) in two round trips for the lot:
+        every OPEN sent together; then, for each file opened, the :meth:`read_small`
+        trio (a READ of its size, a 1-byte READ at its end, its CLOSE), all sent
+        together; the answers read in order (OpenSSH answers in order).  Name → what its
+        reads returned (the caller checks the sizes), or its own error (e.g. no such
+        file).  A transient error (the connection is lost) propagates: the caller reads
+        them all again."""
+        sftp = ch.sftp
+        out: dict[str, list[bytes] | TransportError] = {}
+        opens: deque[tuple[int, str, str, int]] = deque()
+        reads: deque[tuple[int, str, str, bool]] = deque()
+        try:
+            with self.remote(ch, items[0][1], "open"), corked(ch):
+                for name, path, size in items:
+                    opens.append((sftp._async_request(type(None), CMD_OPEN, path,
+                                                      SFTP_FLAG_READ, SFTPAttributes()),
+                                  name, path, size))
+            handles: list[tuple[str, str, int, bytes]] = []
+            while opens:
+                num, name, path, size = opens.popleft()
+                try:
+                    with self.remote(ch, path, "open"):
+                        t, msg = sftp._read_response(num)
+                        if t != CMD_HANDLE:
+                            raise SFTPError("expected a handle")
+                        handles.append((name, path, size, bytes(msg.get_binary())))
+                except TransportError as e:
+                    if e.transient:
+                        raise
+                    out[name] = e
+            if not handles:
+                return out
+            with self.remote(ch, handles[0][1], "read"), corked(ch):
+                for name, path, size, handle in handles:
+                    out[name] = []
+                    if size:
+                        reads.append((sftp._async_request(type(None), CMD_READ, handle,
+                                                          _int64(0), size), name, path, False))
+                    reads.append((sftp._async_request(type(None), CMD_READ, handle,
+                                                      _int64(size), 1), name, path, False))
+                    reads.append((sftp._async_request(type(None), CMD_CLOSE, handle),
+                                  name, path, True))
+            while reads:
+                num, name, path, is_close = reads.popleft()
+                try:
+                    with self.remote(ch, path, "close" if is_close else "read"):
+                        try:
+                            t, msg = sftp._read_response(num)
+                        except EOFError:  # the SFTP EOF status of a READ
+                            continue
+                        if is_close:
+                            continue
+                        if t != CMD_DATA:
+                            raise SFTPError("expected data")
+                        got = out[name]
+                        if isinstance(got, list):
+                            got.append(msg.get_string())
+                except TransportError as e:
+                    if e.transient:
+                        raise
+                    if not is_close:  # a failed CLOSE leaves the bytes read good
+                        out[name] = e
+        finally:
+            if opens or reads:
+                with contextlib.suppress(Exception), self.remote(ch, items[0][1], "read"):
+                    self.drain(ch, deque(n for n, *_ in (*opens, *reads)))
+        return out
+
     def listdir(self, ch: Channel, path: str) -> list[tuple[str, SFTPAttributes]]:
         """(name, lstat attributes) of every entry of directory ``path`` (names decoded
         as UTF-8 with surrogateescape: paramiko's own listdir fails on other bytes)."""
