@@ -419,8 +419,10 @@ class ReceiveGate:
         into its future.  One the batch did not bring (its own error, or the batch
         failed) is read again by :meth:`_check`, as it would be inline."""
         try:
-            want = [e for e in (self.sigs[n] for n in group)
-                    if e.size is not None and e.size <= MAX_SIG_BYTES]
+            with self.p._lock:  # (another routing pass may have read some already)
+                want = [e for e in (self.sigs[n] for n in group)
+                        if e.size is not None and e.size <= MAX_SIG_BYTES
+                        and self.p.cache.get(e.name, (None, None))[:2] != (e.tag, e.size)]
             try:
                 got = self.call(lambda: self.t.fetch_small(want),
                                 f"reading {len(want)} signatures")
