@@ -101,7 +101,13 @@ from fspl_gateway.gateway.runframe import (
     threads_for,
 )
 from fspl_gateway.gateway.settle import wait_settled
-from fspl_gateway.gateway.trust import ReceiveGate, SignatureRead, TrustPolicy, TrustRefused
+from fspl_gateway.gateway.trust import (
+    ReceiveGate,
+    SignatureRead,
+    TrustPolicy,
+    TrustRefused,
+    sig_name,
+)
 from fspl_gateway.transports.base import (
     ListingChangedError,
     RemoteEntry,
@@ -357,6 +363,8 @@ class _Puller:
                 for i in range(0, len(done), BATCH * 8):
                     self._cleanup_remote_many([e.name for e, r in done[i:i + BATCH * 8]
                                                if r.state != JournalState.QUARANTINED])
+            if self.gate is not None and self.opts.after_fetch == "delete" and self.can_delete:
+                self._cleanup_remote_many(self._orphan_signatures({e.name for e in entries}))
             # Batches: download (parallel) → fsync them all, link them into jobs/, one
             # fsync of jobs/ → journal (one transaction) → delete the remote copies.
             # (Committing a batch in a second thread while the next one is fetched was
@@ -377,6 +385,24 @@ class _Puller:
         finally:
             par.close()
             progress.close()
+
+    def _orphan_signatures(self, listed: set[str]) -> list[str]:
+        """The signature files whose job is gone from the remote and on record here as
+        taken: a run ended between removing a job and its signature, or that removal
+        failed.  They go as the job's own would have.  A signature whose job is not on
+        record (not arrived yet: a sender writes the signature first) is left alone."""
+        assert self.gate is not None and self.journal is not None
+        gone = [job for job in self.gate.sigs if job not in listed]
+        if not gone:
+            return []
+        taken = (JournalState.FETCHED, JournalState.ALREADY_LOCAL,
+                 JournalState.ALREADY_PROCESSED)
+        orphans = [sig_name(job) for job, rec in self.journal.known(
+            "pull", self.remote, names=gone).items() if rec.state in taken]
+        if orphans:
+            log.info("removing %d signature file(s) from %s whose jobs were taken before",
+                     len(orphans), self.remote)
+        return orphans
 
     def _settled(self, todo: list[RemoteEntry]) -> list[RemoteEntry]:
         """The entries of ``todo`` that have stopped changing (waiting once for young

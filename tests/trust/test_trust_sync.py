@@ -182,6 +182,29 @@ def _many_jobs(key: ms.SecretKey, n: int, bad: dict[int, str], tmp: Path,
         put(job_name(i), job)
 
 
+def test_an_orphan_signature_of_a_job_taken_before_is_removed(
+        backend: Backend, key: ms.SecretKey, qdir: Path, tmp_path: Path) -> None:
+    """A signature left on the remote after its job was taken (a run ended between the
+    two removals, or the signature's failed) goes with the next sync; a signature whose
+    job has not arrived yet (a sender writes it first) is left alone."""
+    t = backend.make()
+    if not t.capabilities.can_delete:
+        pytest.skip("a read-only remote keeps everything")
+    for i in (1, 2):
+        _put(backend, t, job_name(i), *signed(key, i, tmp_path))
+    res = pull(t, qdir, opts(policy(key)))
+    assert res.fetched == 2 and backend.raw_names(t) == [], res.summary()
+    backend.put(t, job_name(1) + SIG, signed(key, 1, tmp_path)[1])  # left behind
+    job3, sig3 = signed(key, 3, tmp_path)
+    backend.put(t, job_name(3) + SIG, sig3)  # its job is on its way
+    res = pull(t, qdir, opts(policy(key, signature_wait=3600)))
+    assert (res.fetched, res.quarantined, res.failed) == (0, 0, 0), res.summary()
+    assert backend.raw_names(t) == [job_name(3) + SIG]
+    backend.put(t, job_name(3), job3)
+    res = pull(t, qdir, opts(policy(key)))
+    assert res.fetched == 1 and backend.raw_names(t) == [], res.summary()
+
+
 def test_a_job_waits_for_its_signature_then_gets_in(
         backend: Backend, key: ms.SecretKey, qdir: Path, tmp_path: Path) -> None:
     t = backend.make()
