@@ -7,8 +7,23 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import Any
 
+from fspl_gateway.core.fsutil import TMP_PREFIX
 from tests.watch.util import Watch, job_names, put_job, toml_str, wait_for, write_config
+
+
+def _one_batch(rdir: Path) -> dict[str, Any]:
+    """The one receipt batch written to ``rdir`` (waited for; a writer's temporary file
+    in the directory is not one yet)."""
+    def batches() -> list[str]:
+        names = os.listdir(rdir) if rdir.exists() else []
+        return [n for n in names if not n.startswith(TMP_PREFIX)]
+
+    wait_for(batches, 5, "a receipt batch")
+    (batch,) = batches()
+    body: dict[str, Any] = json.loads((rdir / batch).read_bytes())
+    return body
 
 
 def test_pull_pipeline_sends_receipts(tmp_path: Path) -> None:
@@ -31,10 +46,7 @@ interval = 0.3
         w.wait_log("sync: 0 fetched")
         name = put_job(remote / "jobs", 1, b"x")
         wait_for(lambda: name in job_names(q), 5, "the job to be fetched")
-        rdir = remote / "receipts"
-        wait_for(lambda: rdir.exists() and os.listdir(rdir), 5, "a receipt batch")
-        (batch,) = os.listdir(rdir)
-        body = json.loads((rdir / batch).read_bytes())
+        body = _one_batch(remote / "receipts")
         assert body["queue"] == "site-b"
         assert [(r["kind"], r["name"]) for r in body["receipts"]] == [("delivered", name)]
     finally:
@@ -125,10 +137,7 @@ interval = 0.3
     try:
         wait_for(lambda: name in job_names(qa), 10, "the routed job in its own queue")
         assert job_names(inbox) == []
-        rdir = remote / "receipts"
-        wait_for(lambda: rdir.exists() and os.listdir(rdir), 5, "a receipt batch")
-        (batch,) = os.listdir(rdir)
-        body = json.loads((rdir / batch).read_bytes())
+        body = _one_batch(remote / "receipts")
         assert [(r["kind"], r["name"]) for r in body["receipts"]] == [("delivered", name)]
     finally:
         assert w.stop() == 0, w.log()
