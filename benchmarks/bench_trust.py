@@ -89,8 +89,12 @@ class Remote:
         return int(self.proxy.port)
 
     def make(self, tag: str, files: list[tuple[str, bytes]]) -> list[str]:
+        return ["-t", "local", "-r", self._write(tag, files)]
+
+    def _write(self, tag: str, files: list[tuple[str, bytes]]) -> str:
+        """The files written into ``<tag>/jobs`` here; the remote's directory."""
         write_jobs(os.path.join(self.tmp, tag, "jobs"), files)
-        return ["-t", "local", "-r", os.path.join(self.tmp, tag)]
+        return os.path.join(self.tmp, tag)
 
     def left(self, tag: str) -> int:
         return len(os.listdir(os.path.join(self.tmp, tag, "jobs")))
@@ -111,6 +115,7 @@ class S3Remote(Remote):
         from tests.fixtures.s3server import start_moto
         super().__init__(tmp)
         self.server = start_moto()
+        assert self.server.port is not None  # moto on 127.0.0.1
         self.endpoint = f"http://127.0.0.1:{self._through_proxy(self.server.port, latency)}"
         self.env = env_for(self.server)
         self.client = self.server.client()
@@ -158,7 +163,7 @@ class SftpRemote(Remote):
     def make(self, tag: str, files: list[tuple[str, bytes]]) -> list[str]:
         s = self.sshd
         return ["-t", "sftp", "-r", f"{s.user}@{s.host}:{self.port}"
-                f"{super().make(tag, files)[-1]}", "-o", f"identity_file={s.identity_file}",
+                f"{self._write(tag, files)}", "-o", f"identity_file={s.identity_file}",
                 "-o", f"known_hosts={self.known}", "-o", "ssh_config=none",
                 "-o", "allow_agent=false"]
 

@@ -73,6 +73,16 @@ DELETE_PIPELINE = 64
 _SFTP_VERSION = 3
 
 
+def _small_read_requests(sftp: SFTPClient, handle: bytes, size: int) -> list[int]:
+    """Send what reads a whole file of ``size`` bytes and closes it (the caller corks):
+    a READ of ``size`` bytes (none for an empty file), a 1-byte READ at ``size`` (end of
+    file, unless it grew) and the CLOSE; their request numbers, in that order."""
+    nums = [sftp._async_request(type(None), CMD_READ, handle, _int64(0), size)] if size else []
+    nums.append(sftp._async_request(type(None), CMD_READ, handle, _int64(size), 1))
+    nums.append(sftp._async_request(type(None), CMD_CLOSE, handle))
+    return nums
+
+
 def _int64(n: int) -> Any:
     return _INT64(n)
 
@@ -387,12 +397,7 @@ class Protocol:
         try:
             with self.remote(ch, path, "read"):
                 with corked(ch):
-                    if size:
-                            outstanding.append(sftp._async_request(type(None), CMD_READ, handle,
-                                                               _int64(0), size))
-                    outstanding.append(sftp._async_request(type(None), CMD_READ, handle,
-                                                           _int64(size), 1))
-                    outstanding.append(sftp._async_request(type(None), CMD_CLOSE, handle))
+                    outstanding.extend(_small_read_requests(sftp, handle, size))
                 while len(outstanding) > 1:
                     try:
                         t, msg = sftp._read_response(outstanding.popleft())
@@ -446,13 +451,9 @@ class Protocol:
             with self.remote(ch, handles[0][1], "read"), corked(ch):
                 for name, path, size, handle in handles:
                     out[name] = []
-                    if size:
-                        reads.append((sftp._async_request(type(None), CMD_READ, handle,
-                                                          _int64(0), size), name, path, False))
-                    reads.append((sftp._async_request(type(None), CMD_READ, handle,
-                                                      _int64(size), 1), name, path, False))
-                    reads.append((sftp._async_request(type(None), CMD_CLOSE, handle),
-                                  name, path, True))
+                    *data, close = _small_read_requests(sftp, handle, size)
+                    reads.extend((num, name, path, False) for num in data)
+                    reads.append((close, name, path, True))
             while reads:
                 num, name, path, is_close = reads.popleft()
                 try:

@@ -364,14 +364,10 @@ class SFTPTransport(Transport):
         """The files listed with a size that one READ takes, pipelined on one channel
         (:meth:`Protocol.read_small_many`: two round trips for the lot); any other
         one by :meth:`fetch`."""
-        out: dict[str, bytes | TransportError] = {}
+        _, refused = self.safe_names([e.name for e in entries])
+        out: dict[str, bytes | TransportError] = dict(refused)
         small: list[RemoteEntry] = []
-        for e in entries:
-            try:
-                self.check_name(e.name)
-            except TransportError as err:
-                out[e.name] = err
-                continue
+        for e in (e for e in entries if e.name not in refused):
             if e.size is not None and e.size <= MAX_SMALL_READ:
                 small.append(e)
             else:
